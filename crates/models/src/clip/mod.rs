@@ -1,0 +1,7 @@
+//! CLIP vision tower (transformers' `CLIPVisionModel`) and its image processor.
+pub mod config;
+pub mod preprocessing;
+pub mod vision;
+
+pub use config::ClipVisionConfig;
+pub use vision::{ClipVision, VisionCapture};

@@ -1,0 +1,17 @@
+//! Models for image-encoder early-exit (ICET) studies of vision-language models, written once
+//! against the [`backend::Backend`] seam.
+//!
+//! Data path: image file → [`clip::preprocessing`] → [`clip::ClipVision::capture`] (one pass,
+//! every requested layer) → [`llava::Llava::project_layer`] → [`generation::generate`] (Llama
+//! with a KV cache, many sequences per batch).
+pub mod backend;
+pub mod clip;
+pub mod error;
+pub mod generation;
+pub mod llama;
+pub mod llava;
+pub mod nn;
+pub mod prompt;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,6 @@
+//! The Llama language model (LLaVA-1.5's Vicuna, Llama Guard, Mllama's text side).
+pub mod config;
+pub mod text;
+
+pub use config::LlamaConfig;
+pub use text::Llama;

@@ -1,0 +1,114 @@
+//! LLaVA-1.5 (transformers' `LlavaForConditionalGeneration`): CLIP vision tower → feature
+//! selection → `LlavaMultiModalProjector` → Llama. Early exit ("ICET-l") replaces the configured
+//! `vision_feature_layer` by layer l; nothing else changes.
+use std::path::{Path, PathBuf};
+
+use super::config::{FeatureStrategy, GenerationDefaults, LlavaConfig};
+use super::weights::LlavaLayout;
+use crate::backend::{Activation, Backend};
+use crate::clip::{ClipVision, VisionCapture};
+use crate::error::{Error, Result};
+use crate::llama::Llama;
+use crate::nn::Linear;
+use crate::prompt::PromptTokenizer;
+use crate::weights::{Checkpoint, Weights};
+
+/// `LlavaMultiModalProjector`: linear → GELU → linear.
+pub struct Projector<B: Backend> {
+    linear_1: Linear<B>,
+    linear_2: Linear<B>,
+    act: Activation,
+}
+
+impl<B: Backend> Projector<B> {
+    pub fn load(w: &Weights<B>, config: &LlavaConfig) -> Result<Self> {
+        let (v, t) = (config.vision_config.hidden_size, config.text_config.hidden_size);
+        let bias = config.multimodal_projector_bias;
+        let act = Activation::from_hf(&config.projector_hidden_act)
+            .ok_or_else(|| Error::invalid(format!("unsupported projector_hidden_act `{}`", config.projector_hidden_act)))?;
+        Ok(Self { linear_1: Linear::load(w, "linear_1", t, v, bias)?, linear_2: Linear::load(w, "linear_2", t, t, bias)?, act })
+    }
+
+    pub fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        let mut h = self.linear_1.forward(b, x)?;
+        b.activation(&mut h, self.act)?;
+        self.linear_2.forward(b, &h)
+    }
+}
+
+/// Which parts of the model to load.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadParts {
+    /// Load vision layers `1..=deepest` only (early exit never reads deeper ones).
+    pub deepest_vision_layer: Option<usize>,
+    /// Load the language model and tokenizer (not needed for `icet features`).
+    pub text: bool,
+}
+
+pub struct Llava<B: Backend> {
+    pub dir: PathBuf,
+    pub config: LlavaConfig,
+    pub layout: LlavaLayout,
+    pub checkpoint: Checkpoint,
+    pub vision: ClipVision<B>,
+    pub projector: Projector<B>,
+    pub llm: Option<Llama<B>>,
+    pub tokenizer: Option<PromptTokenizer>,
+    pub generation: GenerationDefaults,
+}
+
+impl<B: Backend> Llava<B> {
+    pub fn load(dir: &Path, b: &B, parts: LoadParts) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::input(dir, "model directory not found"));
+        }
+        let config = LlavaConfig::from_dir(dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        let layout = LlavaLayout::detect(&checkpoint)?;
+        let deepest = parts.deepest_vision_layer.unwrap_or(config.vision_layers());
+        let vision = ClipVision::load(&Weights::new(&checkpoint, b, layout.vision.clone()), &config.vision_config, deepest)?;
+        let projector = Projector::load(&Weights::new(&checkpoint, b, layout.projector.clone()), &config)?;
+        let (llm, tokenizer) = if parts.text {
+            let llm = Llama::load(
+                &Weights::new(&checkpoint, b, layout.text.clone()),
+                &Weights::new(&checkpoint, b, layout.lm_head.clone()),
+                &config.text_config,
+            )?;
+            (Some(llm), Some(PromptTokenizer::from_dir(dir, config.image_token_index)?))
+        } else {
+            (None, None)
+        };
+        let generation = GenerationDefaults::from_dir(dir)?;
+        Ok(Self { dir: dir.to_path_buf(), config, layout, checkpoint, vision, projector, llm, tokenizer, generation })
+    }
+
+    /// The language model, or an error saying it was not loaded.
+    pub fn llm(&self) -> Result<&Llama<B>> {
+        self.llm.as_ref().ok_or_else(|| Error::invalid("the language model was not loaded"))
+    }
+
+    pub fn tokenizer(&self) -> Result<&PromptTokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| Error::invalid("the tokenizer was not loaded"))
+    }
+
+    /// `vision_feature_select_strategy` applied to captured layer `layer`: the rows that reach
+    /// the projector for every image, packed `[images * slots, vision width]`.
+    pub fn select(&self, b: &B, capture: &VisionCapture<B>, layer: usize, strategy: FeatureStrategy) -> Result<B::Tensor> {
+        let hidden = capture
+            .get(layer)
+            .ok_or_else(|| Error::invalid(format!("vision layer {layer} was not captured")))?;
+        match strategy {
+            FeatureStrategy::Full => Ok(b.gather_rows(hidden, &(0..capture.images * capture.tokens_per_image).collect::<Vec<_>>())?),
+            FeatureStrategy::Default => {
+                let t = capture.tokens_per_image;
+                let rows: Vec<usize> = (0..capture.images).flat_map(|i| i * t + 1..(i + 1) * t).collect();
+                b.gather_rows(hidden, &rows)
+            }
+        }
+    }
+
+    /// ICET-l: projector(select(hidden.l)), `[images * slots, text width]`.
+    pub fn project_layer(&self, b: &B, capture: &VisionCapture<B>, layer: usize, strategy: FeatureStrategy) -> Result<B::Tensor> {
+        self.projector.forward(b, &self.select(b, capture, layer, strategy)?)
+    }
+}

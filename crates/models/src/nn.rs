@@ -1,0 +1,54 @@
+//! Parameterised building blocks shared by every model: each holds its weights on the backend
+//! and loads them by transformers' names (`{name}.weight`, `{name}.bias`).
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::weights::Weights;
+
+/// `nn.Linear`: weight `[out, in]`, optional bias `[out]`.
+pub struct Linear<B: Backend> {
+    pub weight: B::Tensor,
+    pub bias: Option<B::Tensor>,
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn load(w: &Weights<B>, name: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
+        let w = w.sub(name);
+        let bias = if bias { Some(w.get("bias", &[out])?) } else { None };
+        Ok(Self { weight: w.get("weight", &[out, inp])?, bias })
+    }
+    pub fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        b.linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// `nn.LayerNorm` over the last axis.
+pub struct LayerNorm<B: Backend> {
+    pub weight: B::Tensor,
+    pub bias: B::Tensor,
+    pub eps: f32,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    pub fn load(w: &Weights<B>, name: &str, width: usize, eps: f32) -> Result<Self> {
+        let w = w.sub(name);
+        Ok(Self { weight: w.get("weight", &[width])?, bias: w.get("bias", &[width])?, eps })
+    }
+    pub fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        b.layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// `LlamaRMSNorm`.
+pub struct RmsNorm<B: Backend> {
+    pub weight: B::Tensor,
+    pub eps: f32,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn load(w: &Weights<B>, name: &str, width: usize, eps: f32) -> Result<Self> {
+        Ok(Self { weight: w.sub(name).get("weight", &[width])?, eps })
+    }
+    pub fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        b.rms_norm(x, &self.weight, self.eps)
+    }
+}
