@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use super::config::{FeatureStrategy, GenerationDefaults, LlavaConfig};
 use super::weights::LlavaLayout;
 use crate::backend::{Activation, Backend};
+use crate::clip::preprocessing::{load_image, expand_to_square, ImageProcessorConfig, PixelValues};
 use crate::clip::{ClipVision, VisionCapture};
 use crate::error::{Error, Result};
 use crate::llama::Llama;
@@ -55,6 +56,7 @@ pub struct Llava<B: Backend> {
     pub llm: Option<Llama<B>>,
     pub tokenizer: Option<PromptTokenizer>,
     pub generation: GenerationDefaults,
+    pub processor: ImageProcessorConfig,
 }
 
 impl<B: Backend> Llava<B> {
@@ -79,7 +81,23 @@ impl<B: Backend> Llava<B> {
             (None, None)
         };
         let generation = GenerationDefaults::from_dir(dir)?;
-        Ok(Self { dir: dir.to_path_buf(), config, layout, checkpoint, vision, projector, llm, tokenizer, generation })
+        let processor = ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?;
+        Ok(Self { dir: dir.to_path_buf(), config, layout, checkpoint, vision, projector, llm, tokenizer, generation, processor })
+    }
+
+    /// Decodes and preprocesses an image file exactly as transformers' `CLIPImageProcessor`
+    /// would; `pad_square` first pads it to a square of the mean colour (original LLaVA).
+    pub fn pixel_values(&self, path: &Path, pad_square: bool) -> Result<PixelValues> {
+        let mut img = load_image(path)?;
+        if pad_square {
+            img = expand_to_square(&img, self.processor.pad_square_background());
+        }
+        self.processor.preprocess(&img).map_err(|e| Error::input(path, e))
+    }
+
+    /// Uploads pixel values as the `[3*H, W]` matrix the vision tower takes.
+    pub fn upload_pixels(&self, b: &B, px: &PixelValues) -> Result<B::Tensor> {
+        b.from_host(&px.data, px.data.len() / px.width.max(1), px.width)
     }
 
     /// The language model, or an error saying it was not loaded.

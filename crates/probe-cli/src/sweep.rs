@@ -1,0 +1,301 @@
+//! `icet sweep`: every (prompt, image) of a data file through every requested vision layer.
+//! The vision tower runs once per image for all layers; answers are generated in batches and
+//! appended to `responses.jsonl` as they are produced, so an interrupted run resumes where it
+//! stopped.
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use icet_models::backend::Backend;
+use icet_models::generation::{generate, Request};
+use icet_models::llava::{parse_layers, resolve_layer, LlavaConfig, LoadParts};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::common::{ModelArgs, TemplateArg};
+use crate::data::{self, DataRow};
+use crate::generate::DecodeArgs;
+use crate::refusal::{is_refusal, REFUSAL_PHRASES};
+use crate::summary::{summarize, ResponseRow};
+
+#[derive(ClapArgs, Debug)]
+#[command(after_help = "Without --model and --data, runs the embedded demo (a tiny random-weight LLaVA: its text is
+gibberish by construction) over all its layers.
+
+Data: JSONL, or CSV with a header, with fields `id` (optional), `prompt`, `image` (path relative
+to the data file). Example row: {\"id\": \"rt-0001\", \"prompt\": \"...\", \"image\": \"images/0001.jpg\"}
+
+Writes into --out:
+  responses.jsonl   one row per (item, layer), appended as produced (id, layer, prompt, image,
+                    response, token_ids, finish_reason, refusal)
+  summary.json/.csv per-layer n, refusals, ASR, mean tokens; Early/Middle/Late/Average rows
+  asr_by_layer.svg  the per-layer plot
+  manifest.json     model, arguments, engine version, seed
+Rerunning the same command resumes: finished (id, layer) pairs are skipped.
+
+Example: icet sweep --model llava-1.5-7b-hf --data redteam.jsonl --layers all --out runs/rt-llava")]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompts and images (JSONL or CSV)
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Layers: `all` (0..=L), `a..b` (inclusive), or a list such as `3,7,-2`
+    #[arg(long, value_name = "SPEC", default_value = "all")]
+    pub layers: String,
+    /// Output folder (default for the demo: icet-runs/demo-<time>)
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Conversation template
+    #[arg(long, value_enum, default_value_t = TemplateArg::LlavaV1)]
+    pub template: TemplateArg,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// Sequences generated together
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+/// FNV-1a over the answer's identity, so a sampled answer does not depend on batch order.
+fn answer_seed(seed: u64, id: &str, layer: usize) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for byte in id.bytes().chain(layer.to_le_bytes()) {
+        h = (h ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Reads the rows already in `responses.jsonl`; a torn last line (an interrupted write) is cut off.
+fn read_existing(path: &Path) -> Result<Vec<ResponseRow>> {
+    let Ok(file) = File::open(path) else { return Ok(vec![]) };
+    let mut rows = Vec::new();
+    let mut good_bytes = 0u64;
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    let mut n = 0;
+    loop {
+        line.clear();
+        let read = reader.read_line(&mut line).with_context(|| format!("cannot read {}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        n += 1;
+        match serde_json::from_str::<ResponseRow>(line.trim_end()) {
+            Ok(r) if line.ends_with('\n') => {
+                rows.push(r);
+                good_bytes += read as u64;
+            }
+            _ => {
+                // Only the last line may be torn; anything else is damage we must not paper over.
+                if reader.read_line(&mut String::new())? != 0 {
+                    bail!("{}:{n}: not a response row; move the file aside to start over", path.display());
+                }
+                eprintln!("icet: dropping a partly written last line of {}", path.display());
+                OpenOptions::new().write(true).open(path)?.set_len(good_bytes)?;
+                break;
+            }
+        }
+    }
+    Ok(rows)
+}
+
+pub fn run(mut args: Args) -> Result<()> {
+    let demo = args.model.model.is_none() && args.data.is_none();
+    if demo {
+        let d = crate::demo::materialize()?;
+        eprintln!("icet: no --model/--data given: running the embedded demo (random weights, gibberish text by design)");
+        args.model.model = Some(d.model);
+        args.data = Some(d.data);
+        if args.decode.max_new_tokens == 256 {
+            args.decode.max_new_tokens = 24;
+        }
+    }
+    let data_path = args.data.clone().context("--data FILE is required with --model")?;
+    let model_dir = args.model.model_dir()?.to_path_buf();
+    let out = match (&args.out, demo) {
+        (Some(o), _) => o.clone(),
+        (None, true) => {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            PathBuf::from(format!("icet-runs/demo-{t}"))
+        }
+        (None, false) => bail!("--out DIR is required"),
+    };
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+
+    // Everything that can be wrong with the inputs is found before the model loads.
+    let rows = data::load(&data_path)?;
+    let config = LlavaConfig::from_dir(&model_dir)?;
+    let num_layers = config.vision_layers();
+    let layers = parse_layers(&args.layers, num_layers)?;
+    let default_layer = resolve_layer(config.default_layer()?, num_layers)?;
+    let b = args.model.backend()?;
+    let template = args.template.template();
+    let texts: Vec<String> = rows.iter().map(|r| template.render(&r.prompt)).collect::<Result<_, _>>()?;
+
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let settings = serde_json::json!({
+        "model": std::fs::canonicalize(&model_dir).unwrap_or(model_dir.clone()),
+        "data": std::fs::canonicalize(&data_path).unwrap_or(data_path.clone()),
+        "layers": layers,
+        "template": template.name(),
+        "strategy": args.model.strategy.map(|s| format!("{s:?}").to_lowercase()),
+        "pad_square": args.model.pad_square,
+        "max_new_tokens": args.decode.max_new_tokens,
+        "temperature": args.decode.temperature,
+        "top_p": args.decode.top_p,
+        "seed": args.decode.seed,
+    });
+    let manifest_path = out.join("manifest.json");
+    if let Ok(text) = std::fs::read_to_string(&manifest_path) {
+        let old: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", manifest_path.display()))?;
+        if old["settings"] != settings {
+            bail!(
+                "{}: holds a run with other settings ({}); use another --out to start a new run",
+                out.display(),
+                old["settings"]
+            );
+        }
+    }
+    let manifest = serde_json::json!({
+        "engine": "icet",
+        "version": env!("CARGO_PKG_VERSION"),
+        "command": std::env::args().collect::<Vec<_>>(),
+        "settings": settings,
+        "backend": b.name(),
+        "batch_size": args.batch_size,
+        "default_layer": default_layer,
+        "refusal_phrases": REFUSAL_PHRASES,
+        "demo": demo,
+    });
+    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest)? + "\n")
+        .with_context(|| format!("cannot write {}", manifest_path.display()))?;
+
+    let responses_path = out.join("responses.jsonl");
+    let mut all_rows = read_existing(&responses_path)?;
+    let done: HashSet<(String, usize)> = all_rows.iter().map(|r| (r.id.clone(), r.layer)).collect();
+    let pending: Vec<(usize, usize)> = rows
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| layers.iter().filter(|&&l| !done.contains(&(r.id.clone(), l))).map(move |&l| (i, l)))
+        .collect();
+    if !done.is_empty() {
+        eprintln!("icet: resuming {}: {} answers done, {} to go", out.display(), done.len(), pending.len());
+    }
+
+    if !pending.is_empty() {
+        let deepest = layers.last().copied();
+        let model = args.model.load(&b, LoadParts { deepest_vision_layer: deepest, text: true })?;
+        let strategy = args.model.strategy(&model);
+        let tokenizer = model.tokenizer()?;
+        let llm = model.llm()?;
+        let opts = args.decode.options(model.generation.eos_token_ids.clone(), model.config.image_token_index)?;
+        let slots = model.config.image_slots(strategy);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&responses_path)
+            .with_context(|| format!("cannot open {}", responses_path.display()))?;
+
+        // Work image by image: one vision pass per image serves all its prompts and layers.
+        let mut by_image: Vec<(PathBuf, Vec<(usize, usize)>)> = Vec::new();
+        let mut index: HashMap<PathBuf, usize> = HashMap::new();
+        for &(i, l) in &pending {
+            let key = rows[i].image_path.clone();
+            let slot = *index.entry(key.clone()).or_insert_with(|| {
+                by_image.push((key, vec![]));
+                by_image.len() - 1
+            });
+            by_image[slot].1.push((i, l));
+        }
+        let bar = ProgressBar::new(pending.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} answers  {per_sec}  {msg}  eta {eta}")
+                .expect("valid template"),
+        );
+        let started = Instant::now();
+        let mut tokens = 0usize;
+        let mut prompt_cache: HashMap<usize, Vec<u32>> = HashMap::new();
+        for (image, work) in &by_image {
+            let px = model.pixel_values(image, args.model.pad_square)?;
+            let wanted: Vec<usize> = {
+                let mut w: Vec<usize> = work.iter().map(|&(_, l)| l).collect();
+                w.sort_unstable();
+                w.dedup();
+                w
+            };
+            let capture = model.vision.capture(&b, &[model.upload_pixels(&b, &px)?], &wanted)?;
+            let mut features = HashMap::new();
+            for &l in &wanted {
+                features.insert(l, model.project_layer(&b, &capture, l, strategy)?);
+            }
+            for batch in work.chunks(args.batch_size) {
+                let mut requests = Vec::with_capacity(batch.len());
+                for &(i, l) in batch {
+                    let ids = match prompt_cache.get(&i) {
+                        Some(ids) => ids.clone(),
+                        None => {
+                            let ids = tokenizer.encode_with_image(&texts[i], slots)?;
+                            prompt_cache.insert(i, ids.clone());
+                            ids
+                        }
+                    };
+                    requests.push(Request {
+                        prompt_ids: ids,
+                        image_features: Some(&features[&l]),
+                        seed: answer_seed(args.decode.seed, &rows[i].id, l),
+                    });
+                }
+                let outputs = generate(&b, llm, &requests, &opts, false)?;
+                let mut lines = String::new();
+                for (&(i, l), g) in batch.iter().zip(outputs) {
+                    let response = tokenizer.decode(&g.token_ids)?;
+                    tokens += g.token_ids.len();
+                    let row = response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str());
+                    lines.push_str(&serde_json::to_string(&row)?);
+                    lines.push('\n');
+                    all_rows.push(row);
+                }
+                // One write per batch: a crash loses at most the batch in flight.
+                file.write_all(lines.as_bytes()).and_then(|_| file.flush())
+                    .with_context(|| format!("cannot write {}", responses_path.display()))?;
+                bar.inc(batch.len() as u64);
+                bar.set_message(format!("{:.1} tok/s", tokens as f64 / started.elapsed().as_secs_f64().max(1e-9)));
+            }
+        }
+        bar.finish_and_clear();
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "icet: {} answers, {tokens} tokens in {secs:.1} s ({:.2} answers/s, {:.1} tokens/s)",
+            pending.len(),
+            pending.len() as f64 / secs.max(1e-9),
+            tokens as f64 / secs.max(1e-9)
+        );
+    }
+
+    // The summary covers the requested layers of this data file, resumed rows included.
+    let wanted: HashSet<(String, usize)> = rows.iter().flat_map(|r| layers.iter().map(move |&l| (r.id.clone(), l))).collect();
+    all_rows.retain(|r| wanted.contains(&(r.id.clone(), r.layer)));
+    let summary = summarize(&all_rows, num_layers, default_layer);
+    summary.write(&out)?;
+    println!("{}", summary.table());
+    eprintln!("icet: results in {}", out.display());
+    Ok(())
+}
+
+fn response_row(row: &DataRow, layer: usize, response: String, token_ids: Vec<u32>, finish: &str) -> ResponseRow {
+    ResponseRow {
+        id: row.id.clone(),
+        layer,
+        prompt: row.prompt.clone(),
+        image: row.image.clone(),
+        refusal: is_refusal(&response),
+        response,
+        token_ids,
+        finish_reason: finish.to_string(),
+    }
+}

@@ -1,0 +1,216 @@
+//! The `icet` binary end to end: its stable outputs against the transformers references, the
+//! demo sweep with resume, and one-line errors for bad inputs.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+fn icet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_icet")).args(args).output().expect("icet runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("icet-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn f32s(st: &safetensors::SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let v = st.tensor(name).unwrap_or_else(|_| panic!("tensor {name}"));
+    (v.shape().to_vec(), v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64)).max(1e-12);
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).fold(0.0, f64::max) / scale
+}
+
+/// Asserts a failed run printed exactly one line, `error: ...`, containing `needle`.
+fn assert_one_line_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("icet: ")).collect();
+    assert_eq!(lines.len(), 1, "one error line, got: {stderr}");
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "expected `{needle}` in: {stderr}");
+}
+
+#[test]
+fn features_match_transformers() {
+    let dir = scratch("features");
+    let out_file = dir.join("f.safetensors");
+    let model = fixture("llava-tiny");
+    let out = icet(&[
+        "features", "--model", model.to_str().unwrap(), "--image", fixture("images/square.png").to_str().unwrap(),
+        "--layers", "all", "--out", out_file.to_str().unwrap(), "--device", "cpu",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ours = std::fs::read(&out_file).unwrap();
+    let ours = safetensors::SafeTensors::deserialize(&ours).unwrap();
+    let refs = std::fs::read(model.join("reference.safetensors")).unwrap();
+    let refs = safetensors::SafeTensors::deserialize(&refs).unwrap();
+    let (shape, px) = f32s(&ours, "pixel_values");
+    let (rshape, rpx) = f32s(&refs, "pixel_values.square");
+    assert_eq!(shape, rshape);
+    assert!(px.iter().zip(&rpx).all(|(a, b)| (a - b).abs() <= 1e-4));
+    for l in 0..=6 {
+        let (s, h) = f32s(&ours, &format!("hidden.{l}"));
+        let (rs, rh) = f32s(&refs, &format!("hidden.square.{l}"));
+        assert_eq!(s, rs);
+        assert!(rel_err(&h, &rh) <= 1e-4, "hidden.{l}");
+        let (s, p) = f32s(&ours, &format!("projected.{l}"));
+        let (rs, rp) = f32s(&refs, &format!("projected.square.{l}.default"));
+        assert_eq!(s, rs);
+        assert!(rel_err(&p, &rp) <= 1e-4, "projected.{l}");
+    }
+    // A negative spec selects the same layers by transformers' indexing.
+    let out = icet(&[
+        "features", "--model", model.to_str().unwrap(), "--image", fixture("images/square.png").to_str().unwrap(),
+        "--layers", "-2,0..1", "--out", out_file.to_str().unwrap(), "--device", "cpu",
+    ]);
+    assert!(out.status.success());
+    let ours = std::fs::read(&out_file).unwrap();
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&ours).unwrap().names().into_iter().map(String::from).collect();
+    for n in ["hidden.0", "hidden.1", "hidden.5", "projected.5", "pixel_values"] {
+        assert!(names.contains(&n.to_string()), "{n} in {names:?}");
+    }
+    assert_eq!(names.len(), 7);
+}
+
+#[test]
+fn generate_json_matches_transformers() {
+    let model = fixture("llava-tiny-gqa");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(model.join("reference.json")).unwrap()).unwrap();
+    for case in reference["cases"].as_array().unwrap().iter().filter(|c| c["image"] == "square").take(3) {
+        let layer = case["layer"].as_i64().unwrap().to_string();
+        let out = icet(&[
+            "generate", "--model", model.to_str().unwrap(), "--image", fixture("images/square.png").to_str().unwrap(),
+            "--prompt", case["prompt"].as_str().unwrap(), "--template", case["template"].as_str().unwrap(),
+            "--layer", &layer, "--max-new-tokens", "12", "--json", "--device", "cpu",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let got: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(got["layer"], case["resolved_layer"]);
+        assert_eq!(got["prompt_ids"], case["prompt_ids"]);
+        let (ours, theirs) = (got["token_ids"].as_array().unwrap(), case["token_ids"].as_array().unwrap());
+        let margins = case["margins"].as_array().unwrap();
+        for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+            assert_eq!(a, b, "token {i}");
+            if margins[i].as_f64().unwrap() < 2e-3 {
+                break;
+            }
+        }
+        assert!(got["finish_reason"] == "eos" || got["finish_reason"] == "length");
+        assert!(got["text"].is_string());
+    }
+}
+
+#[test]
+fn demo_sweep_writes_results_and_resumes() {
+    let dir = scratch("sweep");
+    let out_dir = dir.join("run");
+    let run = || icet(&["sweep", "--out", out_dir.to_str().unwrap(), "--device", "cpu"]);
+    let out = run();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8(out.stdout).unwrap();
+    for needle in ["Early", "Middle", "Late", "Average", "5 *"] {
+        assert!(table.contains(needle), "{needle} in {table}");
+    }
+    for f in ["responses.jsonl", "summary.json", "summary.csv", "manifest.json", "asr_by_layer.svg"] {
+        assert!(out_dir.join(f).is_file(), "{f}");
+    }
+    let responses = std::fs::read_to_string(out_dir.join("responses.jsonl")).unwrap();
+    let rows: Vec<Value> = responses.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 6 * 7, "6 demo prompts x 7 layers");
+    for key in ["id", "layer", "prompt", "image", "response", "token_ids", "finish_reason", "refusal"] {
+        assert!(rows[0].get(key).is_some(), "{key}");
+    }
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["layers"].as_array().unwrap().len(), 7);
+    assert_eq!(summary["layers"][3]["n"], 6);
+
+    // Interrupt: drop the last two rows and tear the one before; a rerun regenerates exactly them.
+    let lines: Vec<&str> = responses.lines().collect();
+    let mut torn = lines[..lines.len() - 3].join("\n");
+    torn.push('\n');
+    torn.push_str(&lines[lines.len() - 3][..10]);
+    std::fs::write(out_dir.join("responses.jsonl"), torn).unwrap();
+    let out = run();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3 to go"), "{}", String::from_utf8_lossy(&out.stderr));
+    let resumed = std::fs::read_to_string(out_dir.join("responses.jsonl")).unwrap();
+    let mut a: Vec<&str> = resumed.lines().collect();
+    let mut b: Vec<&str> = responses.lines().collect();
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b, "resumed answers equal the uninterrupted ones (greedy)");
+
+    // Other settings into the same folder are refused.
+    let out = icet(&["sweep", "--out", out_dir.to_str().unwrap(), "--device", "cpu", "--layers", "1..2"]);
+    assert_one_line_error(&out, "other settings");
+}
+
+#[test]
+fn bad_inputs_give_one_line_errors() {
+    let dir = scratch("errors");
+    let model = fixture("llava-tiny");
+    let m = model.to_str().unwrap();
+    let img = fixture("images/square.png");
+    let i = img.to_str().unwrap();
+    let out_file = dir.join("x.safetensors");
+    let o = out_file.to_str().unwrap();
+
+    assert_one_line_error(&icet(&["features", "--model", m, "--image", "/no/such.png", "--out", o, "--device", "cpu"]), "/no/such.png");
+    std::fs::write(dir.join("bad.png"), b"not an image").unwrap();
+    let bad = dir.join("bad.png");
+    assert_one_line_error(&icet(&["features", "--model", m, "--image", bad.to_str().unwrap(), "--out", o, "--device", "cpu"]), "bad.png");
+    assert_one_line_error(&icet(&["features", "--model", m, "--image", i, "--layers", "9", "--out", o, "--device", "cpu"]), "layer 9 is out of range");
+    assert_one_line_error(&icet(&["generate", "--model", m, "--image", i, "--prompt", "x", "--layer", "-8", "--device", "cpu"]), "layer -8 is out of range");
+    assert_one_line_error(&icet(&["info", "--model", "/no/such/model"]), "/no/such/model");
+
+    // Corrupt weights.
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    for f in ["config.json", "preprocessor_config.json", "tokenizer.json", "generation_config.json"] {
+        std::fs::copy(model.join(f), broken.join(f)).unwrap();
+    }
+    std::fs::write(broken.join("model.safetensors"), b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage").unwrap();
+    assert_one_line_error(
+        &icet(&["features", "--model", broken.to_str().unwrap(), "--image", i, "--out", o, "--device", "cpu"]),
+        "model.safetensors",
+    );
+
+    // Data rows.
+    std::fs::copy(&img, dir.join("a.png")).unwrap();
+    std::fs::write(dir.join("d.jsonl"), "{\"id\": \"1\", \"prompt\": \"hi\", \"image\": \"a.png\"}\n{\"id\": \"2\", \"image\": \"a.png\"}\n").unwrap();
+    let run_dir = dir.join("run");
+    let d = dir.join("d.jsonl");
+    assert_one_line_error(
+        &icet(&["sweep", "--model", m, "--data", d.to_str().unwrap(), "--out", run_dir.to_str().unwrap(), "--device", "cpu"]),
+        "d.jsonl:2",
+    );
+    std::fs::write(&d, "{\"id\": \"1\", \"prompt\": \"hi\", \"image\": \"missing.png\"}\n").unwrap();
+    assert_one_line_error(
+        &icet(&["sweep", "--model", m, "--data", d.to_str().unwrap(), "--out", run_dir.to_str().unwrap(), "--device", "cpu"]),
+        "missing.png",
+    );
+}
+
+#[test]
+fn info_describes_the_checkpoint() {
+    let out = icet(&["info", "--model", fixture("llava-tiny-gqa").to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["vision"]["layers"], 4);
+    assert_eq!(v["text"]["kv_heads"], 2);
+    assert_eq!(v["vision_feature_layer_resolved"], 3);
+    assert_eq!(v["image_slots"], 10);
+    assert_eq!(v["dtypes"][0]["dtype"], "F16");
+    assert_eq!(v["weight_layout"]["text"], "model.language_model.");
+}

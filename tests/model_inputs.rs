@@ -1,0 +1,148 @@
+//! Checkpoints in every supported layout load; broken ones fail with one clear line naming the
+//! file and tensor — never a panic.
+use std::path::{Path, PathBuf};
+
+use icet_models::backend::cpu::Cpu;
+use icet_models::backend::Backend;
+use icet_models::llava::{FeatureStrategy, Llava, LoadParts};
+use safetensors::tensor::TensorView;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+/// A scratch copy of a fixture's non-weight files.
+fn scratch(name: &str, from: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("icet-inputs-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture(from).join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+/// Rewrites llava-tiny's weights with renamed keys (and optionally a tensor dropped or reshaped).
+fn rewrite_weights(dir: &Path, rename: impl Fn(&str) -> Option<String>, reshape: Option<&str>) {
+    let bytes = std::fs::read(fixture("llava-tiny").join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut views = Vec::new();
+    for (name, view) in st.tensors() {
+        let Some(new) = rename(&name) else { continue };
+        let mut shape = view.shape().to_vec();
+        if reshape == Some(name.as_str()) {
+            let n: usize = shape.iter().product();
+            shape = vec![n];
+        }
+        views.push((new, TensorView::new(view.dtype(), shape, view.data()).unwrap()));
+    }
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+fn load(dir: &Path) -> Result<Llava<Cpu>, String> {
+    Llava::load(dir, &Cpu, LoadParts { deepest_vision_layer: None, text: true }).map_err(|e| e.to_string())
+}
+
+fn load_err(dir: &Path) -> String {
+    load(dir).err().expect("loading must fail")
+}
+
+fn projected_default_layer(model: &Llava<Cpu>) -> Vec<f32> {
+    let b = Cpu;
+    let px = model.pixel_values(&fixture("images/square.png"), false).unwrap();
+    let cap = model.vision.capture(&b, &[model.upload_pixels(&b, &px).unwrap()], &[5]).unwrap();
+    b.to_host(&model.project_layer(&b, &cap, 5, FeatureStrategy::Default).unwrap()).unwrap()
+}
+
+#[test]
+fn all_llava_layouts_load_to_the_same_model() {
+    let reference = projected_default_layer(&load(&fixture("llava-tiny")).unwrap());
+    // transformers >= 4.52 re-save layout, and the layout without `vision_model`.
+    let layouts: [(&str, fn(&str) -> String); 2] = [
+        ("new", |n| {
+            if let Some(r) = n.strip_prefix("language_model.model.") {
+                format!("model.language_model.{r}")
+            } else if let Some(r) = n.strip_prefix("language_model.") {
+                r.to_string()
+            } else {
+                format!("model.{n}")
+            }
+        }),
+        ("flat-vision", |n| n.replace("vision_tower.vision_model.", "vision_tower.")),
+    ];
+    for (tag, f) in layouts {
+        let dir = scratch(tag, "llava-tiny");
+        rewrite_weights(&dir, |n| Some(f(n)), None);
+        let model = load(&dir).unwrap_or_else(|e| panic!("{tag}: {e}"));
+        assert_eq!(projected_default_layer(&model), reference, "{tag} layout gives other features");
+    }
+}
+
+#[test]
+fn broken_checkpoints_name_file_and_tensor() {
+    // Missing tensor.
+    let dir = scratch("missing", "llava-tiny");
+    rewrite_weights(&dir, |n| (n != "language_model.model.layers.1.mlp.up_proj.weight").then(|| n.to_string()), None);
+    let e = load_err(&dir);
+    assert!(e.contains("language_model.model.layers.1.mlp.up_proj.weight") && e.contains("missing"), "{e}");
+    assert!(e.contains("model.safetensors"), "{e}");
+
+    // Shape that does not match the config.
+    let dir = scratch("shape", "llava-tiny");
+    rewrite_weights(&dir, |n| Some(n.to_string()), Some("multi_modal_projector.linear_2.weight"));
+    let e = load_err(&dir);
+    assert!(e.contains("multi_modal_projector.linear_2.weight") && e.contains("shape") && e.contains("model.safetensors"), "{e}");
+
+    // Truncated file.
+    let dir = scratch("truncated", "llava-tiny");
+    let bytes = std::fs::read(fixture("llava-tiny").join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.safetensors") && e.contains("truncated or corrupt"), "{e}");
+
+    // Garbage.
+    std::fs::write(dir.join("model.safetensors"), b"this is not a checkpoint").unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors"), "{e}");
+
+    // No weights at all; no config.
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    assert!(load_err(&dir).contains("no model.safetensors"));
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    assert!(load_err(&dir).contains("config.json"));
+    assert!(load_err(Path::new("/no/such/model")).contains("/no/such/model"));
+
+    // A shard named by the index that is not there.
+    let dir = scratch("shards", "llava-tiny-gqa");
+    std::fs::copy(fixture("llava-tiny-gqa/model.safetensors.index.json"), dir.join("model.safetensors.index.json")).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model-0000") && e.contains("cannot open"), "{e}");
+}
+
+#[test]
+fn bad_images_and_layers_name_the_input() {
+    let model = load(&fixture("llava-tiny")).unwrap();
+    let e = model.pixel_values(Path::new("/no/such/image.png"), false).unwrap_err().to_string();
+    assert!(e.contains("/no/such/image.png"), "{e}");
+    let bad = std::env::temp_dir().join(format!("icet-not-an-image-{}.png", std::process::id()));
+    std::fs::write(&bad, b"definitely not a PNG").unwrap();
+    let e = model.pixel_values(&bad, false).unwrap_err().to_string();
+    assert!(e.contains(&bad.display().to_string()), "{e}");
+    let b = Cpu;
+    let px = model.pixel_values(&fixture("images/square.png"), false).unwrap();
+    let e = model.vision.capture(&b, &[model.upload_pixels(&b, &px).unwrap()], &[7]).err().unwrap().to_string();
+    assert!(e.contains("layer 7"), "{e}");
+}
+
+#[test]
+fn early_exit_loads_and_runs_only_needed_layers() {
+    let model = Llava::load(&fixture("llava-tiny"), &Cpu, LoadParts { deepest_vision_layer: Some(2), text: false }).unwrap();
+    assert_eq!(model.vision.loaded_layers(), 2);
+    assert!(model.llm.is_none());
+    let b = Cpu;
+    let px = model.pixel_values(&fixture("images/square.png"), false).unwrap();
+    let cap = model.vision.capture(&b, &[model.upload_pixels(&b, &px).unwrap()], &[0, 2, 1]).unwrap();
+    assert_eq!(cap.layers_run, 2);
+    assert_eq!(cap.index, vec![0, 1, 2]);
+    assert!(model.vision.capture(&b, &[model.upload_pixels(&b, &px).unwrap()], &[3]).is_err());
+}
