@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 use icet_models::backend::cpu::Cpu;
+use icet_models::backend::Backend;
 use icet_models::llava::{FeatureStrategy, Llava, LoadParts};
 use icet_models::prompt::Template;
 
@@ -72,19 +73,19 @@ impl ModelArgs {
         }
     }
 
-    /// The backend to run on. Only the CPU reference backend exists in this build.
-    pub fn backend(&self) -> Result<Cpu> {
+    /// The backend to run on (`--device`). Commands match on it once and run generic code.
+    pub fn backend(&self) -> Result<SelectedBackend> {
         match self.device {
-            Device::Cpu => Ok(Cpu),
+            Device::Cpu => Ok(SelectedBackend::Cpu(Cpu)),
             Device::Auto => {
                 eprintln!("icet: using the CPU backend (this build has no CUDA backend)");
-                Ok(Cpu)
+                Ok(SelectedBackend::Cpu(Cpu))
             }
             Device::Cuda => bail!("--device cuda: this build has no CUDA backend; use --device cpu"),
         }
     }
 
-    pub fn strategy(&self, model: &Llava<Cpu>) -> FeatureStrategy {
+    pub fn strategy<B: Backend>(&self, model: &Llava<B>) -> FeatureStrategy {
         match self.strategy {
             Some(StrategyArg::Default) => FeatureStrategy::Default,
             Some(StrategyArg::Full) => FeatureStrategy::Full,
@@ -92,7 +93,23 @@ impl ModelArgs {
         }
     }
 
-    pub fn load(&self, b: &Cpu, parts: LoadParts) -> Result<Llava<Cpu>> {
+    pub fn load<B: Backend>(&self, b: &B, parts: LoadParts) -> Result<Llava<B>> {
         Ok(Llava::load(self.model_dir()?, b, parts)?)
     }
+}
+
+/// The backend `--device` chose. Each command's `run` matches on it once and calls its generic
+/// `run_on::<B>` (see [`with_backend!`]).
+pub enum SelectedBackend {
+    Cpu(Cpu),
+}
+
+/// `with_backend!(selected, |b| expr)`: evaluates `expr` with `b` bound to the concrete backend.
+#[macro_export]
+macro_rules! with_backend {
+    ($selected:expr, |$b:ident| $body:expr) => {
+        match $selected {
+            $crate::common::SelectedBackend::Cpu($b) => $body,
+        }
+    };
 }

@@ -31,15 +31,19 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let selected = args.model.backend()?;
+    crate::with_backend!(selected, |b| run_on(&b, args))
+}
+
+fn run_on<B: Backend>(b: &B, args: Args) -> Result<()> {
     let dir = args.model.model_dir()?;
     let config = LlavaConfig::from_dir(dir)?;
     let layers = parse_layers(&args.layers, config.vision_layers())?;
-    let b = args.model.backend()?;
     let model =
-        args.model.load(&b, LoadParts { deepest_vision_layer: layers.last().copied(), text: false })?;
+        args.model.load(b, LoadParts { deepest_vision_layer: layers.last().copied(), text: false })?;
     let strategy = args.model.strategy(&model);
     let px = model.pixel_values(&args.image, args.model.pad_square)?;
-    let capture = model.vision.capture(&b, &[model.upload_pixels(&b, &px)?], &layers)?;
+    let capture = model.vision.capture(b, &[model.upload_pixels(b, &px)?], &layers)?;
 
     let mut tensors: Vec<(String, Vec<f32>, Vec<usize>)> =
         vec![("pixel_values".into(), px.data.clone(), vec![3, px.height, px.width])];
@@ -47,7 +51,7 @@ pub fn run(args: Args) -> Result<()> {
         let hidden = capture.get(l).expect("captured");
         let (rows, cols) = b.dims(hidden);
         tensors.push((format!("hidden.{l}"), b.to_host(hidden)?, vec![rows, cols]));
-        let projected = model.project_layer(&b, &capture, l, strategy)?;
+        let projected = model.project_layer(b, &capture, l, strategy)?;
         let (rows, cols) = b.dims(&projected);
         tensors.push((format!("projected.{l}"), b.to_host(&projected)?, vec![rows, cols]));
     }

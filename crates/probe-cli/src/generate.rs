@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
-use icet_models::backend::SamplingParams;
+use icet_models::backend::{Backend, SamplingParams};
 use icet_models::generation::{generate, DecodeOptions, Request};
 use icet_models::llava::{resolve_layer, LlavaConfig, LoadParts};
 
@@ -69,21 +69,25 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let selected = args.model.backend()?;
+    crate::with_backend!(selected, |b| run_on(&b, args))
+}
+
+fn run_on<B: Backend>(b: &B, args: Args) -> Result<()> {
     let dir = args.model.model_dir()?;
     let config = LlavaConfig::from_dir(dir)?;
     let layer = resolve_layer(args.layer.unwrap_or(config.default_layer()?), config.vision_layers())?;
-    let b = args.model.backend()?;
-    let model = args.model.load(&b, LoadParts { deepest_vision_layer: Some(layer), text: true })?;
+    let model = args.model.load(b, LoadParts { deepest_vision_layer: Some(layer), text: true })?;
     let strategy = args.model.strategy(&model);
     let text = args.template.template().render(&args.prompt)?;
     let tokenizer = model.tokenizer()?;
     let prompt_ids = tokenizer.encode_with_image(&text, model.config.image_slots(strategy))?;
     let px = model.pixel_values(&args.image, args.model.pad_square)?;
-    let capture = model.vision.capture(&b, &[model.upload_pixels(&b, &px)?], &[layer])?;
-    let features = model.project_layer(&b, &capture, layer, strategy)?;
+    let capture = model.vision.capture(b, &[model.upload_pixels(b, &px)?], &[layer])?;
+    let features = model.project_layer(b, &capture, layer, strategy)?;
     let opts = args.decode.options(model.generation.eos_token_ids.clone(), model.config.image_token_index)?;
     let request = Request { prompt_ids: prompt_ids.clone(), image_features: Some(&features), seed: args.decode.seed };
-    let out = generate(&b, model.llm()?, &[request], &opts, false)?.remove(0);
+    let out = generate(b, model.llm()?, &[request], &opts, false)?.remove(0);
     let text = tokenizer.decode(&out.token_ids)?;
     if args.json {
         let obj = serde_json::json!({

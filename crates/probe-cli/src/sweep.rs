@@ -102,7 +102,12 @@ fn read_existing(path: &Path) -> Result<Vec<ResponseRow>> {
     Ok(rows)
 }
 
-pub fn run(mut args: Args) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
+    let selected = args.model.backend()?;
+    crate::with_backend!(selected, |b| run_on(&b, args))
+}
+
+fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
     let demo = args.model.model.is_none() && args.data.is_none();
     if demo {
         let d = crate::demo::materialize()?;
@@ -133,7 +138,6 @@ pub fn run(mut args: Args) -> Result<()> {
     let num_layers = config.vision_layers();
     let layers = parse_layers(&args.layers, num_layers)?;
     let default_layer = resolve_layer(config.default_layer()?, num_layers)?;
-    let b = args.model.backend()?;
     let template = args.template.template();
     let texts: Vec<String> = rows.iter().map(|r| template.render(&r.prompt)).collect::<Result<_, _>>()?;
 
@@ -189,7 +193,7 @@ pub fn run(mut args: Args) -> Result<()> {
 
     if !pending.is_empty() {
         let deepest = layers.last().copied();
-        let model = args.model.load(&b, LoadParts { deepest_vision_layer: deepest, text: true })?;
+        let model = args.model.load(b, LoadParts { deepest_vision_layer: deepest, text: true })?;
         let strategy = args.model.strategy(&model);
         let tokenizer = model.tokenizer()?;
         let llm = model.llm()?;
@@ -228,10 +232,10 @@ pub fn run(mut args: Args) -> Result<()> {
                 w.dedup();
                 w
             };
-            let capture = model.vision.capture(&b, &[model.upload_pixels(&b, &px)?], &wanted)?;
+            let capture = model.vision.capture(b, &[model.upload_pixels(b, &px)?], &wanted)?;
             let mut features = HashMap::new();
             for &l in &wanted {
-                features.insert(l, model.project_layer(&b, &capture, l, strategy)?);
+                features.insert(l, model.project_layer(b, &capture, l, strategy)?);
             }
             for batch in work.chunks(args.batch_size) {
                 let mut requests = Vec::with_capacity(batch.len());
@@ -250,7 +254,7 @@ pub fn run(mut args: Args) -> Result<()> {
                         seed: answer_seed(args.decode.seed, &rows[i].id, l),
                     });
                 }
-                let outputs = generate(&b, llm, &requests, &opts, false)?;
+                let outputs = generate(b, llm, &requests, &opts, false)?;
                 let mut lines = String::new();
                 for (&(i, l), g) in batch.iter().zip(outputs) {
                     let response = tokenizer.decode(&g.token_ids)?;
