@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub image: PathBuf,
     /// Layers: `all` (0..=L), `a..b` (inclusive), or a list such as `3,7,-2`
-    #[arg(long, value_name = "SPEC", default_value = "all")]
+    #[arg(long, value_name = "SPEC", default_value = "all", allow_hyphen_values = true)]
     pub layers: String,
     /// Output .safetensors file
     #[arg(long, value_name = "FILE")]
