@@ -46,8 +46,17 @@ fn features_match_transformers() {
     let out_file = dir.join("f.safetensors");
     let model = fixture("llava-tiny");
     let out = icet(&[
-        "features", "--model", model.to_str().unwrap(), "--image", fixture("images/square.png").to_str().unwrap(),
-        "--layers", "all", "--out", out_file.to_str().unwrap(), "--device", "cpu",
+        "features",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        fixture("images/square.png").to_str().unwrap(),
+        "--layers",
+        "all",
+        "--out",
+        out_file.to_str().unwrap(),
+        "--device",
+        "cpu",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ours = std::fs::read(&out_file).unwrap();
@@ -70,12 +79,22 @@ fn features_match_transformers() {
     }
     // A negative spec selects the same layers by transformers' indexing.
     let out = icet(&[
-        "features", "--model", model.to_str().unwrap(), "--image", fixture("images/square.png").to_str().unwrap(),
-        "--layers", "-2,0..1", "--out", out_file.to_str().unwrap(), "--device", "cpu",
+        "features",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        fixture("images/square.png").to_str().unwrap(),
+        "--layers",
+        "-2,0..1",
+        "--out",
+        out_file.to_str().unwrap(),
+        "--device",
+        "cpu",
     ]);
     assert!(out.status.success());
     let ours = std::fs::read(&out_file).unwrap();
-    let names: Vec<String> = safetensors::SafeTensors::deserialize(&ours).unwrap().names().into_iter().map(String::from).collect();
+    let names: Vec<String> =
+        safetensors::SafeTensors::deserialize(&ours).unwrap().names().into_iter().map(String::from).collect();
     for n in ["hidden.0", "hidden.1", "hidden.5", "projected.5", "pixel_values"] {
         assert!(names.contains(&n.to_string()), "{n} in {names:?}");
     }
@@ -85,13 +104,27 @@ fn features_match_transformers() {
 #[test]
 fn generate_json_matches_transformers() {
     let model = fixture("llava-tiny-gqa");
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(model.join("reference.json")).unwrap()).unwrap();
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("reference.json")).unwrap()).unwrap();
     for case in reference["cases"].as_array().unwrap().iter().filter(|c| c["image"] == "square").take(3) {
         let layer = case["layer"].as_i64().unwrap().to_string();
         let out = icet(&[
-            "generate", "--model", model.to_str().unwrap(), "--image", fixture("images/square.png").to_str().unwrap(),
-            "--prompt", case["prompt"].as_str().unwrap(), "--template", case["template"].as_str().unwrap(),
-            "--layer", &layer, "--max-new-tokens", "12", "--json", "--device", "cpu",
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            fixture("images/square.png").to_str().unwrap(),
+            "--prompt",
+            case["prompt"].as_str().unwrap(),
+            "--template",
+            case["template"].as_str().unwrap(),
+            "--layer",
+            &layer,
+            "--max-new-tokens",
+            "12",
+            "--json",
+            "--device",
+            "cpu",
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let stdout = String::from_utf8(out.stdout).unwrap();
@@ -166,12 +199,24 @@ fn bad_inputs_give_one_line_errors() {
     let out_file = dir.join("x.safetensors");
     let o = out_file.to_str().unwrap();
 
-    assert_one_line_error(&icet(&["features", "--model", m, "--image", "/no/such.png", "--out", o, "--device", "cpu"]), "/no/such.png");
+    assert_one_line_error(
+        &icet(&["features", "--model", m, "--image", "/no/such.png", "--out", o, "--device", "cpu"]),
+        "/no/such.png",
+    );
     std::fs::write(dir.join("bad.png"), b"not an image").unwrap();
     let bad = dir.join("bad.png");
-    assert_one_line_error(&icet(&["features", "--model", m, "--image", bad.to_str().unwrap(), "--out", o, "--device", "cpu"]), "bad.png");
-    assert_one_line_error(&icet(&["features", "--model", m, "--image", i, "--layers", "9", "--out", o, "--device", "cpu"]), "layer 9 is out of range");
-    assert_one_line_error(&icet(&["generate", "--model", m, "--image", i, "--prompt", "x", "--layer", "-8", "--device", "cpu"]), "layer -8 is out of range");
+    assert_one_line_error(
+        &icet(&["features", "--model", m, "--image", bad.to_str().unwrap(), "--out", o, "--device", "cpu"]),
+        "bad.png",
+    );
+    assert_one_line_error(
+        &icet(&["features", "--model", m, "--image", i, "--layers", "9", "--out", o, "--device", "cpu"]),
+        "layer 9 is out of range",
+    );
+    assert_one_line_error(
+        &icet(&["generate", "--model", m, "--image", i, "--prompt", "x", "--layer", "-8", "--device", "cpu"]),
+        "layer -8 is out of range",
+    );
     assert_one_line_error(&icet(&["info", "--model", "/no/such/model"]), "/no/such/model");
 
     // Corrupt weights.
@@ -188,16 +233,40 @@ fn bad_inputs_give_one_line_errors() {
 
     // Data rows.
     std::fs::copy(&img, dir.join("a.png")).unwrap();
-    std::fs::write(dir.join("d.jsonl"), "{\"id\": \"1\", \"prompt\": \"hi\", \"image\": \"a.png\"}\n{\"id\": \"2\", \"image\": \"a.png\"}\n").unwrap();
+    std::fs::write(
+        dir.join("d.jsonl"),
+        "{\"id\": \"1\", \"prompt\": \"hi\", \"image\": \"a.png\"}\n{\"id\": \"2\", \"image\": \"a.png\"}\n",
+    )
+    .unwrap();
     let run_dir = dir.join("run");
     let d = dir.join("d.jsonl");
     assert_one_line_error(
-        &icet(&["sweep", "--model", m, "--data", d.to_str().unwrap(), "--out", run_dir.to_str().unwrap(), "--device", "cpu"]),
+        &icet(&[
+            "sweep",
+            "--model",
+            m,
+            "--data",
+            d.to_str().unwrap(),
+            "--out",
+            run_dir.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]),
         "d.jsonl:2",
     );
     std::fs::write(&d, "{\"id\": \"1\", \"prompt\": \"hi\", \"image\": \"missing.png\"}\n").unwrap();
     assert_one_line_error(
-        &icet(&["sweep", "--model", m, "--data", d.to_str().unwrap(), "--out", run_dir.to_str().unwrap(), "--device", "cpu"]),
+        &icet(&[
+            "sweep",
+            "--model",
+            m,
+            "--data",
+            d.to_str().unwrap(),
+            "--out",
+            run_dir.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]),
         "missing.png",
     );
 }

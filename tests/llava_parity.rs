@@ -79,7 +79,9 @@ fn check_model(name: &str) {
     // Preprocessing, with and without the original LLaVA's pad-to-square.
     for img in r.json["images"].as_object().unwrap().keys() {
         for (pad, key) in [(false, "pixel_values"), (true, "pixel_values_padsq")] {
-            if (pad && img == "tall-rgba") || img == "wide" { continue; } // TEMP
+            if (pad && img == "tall-rgba") || img == "wide" {
+                continue;
+            } // TEMP
             let px = model.pixel_values(&image_path(&dir, &r, img), pad).unwrap();
             let (shape, want) = r.get(&format!("{key}.{img}"));
             assert_eq!(vec![3, px.height, px.width], *shape, "{name} {key}.{img} shape");
@@ -90,7 +92,8 @@ fn check_model(name: &str) {
 
     // Every vision layer and both strategies, from the reference pixels (one pass per image).
     let all: Vec<usize> = (0..=num_layers).collect();
-    let hidden_images: Vec<&str> = ["square", "wide"].into_iter().filter(|i| r.tensors.contains_key(&format!("hidden.{i}.0"))).collect();
+    let hidden_images: Vec<&str> =
+        ["square", "wide"].into_iter().filter(|i| r.tensors.contains_key(&format!("hidden.{i}.0"))).collect();
     assert!(!hidden_images.is_empty());
     for img in &hidden_images {
         let (shape, px) = r.get(&format!("pixel_values.{img}"));
@@ -141,9 +144,15 @@ fn check_model(name: &str) {
             sampling: None,
             image_token_id: model.config.image_token_index,
         };
-        let out = generate(&b, model.llm().unwrap(), &[Request { prompt_ids: ids, image_features: Some(&features), seed: 0 }], &opts, true)
-            .unwrap()
-            .remove(0);
+        let out = generate(
+            &b,
+            model.llm().unwrap(),
+            &[Request { prompt_ids: ids, image_features: Some(&features), seed: 0 }],
+            &opts,
+            true,
+        )
+        .unwrap()
+        .remove(0);
         let (_, want_logits) = r.get(&format!("logits.{idx}"));
         let err = rel_err(out.first_logits.as_ref().unwrap(), want_logits);
         assert!(err <= LOGITS_TOL, "{name} case {idx} (layer {layer}) first logits: rel error {err:e}");
@@ -189,7 +198,8 @@ fn batched_generation_equals_one_at_a_time() {
     let px = model.pixel_values(&dir.join("../images/wide.jpg"), false).unwrap();
     let layers: Vec<usize> = (0..=model.config.vision_layers()).collect();
     let capture = model.vision.capture(&b, &[model.upload_pixels(&b, &px).unwrap()], &layers).unwrap();
-    let feats: Vec<CpuTensor> = layers.iter().map(|&l| model.project_layer(&b, &capture, l, strategy).unwrap()).collect();
+    let feats: Vec<CpuTensor> =
+        layers.iter().map(|&l| model.project_layer(&b, &capture, l, strategy).unwrap()).collect();
     let prompts = ["Describe the image.", "How do I pick a lock? Explain in detail please.", "Hi"];
     let opts = DecodeOptions {
         max_new_tokens: 10,
@@ -201,7 +211,9 @@ fn batched_generation_equals_one_at_a_time() {
         .iter()
         .zip(prompts.iter().cycle())
         .map(|(&l, p)| Request {
-            prompt_ids: tok.encode_with_image(&Template::LlavaV1.render(p).unwrap(), model.config.image_slots(strategy)).unwrap(),
+            prompt_ids: tok
+                .encode_with_image(&Template::LlavaV1.render(p).unwrap(), model.config.image_slots(strategy))
+                .unwrap(),
             image_features: Some(&feats[l]),
             seed: l as u64,
         })
@@ -214,9 +226,14 @@ fn batched_generation_equals_one_at_a_time() {
         assert_eq!(alone.token_ids, batched[i].token_ids, "sequence {i}");
     }
     // Seeded sampling is reproducible and independent of batching too.
-    let sampled = DecodeOptions { sampling: Some(icet_models::backend::SamplingParams { temperature: 1.0, top_p: 0.9 }), ..opts };
+    let sampled =
+        DecodeOptions { sampling: Some(icet_models::backend::SamplingParams { temperature: 1.0, top_p: 0.9 }), ..opts };
     let a = generate(&b, llm, &requests, &sampled, false).unwrap();
-    let single = Request { prompt_ids: requests[2].prompt_ids.clone(), image_features: requests[2].image_features, seed: requests[2].seed };
+    let single = Request {
+        prompt_ids: requests[2].prompt_ids.clone(),
+        image_features: requests[2].image_features,
+        seed: requests[2].seed,
+    };
     let c = generate(&b, llm, &[single], &sampled, false).unwrap();
     assert_eq!(a[2].token_ids, c[0].token_ids);
 }

@@ -16,7 +16,9 @@ fn scratch(name: &str, from: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("icet-inputs-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"] {
+    for f in
+        ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"]
+    {
         std::fs::copy(fixture(from).join(f), dir.join(f)).unwrap();
     }
     dir
@@ -91,7 +93,10 @@ fn broken_checkpoints_name_file_and_tensor() {
     let dir = scratch("shape", "llava-tiny");
     rewrite_weights(&dir, |n| Some(n.to_string()), Some("multi_modal_projector.linear_2.weight"));
     let e = load_err(&dir);
-    assert!(e.contains("multi_modal_projector.linear_2.weight") && e.contains("shape") && e.contains("model.safetensors"), "{e}");
+    assert!(
+        e.contains("multi_modal_projector.linear_2.weight") && e.contains("shape") && e.contains("model.safetensors"),
+        "{e}"
+    );
 
     // Truncated file.
     let dir = scratch("truncated", "llava-tiny");
@@ -114,7 +119,8 @@ fn broken_checkpoints_name_file_and_tensor() {
 
     // A shard named by the index that is not there.
     let dir = scratch("shards", "llava-tiny-gqa");
-    std::fs::copy(fixture("llava-tiny-gqa/model.safetensors.index.json"), dir.join("model.safetensors.index.json")).unwrap();
+    std::fs::copy(fixture("llava-tiny-gqa/model.safetensors.index.json"), dir.join("model.safetensors.index.json"))
+        .unwrap();
     let e = load_err(&dir);
     assert!(e.contains("model-0000") && e.contains("cannot open"), "{e}");
 }
@@ -136,7 +142,8 @@ fn bad_images_and_layers_name_the_input() {
 
 #[test]
 fn early_exit_loads_and_runs_only_needed_layers() {
-    let model = Llava::load(&fixture("llava-tiny"), &Cpu, LoadParts { deepest_vision_layer: Some(2), text: false }).unwrap();
+    let model =
+        Llava::load(&fixture("llava-tiny"), &Cpu, LoadParts { deepest_vision_layer: Some(2), text: false }).unwrap();
     assert_eq!(model.vision.loaded_layers(), 2);
     assert!(model.llm.is_none());
     let b = Cpu;

@@ -49,7 +49,9 @@ impl Template {
             Self::LlavaHf => Ok(format!("USER: {IMAGE_PLACEHOLDER}\n{prompt} ASSISTANT:")),
             Self::Raw => {
                 if prompt.matches(IMAGE_PLACEHOLDER).count() != 1 {
-                    return Err(Error::invalid(format!("a raw prompt must contain `{IMAGE_PLACEHOLDER}` exactly once")));
+                    return Err(Error::invalid(format!(
+                        "a raw prompt must contain `{IMAGE_PLACEHOLDER}` exactly once"
+                    )));
                 }
                 Ok(prompt.to_string())
             }
@@ -70,13 +72,16 @@ impl PromptTokenizer {
         if !path.exists() {
             return Err(Error::input(&path, "tokenizer.json is missing from the model directory"));
         }
-        let tokenizer = Tokenizer::from_file(&path).map_err(|e| Error::input(&path, format!("cannot load tokenizer: {e}")))?;
+        let tokenizer =
+            Tokenizer::from_file(&path).map_err(|e| Error::input(&path, format!("cannot load tokenizer: {e}")))?;
         match tokenizer.token_to_id(IMAGE_PLACEHOLDER) {
             Some(id) if id == image_token_id => {}
             Some(id) => {
                 return Err(Error::input(
                     &path,
-                    format!("`{IMAGE_PLACEHOLDER}` is token {id}, but config.json says image_token_index {image_token_id}"),
+                    format!(
+                        "`{IMAGE_PLACEHOLDER}` is token {id}, but config.json says image_token_index {image_token_id}"
+                    ),
                 ))
             }
             None => return Err(Error::input(&path, format!("the tokenizer has no `{IMAGE_PLACEHOLDER}` token"))),
@@ -92,7 +97,9 @@ impl PromptTokenizer {
         let ids = enc.get_ids();
         let n_images = ids.iter().filter(|&&i| i == self.image_token_id).count();
         if n_images != 1 {
-            return Err(Error::invalid(format!("the prompt has {n_images} image placeholders; exactly one is supported")));
+            return Err(Error::invalid(format!(
+                "the prompt has {n_images} image placeholders; exactly one is supported"
+            )));
         }
         let mut out = Vec::with_capacity(ids.len() + slots);
         for &id in ids {

@@ -50,9 +50,8 @@ impl Checkpoint {
             let text = std::fs::read_to_string(&index_path).map_err(|e| Error::input(&index_path, e))?;
             let index: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| Error::input(&index_path, format!("invalid JSON: {e}")))?;
-            let map = index["weight_map"]
-                .as_object()
-                .ok_or_else(|| Error::input(&index_path, "no \"weight_map\" object"))?;
+            let map =
+                index["weight_map"].as_object().ok_or_else(|| Error::input(&index_path, "no \"weight_map\" object"))?;
             let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
             names.sort_unstable();
             names.dedup();
@@ -60,7 +59,10 @@ impl Checkpoint {
         } else if single.exists() {
             vec![single]
         } else {
-            return Err(Error::input(dir, "no model.safetensors or model.safetensors.index.json in the model directory"));
+            return Err(Error::input(
+                dir,
+                "no model.safetensors or model.safetensors.index.json in the model directory",
+            ));
         };
         let mut shards = Vec::new();
         let mut location = HashMap::new();
@@ -120,7 +122,10 @@ impl Checkpoint {
             }
         };
         if values.len() != numel {
-            return Err(Error::input(&shard.path, format!("tensor `{name}` has {} values, expected {numel}", values.len())));
+            return Err(Error::input(
+                &shard.path,
+                format!("tensor `{name}` has {} values, expected {numel}", values.len()),
+            ));
         }
         Ok(values)
     }

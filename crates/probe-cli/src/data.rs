@@ -22,7 +22,13 @@ fn field(obj: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<
     }
 }
 
-fn make_row(path: &Path, line: usize, id: Option<String>, prompt: Option<String>, image: Option<String>) -> Result<DataRow> {
+fn make_row(
+    path: &Path,
+    line: usize,
+    id: Option<String>,
+    prompt: Option<String>,
+    image: Option<String>,
+) -> Result<DataRow> {
     let here = || format!("{}:{line}", path.display());
     let prompt = prompt.filter(|p| !p.trim().is_empty()).ok_or_else(|| anyhow!("{}: row has no `prompt`", here()))?;
     let image = image.filter(|p| !p.trim().is_empty()).ok_or_else(|| anyhow!("{}: row has no `image`", here()))?;
@@ -45,7 +51,8 @@ pub fn load(path: &Path) -> Result<Vec<DataRow>> {
             bail!("{}: id `{}` appears more than once", path.display(), r.id);
         }
     }
-    let missing: Vec<String> = rows.iter().filter(|r| !r.image_path.is_file()).map(|r| r.image_path.display().to_string()).collect();
+    let missing: Vec<String> =
+        rows.iter().filter(|r| !r.image_path.is_file()).map(|r| r.image_path.display().to_string()).collect();
     if !missing.is_empty() {
         bail!("{}: {} image(s) not found: {}", path.display(), missing.len(), missing.join(", "));
     }
@@ -73,7 +80,11 @@ fn load_csv(path: &Path, text: &str) -> Result<Vec<DataRow>> {
     let col = |name: &str| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
     let (id, prompt, image) = (col("id"), col("prompt"), col("image"));
     if prompt.is_none() || image.is_none() {
-        bail!("{}:1: CSV header needs `prompt` and `image` columns (has: {})", path.display(), headers.iter().collect::<Vec<_>>().join(", "));
+        bail!(
+            "{}:1: CSV header needs `prompt` and `image` columns (has: {})",
+            path.display(),
+            headers.iter().collect::<Vec<_>>().join(", ")
+        );
     }
     let mut rows = Vec::new();
     for (i, rec) in reader.records().enumerate() {
@@ -130,7 +141,11 @@ mod tests {
         let c = write(&d, "g.csv", "id,prompt,image\n1,a\n");
         let e = load(&c).unwrap_err().to_string();
         assert!(e.contains("g.csv:2"), "{e}");
-        let j = write(&d, "h.jsonl", "{\"id\":1,\"prompt\": \"a\", \"image\": \"a.png\"}\n{\"id\":1,\"prompt\": \"b\", \"image\": \"a.png\"}\n");
+        let j = write(
+            &d,
+            "h.jsonl",
+            "{\"id\":1,\"prompt\": \"a\", \"image\": \"a.png\"}\n{\"id\":1,\"prompt\": \"b\", \"image\": \"a.png\"}\n",
+        );
         assert!(load(&j).unwrap_err().to_string().contains("more than once"));
     }
 }

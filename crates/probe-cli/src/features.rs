@@ -39,8 +39,7 @@ fn run_on<B: Backend>(b: &B, args: Args) -> Result<()> {
     let dir = args.model.model_dir()?;
     let config = LlavaConfig::from_dir(dir)?;
     let layers = parse_layers(&args.layers, config.vision_layers())?;
-    let model =
-        args.model.load(b, LoadParts { deepest_vision_layer: layers.last().copied(), text: false })?;
+    let model = args.model.load(b, LoadParts { deepest_vision_layer: layers.last().copied(), text: false })?;
     let strategy = args.model.strategy(&model);
     let px = model.pixel_values(&args.image, args.model.pad_square)?;
     let capture = model.vision.capture(b, &[model.upload_pixels(b, &px)?], &layers)?;

@@ -34,7 +34,8 @@ impl DecodeArgs {
         if self.temperature < 0.0 || !self.temperature.is_finite() {
             bail!("--temperature {} must be >= 0", self.temperature);
         }
-        let sampling = (self.temperature > 0.0).then_some(SamplingParams { temperature: self.temperature, top_p: self.top_p });
+        let sampling =
+            (self.temperature > 0.0).then_some(SamplingParams { temperature: self.temperature, top_p: self.top_p });
         Ok(DecodeOptions { max_new_tokens: self.max_new_tokens, eos_token_ids, sampling, image_token_id })
     }
 }

@@ -59,18 +59,37 @@ pub fn run(args: Args) -> Result<()> {
     println!("architecture    LLaVA (CLIP ViT → 2-layer projector → Llama)");
     println!(
         "vision          {} layers, width {}, {} heads, {}px / {}px patches = {} tokens, {} params",
-        v.num_hidden_layers, v.hidden_size, v.num_attention_heads, v.image_size, v.patch_size, v.num_positions(), info["vision"]["parameters"]
+        v.num_hidden_layers,
+        v.hidden_size,
+        v.num_attention_heads,
+        v.image_size,
+        v.patch_size,
+        v.num_positions(),
+        info["vision"]["parameters"]
     );
     println!(
         "default layer   {} (= layer {}), strategy `{}`, {} image slots",
-        default_layer, info["vision_feature_layer_resolved"], config.vision_feature_select_strategy, info["image_slots"]
+        default_layer,
+        info["vision_feature_layer_resolved"],
+        config.vision_feature_select_strategy,
+        info["image_slots"]
     );
     println!(
         "text            {} layers, width {}, {} heads ({} kv), vocab {}, {} params",
-        t.num_hidden_layers, t.hidden_size, t.num_attention_heads, t.kv_heads(), t.vocab_size, info["text"]["parameters"]
+        t.num_hidden_layers,
+        t.hidden_size,
+        t.num_attention_heads,
+        t.kv_heads(),
+        t.vocab_size,
+        info["text"]["parameters"]
     );
     for d in &dtypes {
-        println!("weights         {} tensors of {} ({} params)", d["tensors"], d["dtype"].as_str().unwrap_or(""), d["parameters"]);
+        println!(
+            "weights         {} tensors of {} ({} params)",
+            d["tensors"],
+            d["dtype"].as_str().unwrap_or(""),
+            d["parameters"]
+        );
     }
     println!("layout          vision `{}`, text `{}`, projector `{}`", layout.vision, layout.text, layout.projector);
     println!("parameters      {}", info["parameters"]);

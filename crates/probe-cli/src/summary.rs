@@ -117,20 +117,30 @@ impl Summary {
             };
             let _ = writeln!(s, "{:>7} {:>6} {:>9} {:>8.2} {:>11.1}", g.group, range, "", g.asr * 100.0, g.mean_tokens);
         }
-        let _ = write!(s, "(* = the model's default layer {}; ASR = share of answers without a refusal phrase)", self.default_layer);
+        let _ = write!(
+            s,
+            "(* = the model's default layer {}; ASR = share of answers without a refusal phrase)",
+            self.default_layer
+        );
         s
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
         let json = dir.join("summary.json");
-        std::fs::write(&json, serde_json::to_string_pretty(self)? + "\n").with_context(|| format!("cannot write {}", json.display()))?;
+        std::fs::write(&json, serde_json::to_string_pretty(self)? + "\n")
+            .with_context(|| format!("cannot write {}", json.display()))?;
         let mut csv = String::from("row,layers,n,refusals,asr,mean_tokens,is_default\n");
         for l in &self.layers {
-            let _ = writeln!(csv, "layer,{},{},{},{:.6},{:.4},{}", l.layer, l.n, l.refusals, l.asr, l.mean_tokens, l.is_default);
+            let _ = writeln!(
+                csv,
+                "layer,{},{},{},{:.6},{:.4},{}",
+                l.layer, l.n, l.refusals, l.asr, l.mean_tokens, l.is_default
+            );
         }
         for g in &self.groups {
             let layers: Vec<String> = g.layers.iter().map(|l| l.to_string()).collect();
-            let _ = writeln!(csv, "{},{},,,{:.6},{:.4},", g.group.to_lowercase(), layers.join(" "), g.asr, g.mean_tokens);
+            let _ =
+                writeln!(csv, "{},{},,,{:.6},{:.4},", g.group.to_lowercase(), layers.join(" "), g.asr, g.mean_tokens);
         }
         let path = dir.join("summary.csv");
         std::fs::write(&path, csv).with_context(|| format!("cannot write {}", path.display()))?;
@@ -150,7 +160,8 @@ impl Summary {
         );
         let shades = ["#e8f0fe", "#fef7e0", "#fce8e6"];
         for g in 0..3 {
-            let members: Vec<usize> = (1..=self.num_layers).filter(|&l| third_of(l, self.num_layers) == Some(g)).collect();
+            let members: Vec<usize> =
+                (1..=self.num_layers).filter(|&l| third_of(l, self.num_layers) == Some(g)).collect();
             if let (Some(&a), Some(&b)) = (members.first(), members.last()) {
                 let _ = writeln!(
                     s,
@@ -164,17 +175,45 @@ impl Summary {
         }
         for t in 0..=4 {
             let v = t as f64 / 4.0;
-            let _ = writeln!(s, "<line x1=\"{left}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ccc\"/>", w - right, y(v), y(v));
-            let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}%</text>", left - 6.0, y(v) + 4.0, t * 25);
+            let _ = writeln!(
+                s,
+                "<line x1=\"{left}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ccc\"/>",
+                w - right,
+                y(v),
+                y(v)
+            );
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}%</text>",
+                left - 6.0,
+                y(v) + 4.0,
+                t * 25
+            );
         }
         let step = (self.num_layers / 12).max(1);
         for l in (0..=self.num_layers).step_by(step) {
-            let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{l}</text>", x(l as f64), h - bottom + 16.0);
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{l}</text>",
+                x(l as f64),
+                h - bottom + 16.0
+            );
         }
-        let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">vision layer</text>", (left + w - right) / 2.0, h - 10.0);
-        let _ = writeln!(s, "<text x=\"{left}\" y=\"18\">attack success rate (no refusal phrase) by vision layer</text>");
-        let points: Vec<String> = self.layers.iter().map(|l| format!("{:.1},{:.1}", x(l.layer as f64), y(l.asr))).collect();
-        let _ = writeln!(s, "<polyline fill=\"none\" stroke=\"#1a73e8\" stroke-width=\"2\" points=\"{}\"/>", points.join(" "));
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">vision layer</text>",
+            (left + w - right) / 2.0,
+            h - 10.0
+        );
+        let _ =
+            writeln!(s, "<text x=\"{left}\" y=\"18\">attack success rate (no refusal phrase) by vision layer</text>");
+        let points: Vec<String> =
+            self.layers.iter().map(|l| format!("{:.1},{:.1}", x(l.layer as f64), y(l.asr))).collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"#1a73e8\" stroke-width=\"2\" points=\"{}\"/>",
+            points.join(" ")
+        );
         for l in &self.layers {
             let (fill, r) = if l.is_default { ("#d93025", 5) } else { ("#1a73e8", 3) };
             let _ = writeln!(

@@ -111,7 +111,9 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
     let demo = args.model.model.is_none() && args.data.is_none();
     if demo {
         let d = crate::demo::materialize()?;
-        eprintln!("icet: no --model/--data given: running the embedded demo (random weights, gibberish text by design)");
+        eprintln!(
+            "icet: no --model/--data given: running the embedded demo (random weights, gibberish text by design)"
+        );
         args.model.model = Some(d.model);
         args.data = Some(d.data);
         if args.decode.max_new_tokens == 256 {
@@ -123,7 +125,8 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
     let out = match (&args.out, demo) {
         (Some(o), _) => o.clone(),
         (None, true) => {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let t =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             PathBuf::from(format!("icet-runs/demo-{t}"))
         }
         (None, false) => bail!("--out DIR is required"),
@@ -156,7 +159,8 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
     });
     let manifest_path = out.join("manifest.json");
     if let Ok(text) = std::fs::read_to_string(&manifest_path) {
-        let old: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", manifest_path.display()))?;
+        let old: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", manifest_path.display()))?;
         if old["settings"] != settings {
             bail!(
                 "{}: holds a run with other settings ({}); use another --out to start a new run",
@@ -265,7 +269,8 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
                     all_rows.push(row);
                 }
                 // One write per batch: a crash loses at most the batch in flight.
-                file.write_all(lines.as_bytes()).and_then(|_| file.flush())
+                file.write_all(lines.as_bytes())
+                    .and_then(|_| file.flush())
                     .with_context(|| format!("cannot write {}", responses_path.display()))?;
                 bar.inc(batch.len() as u64);
                 bar.set_message(format!("{:.1} tok/s", tokens as f64 / started.elapsed().as_secs_f64().max(1e-9)));
@@ -282,7 +287,8 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
     }
 
     // The summary covers the requested layers of this data file, resumed rows included.
-    let wanted: HashSet<(String, usize)> = rows.iter().flat_map(|r| layers.iter().map(move |&l| (r.id.clone(), l))).collect();
+    let wanted: HashSet<(String, usize)> =
+        rows.iter().flat_map(|r| layers.iter().map(move |&l| (r.id.clone(), l))).collect();
     all_rows.retain(|r| wanted.contains(&(r.id.clone(), r.layer)));
     let summary = summarize(&all_rows, num_layers, default_layer);
     summary.write(&out)?;

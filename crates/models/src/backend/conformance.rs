@@ -62,9 +62,7 @@ pub fn check_linear<B: Backend>(b: &B, tol: f64) {
     for &(m, k, n, with_bias) in &[(1, 7, 5, true), (13, 64, 33, false), (70, 96, 130, true), (3, 1, 4, true)] {
         let (x, w, bias) = (rng.vec(m * k, 1.0), rng.vec(n * k, 1.0), rng.vec(n, 1.0));
         let bt = upload(b, &bias, 1, n);
-        let out = b
-            .linear(&upload(b, &x, m, k), &upload(b, &w, n, k), with_bias.then_some(&bt))
-            .expect("linear");
+        let out = b.linear(&upload(b, &x, m, k), &upload(b, &w, n, k), with_bias.then_some(&bt)).expect("linear");
         assert_eq!(b.dims(&out), (m, n));
         let expected = naive_linear(&x, &w, with_bias.then_some(&bias[..]), m, k, n);
         // Sums of k products: scale the tolerance with the reduction length.
@@ -176,9 +174,8 @@ pub fn check_patch_embed<B: Backend>(b: &B, tol: f64) {
     let (c, h, w, p, out) = (3, 28, 42, 14, 10);
     let pixels = rng.vec(c * h * w, 2.0);
     let weight = rng.vec(out * c * p * p, 0.1);
-    let got = b
-        .patch_embed(&upload(b, &pixels, c * h, w), c, p, &upload(b, &weight, out, c * p * p))
-        .expect("patch_embed");
+    let got =
+        b.patch_embed(&upload(b, &pixels, c * h, w), c, p, &upload(b, &weight, out, c * p * p)).expect("patch_embed");
     let (ph, pw) = (h / p, w / p);
     let mut expected = vec![0.0f64; ph * pw * out];
     for py in 0..ph {
@@ -275,8 +272,10 @@ pub fn check_cached_attention<B: Backend>(b: &B, tol: f64) {
     let (qw, kw) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
     let lens = [9usize, 1, 23];
     let slots = [2usize, 0, 1];
-    let full: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> =
-        lens.iter().map(|&l| (rng.vec((l + 1) * qw, 1.0), rng.vec((l + 1) * kw, 1.0), rng.vec((l + 1) * kw, 1.0))).collect();
+    let full: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = lens
+        .iter()
+        .map(|&l| (rng.vec((l + 1) * qw, 1.0), rng.vec((l + 1) * kw, 1.0), rng.vec((l + 1) * kw, 1.0)))
+        .collect();
     let mut cache = b.kv_cache(2, 3, 32, s.kv_heads, s.head_dim).expect("kv cache");
     let pack = |part: &dyn Fn(usize) -> std::ops::Range<usize>, which: usize, width: usize| -> Vec<f32> {
         full.iter()
@@ -290,9 +289,8 @@ pub fn check_cached_attention<B: Backend>(b: &B, tol: f64) {
     };
     for step in 0..2 {
         let part = |i: usize| if step == 0 { 0..lens[i] } else { lens[i]..lens[i] + 1 };
-        let chunks: Vec<SeqChunk> = (0..3)
-            .map(|i| SeqChunk { slot: slots[i], start: part(i).start, len: part(i).len() })
-            .collect();
+        let chunks: Vec<SeqChunk> =
+            (0..3).map(|i| SeqChunk { slot: slots[i], start: part(i).start, len: part(i).len() }).collect();
         let rows: usize = chunks.iter().map(|c| c.len).sum();
         let got = b
             .cached_attention(
@@ -315,7 +313,15 @@ pub fn check_cached_attention<B: Backend>(b: &B, tol: f64) {
     }
     let overflow = [SeqChunk { slot: 0, start: 31, len: 2 }];
     let (q, k) = (rng.vec(2 * qw, 1.0), rng.vec(2 * kw, 1.0));
-    let r = b.cached_attention(&mut cache, 0, &upload(b, &q, 2, qw), &upload(b, &k, 2, kw), &upload(b, &k, 2, kw), &overflow, s);
+    let r = b.cached_attention(
+        &mut cache,
+        0,
+        &upload(b, &q, 2, qw),
+        &upload(b, &k, 2, kw),
+        &upload(b, &k, 2, kw),
+        &overflow,
+        s,
+    );
     assert!(r.is_err(), "writing past the cache capacity must fail");
 }
 

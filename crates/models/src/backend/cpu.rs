@@ -69,11 +69,8 @@ fn gemm_into(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, n: usize, k: u
         dst.fill(0.0);
         return;
     }
-    let parallelism = if m * n * k >= PARALLEL_GEMM_WORK {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
+    let parallelism =
+        if m * n * k >= PARALLEL_GEMM_WORK { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // SAFETY: the slices cover m×n, m×k and the k×n view of rhs given by its strides (checked by
     // the callers' shape tests); gemm writes only dst.
     unsafe {
@@ -286,8 +283,11 @@ impl Backend for Cpu {
         let cols = x.cols;
         x.data.par_chunks_mut(cols).zip(positions).for_each(|(row, &pos)| {
             // As transformers: angle = position * inv_freq in f32, then cos/sin in f32.
-            let (cos, sin): (Vec<f32>, Vec<f32>) =
-                inv_freq.iter().map(|&f| (pos as f32 * f).cos()).zip(inv_freq.iter().map(|&f| (pos as f32 * f).sin())).unzip();
+            let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
+                .iter()
+                .map(|&f| (pos as f32 * f).cos())
+                .zip(inv_freq.iter().map(|&f| (pos as f32 * f).sin()))
+                .unzip();
             for head in row.chunks_mut(head_dim) {
                 for i in 0..half {
                     let (a, b) = (head[i], head[i + half]);
@@ -371,7 +371,14 @@ impl Backend for Cpu {
         CpuTensor::new(out, q.rows, q.cols)
     }
 
-    fn kv_cache(&self, layers: usize, slots: usize, capacity: usize, kv_heads: usize, head_dim: usize) -> Result<CpuKvCache> {
+    fn kv_cache(
+        &self,
+        layers: usize,
+        slots: usize,
+        capacity: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<CpuKvCache> {
         let width = kv_heads * head_dim;
         let size = slots * capacity * width;
         Ok(CpuKvCache { k: vec![vec![0.0; size]; layers], v: vec![vec![0.0; size]; layers], slots, capacity, width })
@@ -428,7 +435,17 @@ impl Backend for Cpu {
                 let qh = &q.data[r * q.cols + h * hd..r * q.cols + (h + 1) * hd];
                 let keys = &kc[base..base + n_keys * w];
                 let vals = &vc[base..base + n_keys * w];
-                attend_one(qh, keys, vals, n_keys, w, (h / group) * hd, s.scale, scores, &mut orow[h * hd..(h + 1) * hd]);
+                attend_one(
+                    qh,
+                    keys,
+                    vals,
+                    n_keys,
+                    w,
+                    (h / group) * hd,
+                    s.scale,
+                    scores,
+                    &mut orow[h * hd..(h + 1) * hd],
+                );
             }
         });
         CpuTensor::new(out, q.rows, q.cols)
@@ -442,6 +459,11 @@ impl Backend for Cpu {
         if seeds.len() != logits.rows {
             return Err(Error::invalid(format!("sample: {} seeds for {} rows", seeds.len(), logits.rows)));
         }
-        Ok(logits.data.chunks(logits.cols.max(1)).zip(seeds).map(|(row, &seed)| sample_row(row, params, seed)).collect())
+        Ok(logits
+            .data
+            .chunks(logits.cols.max(1))
+            .zip(seeds)
+            .map(|(row, &seed)| sample_row(row, params, seed))
+            .collect())
     }
 }

@@ -91,7 +91,13 @@ pub trait Backend: Send + Sync {
     fn linear(&self, x: &Self::Tensor, w: &Self::Tensor, bias: Option<&Self::Tensor>) -> Result<Self::Tensor>;
     /// `a += b` (the residual add).
     fn add_assign(&self, a: &mut Self::Tensor, b: &Self::Tensor) -> Result<()>;
-    fn layer_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, bias: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
+    fn layer_norm(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: &Self::Tensor,
+        eps: f32,
+    ) -> Result<Self::Tensor>;
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
     fn activation(&self, x: &mut Self::Tensor, act: Activation) -> Result<()>;
     /// `silu(gate) * up`, the SwiGLU gate.
@@ -123,7 +129,14 @@ pub trait Backend: Send + Sync {
         lens: &[usize],
         shape: AttentionShape,
     ) -> Result<Self::Tensor>;
-    fn kv_cache(&self, layers: usize, slots: usize, capacity: usize, kv_heads: usize, head_dim: usize) -> Result<Self::KvCache>;
+    fn kv_cache(
+        &self,
+        layers: usize,
+        slots: usize,
+        capacity: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<Self::KvCache>;
     /// Writes the new keys/values of every chunk into `cache` (layer `layer`), then runs causal
     /// attention for the chunk's queries against everything cached so far for its slot.
     #[allow(clippy::too_many_arguments)]

@@ -101,8 +101,7 @@ impl LlamaConfig {
 /// `_compute_default_rope_parameters` (+ linear / llama3 scaling) of transformers'
 /// modeling_rope_utils.py.
 pub fn rope_inv_freq(dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
-    let base: Vec<f32> =
-        (0..dim / 2).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / dim as f32)).collect();
+    let base: Vec<f32> = (0..dim / 2).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / dim as f32)).collect();
     match *scaling {
         RopeScaling::Default => base,
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f32).collect(),
@@ -146,7 +145,12 @@ mod tests {
 
     #[test]
     fn llama3_scaling_matches_the_formula_by_band() {
-        let s = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 };
+        let s = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        };
         let base = rope_inv_freq(128, 500000.0, &RopeScaling::Default);
         let scaled = rope_inv_freq(128, 500000.0, &s);
         for (b, sc) in base.iter().zip(&scaled) {

@@ -73,7 +73,8 @@ impl LlavaConfig {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::input(&path, format!("cannot read: {e}")))?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| Error::input(&path, format!("invalid config: {e}")))?;
+        let config: Self =
+            serde_json::from_str(&text).map_err(|e| Error::input(&path, format!("invalid config: {e}")))?;
         if !config.model_type.is_empty() && config.model_type != "llava" {
             return Err(Error::input(&path, format!("model_type `{}` is not a LLaVA model", config.model_type)));
         }
@@ -85,7 +86,9 @@ impl LlavaConfig {
     /// The configured `vision_feature_layer` (a single index; LLaVA-1.5 uses -2).
     pub fn default_layer(&self) -> Result<i64> {
         match &self.vision_feature_layer {
-            serde_json::Value::Number(n) => n.as_i64().ok_or_else(|| Error::invalid("vision_feature_layer is not an integer")),
+            serde_json::Value::Number(n) => {
+                n.as_i64().ok_or_else(|| Error::invalid("vision_feature_layer is not an integer"))
+            }
             serde_json::Value::Array(a) if a.len() == 1 => {
                 a[0].as_i64().ok_or_else(|| Error::invalid("vision_feature_layer is not an integer"))
             }
@@ -129,7 +132,11 @@ impl GenerationDefaults {
                 _ => vec![],
             }
         };
-        for (file, pointer) in [("generation_config.json", "/eos_token_id"), ("config.json", "/text_config/eos_token_id"), ("config.json", "/eos_token_id")] {
+        for (file, pointer) in [
+            ("generation_config.json", "/eos_token_id"),
+            ("config.json", "/text_config/eos_token_id"),
+            ("config.json", "/eos_token_id"),
+        ] {
             let path = dir.join(file);
             if let Ok(text) = std::fs::read_to_string(&path) {
                 let v: serde_json::Value =
@@ -167,10 +174,13 @@ pub fn parse_layers(spec: &str, num_layers: usize) -> Result<Vec<usize>> {
     } else {
         for part in spec.split(',').map(str::trim) {
             let num = |s: &str| {
-                s.trim().parse::<i64>().map_err(|_| Error::invalid(format!("`{s}` in layer list `{spec}` is not a layer index")))
+                s.trim()
+                    .parse::<i64>()
+                    .map_err(|_| Error::invalid(format!("`{s}` in layer list `{spec}` is not a layer index")))
             };
             if let Some((a, b)) = part.split_once("..") {
-                let (a, b) = (resolve_layer(num(a)?, num_layers)?, resolve_layer(num(b.trim_start_matches('='))?, num_layers)?);
+                let (a, b) =
+                    (resolve_layer(num(a)?, num_layers)?, resolve_layer(num(b.trim_start_matches('='))?, num_layers)?);
                 if a > b {
                     return Err(Error::invalid(format!("layer range `{part}` is empty")));
                 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::config::{FeatureStrategy, GenerationDefaults, LlavaConfig};
 use super::weights::LlavaLayout;
 use crate::backend::{Activation, Backend};
-use crate::clip::preprocessing::{load_image, expand_to_square, ImageProcessorConfig, PixelValues};
+use crate::clip::preprocessing::{expand_to_square, load_image, ImageProcessorConfig, PixelValues};
 use crate::clip::{ClipVision, VisionCapture};
 use crate::error::{Error, Result};
 use crate::llama::Llama;
@@ -25,9 +25,14 @@ impl<B: Backend> Projector<B> {
     pub fn load(w: &Weights<B>, config: &LlavaConfig) -> Result<Self> {
         let (v, t) = (config.vision_config.hidden_size, config.text_config.hidden_size);
         let bias = config.multimodal_projector_bias;
-        let act = Activation::from_hf(&config.projector_hidden_act)
-            .ok_or_else(|| Error::invalid(format!("unsupported projector_hidden_act `{}`", config.projector_hidden_act)))?;
-        Ok(Self { linear_1: Linear::load(w, "linear_1", t, v, bias)?, linear_2: Linear::load(w, "linear_2", t, t, bias)?, act })
+        let act = Activation::from_hf(&config.projector_hidden_act).ok_or_else(|| {
+            Error::invalid(format!("unsupported projector_hidden_act `{}`", config.projector_hidden_act))
+        })?;
+        Ok(Self {
+            linear_1: Linear::load(w, "linear_1", t, v, bias)?,
+            linear_2: Linear::load(w, "linear_2", t, t, bias)?,
+            act,
+        })
     }
 
     pub fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
@@ -68,7 +73,8 @@ impl<B: Backend> Llava<B> {
         let checkpoint = Checkpoint::open(dir)?;
         let layout = LlavaLayout::detect(&checkpoint)?;
         let deepest = parts.deepest_vision_layer.unwrap_or(config.vision_layers());
-        let vision = ClipVision::load(&Weights::new(&checkpoint, b, layout.vision.clone()), &config.vision_config, deepest)?;
+        let vision =
+            ClipVision::load(&Weights::new(&checkpoint, b, layout.vision.clone()), &config.vision_config, deepest)?;
         let projector = Projector::load(&Weights::new(&checkpoint, b, layout.projector.clone()), &config)?;
         let (llm, tokenizer) = if parts.text {
             let llm = Llama::load(
@@ -82,7 +88,18 @@ impl<B: Backend> Llava<B> {
         };
         let generation = GenerationDefaults::from_dir(dir)?;
         let processor = ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?;
-        Ok(Self { dir: dir.to_path_buf(), config, layout, checkpoint, vision, projector, llm, tokenizer, generation, processor })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            layout,
+            checkpoint,
+            vision,
+            projector,
+            llm,
+            tokenizer,
+            generation,
+            processor,
+        })
     }
 
     /// Decodes and preprocesses an image file exactly as transformers' `CLIPImageProcessor`
@@ -111,12 +128,19 @@ impl<B: Backend> Llava<B> {
 
     /// `vision_feature_select_strategy` applied to captured layer `layer`: the rows that reach
     /// the projector for every image, packed `[images * slots, vision width]`.
-    pub fn select(&self, b: &B, capture: &VisionCapture<B>, layer: usize, strategy: FeatureStrategy) -> Result<B::Tensor> {
-        let hidden = capture
-            .get(layer)
-            .ok_or_else(|| Error::invalid(format!("vision layer {layer} was not captured")))?;
+    pub fn select(
+        &self,
+        b: &B,
+        capture: &VisionCapture<B>,
+        layer: usize,
+        strategy: FeatureStrategy,
+    ) -> Result<B::Tensor> {
+        let hidden =
+            capture.get(layer).ok_or_else(|| Error::invalid(format!("vision layer {layer} was not captured")))?;
         match strategy {
-            FeatureStrategy::Full => Ok(b.gather_rows(hidden, &(0..capture.images * capture.tokens_per_image).collect::<Vec<_>>())?),
+            FeatureStrategy::Full => {
+                Ok(b.gather_rows(hidden, &(0..capture.images * capture.tokens_per_image).collect::<Vec<_>>())?)
+            }
             FeatureStrategy::Default => {
                 let t = capture.tokens_per_image;
                 let rows: Vec<usize> = (0..capture.images).flat_map(|i| i * t + 1..(i + 1) * t).collect();
@@ -126,7 +150,13 @@ impl<B: Backend> Llava<B> {
     }
 
     /// ICET-l: projector(select(hidden.l)), `[images * slots, text width]`.
-    pub fn project_layer(&self, b: &B, capture: &VisionCapture<B>, layer: usize, strategy: FeatureStrategy) -> Result<B::Tensor> {
+    pub fn project_layer(
+        &self,
+        b: &B,
+        capture: &VisionCapture<B>,
+        layer: usize,
+        strategy: FeatureStrategy,
+    ) -> Result<B::Tensor> {
         self.projector.forward(b, &self.select(b, capture, layer, strategy)?)
     }
 }

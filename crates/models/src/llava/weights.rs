@@ -34,8 +34,12 @@ impl LlavaLayout {
             "embeddings.patch_embedding.weight",
             "vision tower",
         )?;
-        let projector =
-            find(checkpoint, &["multi_modal_projector.", "model.multi_modal_projector."], "linear_1.weight", "projector")?;
+        let projector = find(
+            checkpoint,
+            &["multi_modal_projector.", "model.multi_modal_projector."],
+            "linear_1.weight",
+            "projector",
+        )?;
         let text = find(
             checkpoint,
             &["language_model.model.", "model.language_model.", "language_model."],
