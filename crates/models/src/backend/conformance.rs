@@ -268,6 +268,33 @@ pub fn check_attention<B: Backend>(b: &B, tol: f64) {
 /// causal attention over the whole sequence computed naively.
 pub fn check_cached_attention<B: Backend>(b: &B, tol: f64) {
     let mut rng = TestRng::new(8);
+/// Query segments attending to key/value segments of other lengths (cross-attention), including
+/// an empty query segment, against the naive f64 attention; mismatched segments are errors.
+pub fn check_attention_kv<B: Backend>(b: &B, tol: f64) {
+    let mut rng = TestRng::new(9);
+    for &(heads, kv_heads, hd) in &[(4, 4, 16), (6, 2, 8), (2, 1, 80)] {
+        let s = AttentionShape::new(heads, kv_heads, hd);
+        let (q_lens, kv_lens) = ([3usize, 0, 1, 9], [40usize, 5, 1, 17]);
+        let (qt, kt): (usize, usize) = (q_lens.iter().sum(), kv_lens.iter().sum());
+        let q = rng.vec(qt * heads * hd, 1.0);
+        let k = rng.vec(kt * kv_heads * hd, 1.0);
+        let v = rng.vec(kt * kv_heads * hd, 1.0);
+        let (qu, ku, vu) =
+            (upload(b, &q, qt, heads * hd), upload(b, &k, kt, kv_heads * hd), upload(b, &v, kt, kv_heads * hd));
+        let got = b.attention_kv(&qu, &ku, &vu, &q_lens, &kv_lens, s).expect("attention_kv");
+        let mut expected = Vec::new();
+        let (mut qs, mut ks) = (0, 0);
+        for (&ql, &kl) in q_lens.iter().zip(&kv_lens) {
+            expected.extend(naive_attention(&q, &k, &v, s, qs..qs + ql, ks, |_| kl));
+            qs += ql;
+            ks += kl;
+        }
+        assert_close("attention_kv", &download(b, &got), &expected, tol);
+        assert!(b.attention_kv(&qu, &ku, &vu, &q_lens, &[40, 5, 1, 16], s).is_err(), "kv rows must add up");
+        assert!(b.attention_kv(&qu, &ku, &vu, &[3, 1, 0, 9], &[40, 0, 6, 17], s).is_err(), "queries need keys");
+    }
+}
+
     let s = AttentionShape::new(6, 2, 16);
     let (qw, kw) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
     let lens = [9usize, 1, 23];
@@ -386,6 +413,10 @@ macro_rules! conformance_tests {
         #[test]
         fn cached_attention() {
             c::check_cached_attention(&$backend, $tol);
+        }
+        #[test]
+        fn attention_kv() {
+            c::check_attention_kv(&$backend, $tol);
         }
         #[test]
         fn token_choice() {

@@ -141,6 +141,56 @@ fn attend_one(
     }
 }
 
+/// The CPU reference of [`Backend::attention_kv`] on host slices: query segment `i` attends,
+/// without a mask, to every row of key/value segment `i`. Returns `[Σq_lens, heads*hd]`.
+pub fn attention_kv_host(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    q_lens: &[usize],
+    kv_lens: &[usize],
+    s: AttentionShape,
+) -> Result<Vec<f32>> {
+    let hd = s.head_dim;
+    let (qw, kw) = (s.heads * hd, s.kv_heads * hd);
+    let (q_total, kv_total) = (q_lens.iter().sum::<usize>(), kv_lens.iter().sum::<usize>());
+    if s.kv_heads == 0
+        || s.heads % s.kv_heads != 0
+        || q_lens.len() != kv_lens.len()
+        || q.len() != q_total * qw
+        || k.len() != kv_total * kw
+        || v.len() != k.len()
+        || q_lens.iter().zip(kv_lens).any(|(&ql, &kl)| ql > 0 && kl == 0)
+    {
+        return Err(Error::invalid(format!(
+            "attention_kv: {} query / {} key values for segments {q_lens:?} / {kv_lens:?} ({} heads, {} kv heads, head_dim {hd})",
+            q.len(),
+            k.len(),
+            s.heads,
+            s.kv_heads
+        )));
+    }
+    let group = s.heads / s.kv_heads;
+    // (query row → (kv start, kv len)) for every row, so rows can be processed in parallel.
+    let mut seg_of_row = Vec::with_capacity(q_total);
+    let mut kv_start = 0;
+    for (&ql, &kl) in q_lens.iter().zip(kv_lens) {
+        seg_of_row.extend(std::iter::repeat_n((kv_start, kl), ql));
+        kv_start += kl;
+    }
+    let mut out = vec![0.0f32; q_total * qw];
+    out.par_chunks_mut(qw.max(1)).enumerate().for_each_init(Vec::new, |scores, (r, orow)| {
+        let (st, len) = seg_of_row[r];
+        for h in 0..s.heads {
+            let qh = &q[r * qw + h * hd..r * qw + (h + 1) * hd];
+            let keys = &k[st * kw..(st + len) * kw];
+            let vals = &v[st * kw..(st + len) * kw];
+            attend_one(qh, keys, vals, len, kw, (h / group) * hd, s.scale, scores, &mut orow[h * hd..(h + 1) * hd]);
+        }
+    });
+    Ok(out)
+}
+
 pub fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
 }
@@ -378,6 +428,22 @@ impl Backend for Cpu {
         capacity: usize,
         kv_heads: usize,
         head_dim: usize,
+    fn attention_kv(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        q_lens: &[usize],
+        kv_lens: &[usize],
+        s: AttentionShape,
+    ) -> Result<CpuTensor> {
+        check_cols(q, s.heads * s.head_dim, "attention_kv q")?;
+        check_cols(k, s.kv_heads * s.head_dim, "attention_kv k")?;
+        same_dims(k, v, "attention_kv k/v")?;
+        let out = attention_kv_host(&q.data, &k.data, &v.data, q_lens, kv_lens, s)?;
+        CpuTensor::new(out, q.rows, q.cols)
+    }
+
     ) -> Result<CpuKvCache> {
         let width = kv_heads * head_dim;
         let size = slots * capacity * width;

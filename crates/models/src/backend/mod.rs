@@ -157,6 +157,28 @@ pub trait Backend: Send + Sync {
     /// One token per row, drawn with `seeds[row]` (see [`sample_row`] for the exact procedure).
     fn sample(&self, logits: &Self::Tensor, params: SamplingParams, seeds: &[u64]) -> Result<Vec<u32>>;
 }
+    /// Unmasked attention of packed query segments against their own packed key/value segments:
+    /// the `q_lens[i]` rows of query segment `i` attend to all `kv_lens[i]` rows of key/value
+    /// segment `i` (`q`: `[Σq_lens, heads*hd]`, `k`/`v`: `[Σkv_lens, kv_heads*hd]`). Mllama's text
+    /// cross-attention is this op, and so is any mask that only removes whole keys from a query's
+    /// view (Mllama's vision padding mask): gather the keys each group of queries may see. The
+    /// default runs the CPU reference on the host, so a backend works before it has a kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_kv(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        q_lens: &[usize],
+        kv_lens: &[usize],
+        shape: AttentionShape,
+    ) -> Result<Self::Tensor> {
+        let (rows, cols) = self.dims(q);
+        let (q, k, v) = (self.to_host(q)?, self.to_host(k)?, self.to_host(v)?);
+        let out = cpu::attention_kv_host(&q, &k, &v, q_lens, kv_lens, shape)?;
+        self.from_host(&out, rows, cols)
+    }
+
 
 /// SplitMix64: a tiny, well-studied generator that every backend can reproduce bit for bit, so a
 /// seeded run draws the same tokens on CPU and GPU.
