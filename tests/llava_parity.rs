@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use icet_models::backend::cpu::{Cpu, CpuTensor};
 use icet_models::backend::Backend;
-use icet_models::generation::{generate, DecodeOptions, Request};
+use icet_models::generation::{generate, generate_stream, DecodeOptions, Request, Stream};
 use icet_models::llava::{resolve_layer, FeatureStrategy, Llava, LoadParts};
 use icet_models::prompt::Template;
 use serde_json::Value;
@@ -224,6 +224,18 @@ fn batched_generation_equals_one_at_a_time() {
         let single = Request { prompt_ids: req.prompt_ids.clone(), image_features: req.image_features, seed: req.seed };
         let alone = generate(&b, llm, &[single], &opts, false).unwrap().remove(0);
         assert_eq!(alone.token_ids, batched[i].token_ids, "sequence {i}");
+    }
+    // Continuous batching through two slots (sequences join as others finish) changes nothing.
+    let mut streamed = vec![None; requests.len()];
+    let stream = Stream { slots: 2, capacity: 80, keep_first_logits: false };
+    generate_stream(&b, llm, requests.iter().map(Ok), &opts, stream, |i, g| {
+        assert!(streamed[i].is_none(), "request {i} reported twice");
+        streamed[i] = Some(g);
+        Ok(())
+    })
+    .unwrap();
+    for (i, g) in streamed.into_iter().enumerate() {
+        assert_eq!(g.expect("every request finishes").token_ids, batched[i].token_ids, "streamed sequence {i}");
     }
     // Seeded sampling is reproducible and independent of batching too.
     let sampled =
