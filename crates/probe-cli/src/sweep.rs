@@ -6,12 +6,13 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use icet_models::backend::Backend;
-use icet_models::generation::{generate, Request};
+use icet_models::generation::{generate_stream, OwnedRequest, Stream};
 use icet_models::llava::{parse_layers, resolve_layer, LlavaConfig, LoadParts};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -54,7 +55,7 @@ pub struct Args {
     pub template: TemplateArg,
     #[command(flatten)]
     pub decode: DecodeArgs,
-    /// Sequences generated together
+    /// Sequences in flight at once (continuous batching: a finished answer's slot is refilled at once)
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
 }
@@ -210,72 +211,75 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
             .with_context(|| format!("cannot open {}", responses_path.display()))?;
 
         // Work image by image: one vision pass per image serves all its prompts and layers.
-        let mut by_image: Vec<(PathBuf, Vec<(usize, usize)>)> = Vec::new();
-        let mut index: HashMap<PathBuf, usize> = HashMap::new();
-        for &(i, l) in &pending {
-            let key = rows[i].image_path.clone();
-            let slot = *index.entry(key.clone()).or_insert_with(|| {
-                by_image.push((key, vec![]));
-                by_image.len() - 1
-            });
-            by_image[slot].1.push((i, l));
+        let mut work = pending.clone();
+        let first_seen: HashMap<&Path, usize> =
+            rows.iter().enumerate().rev().map(|(i, r)| (r.image_path.as_path(), i)).collect();
+        work.sort_by_key(|&(i, l)| (first_seen[rows[i].image_path.as_path()], i, l));
+        let mut prompt_ids: HashMap<usize, Vec<u32>> = HashMap::new();
+        for &(i, _) in &work {
+            if let std::collections::hash_map::Entry::Vacant(e) = prompt_ids.entry(i) {
+                e.insert(tokenizer.encode_with_image(&texts[i], slots)?);
+            }
         }
-        let bar = ProgressBar::new(pending.len() as u64);
+        let longest = prompt_ids.values().map(Vec::len).max().unwrap_or(0);
+        let stream = Stream { slots: args.batch_size, capacity: longest + opts.max_new_tokens, keep_first_logits: false };
+
+        // Requests are made lazily: the next image's vision pass runs when a slot needs its
+        // first request, and its features are freed once its last sequence finishes.
+        let mut current: Option<(&Path, HashMap<usize, Arc<B::Tensor>>)> = None;
+        let mut next = 0;
+        let requests = std::iter::from_fn(|| {
+            let &(i, l) = work.get(next)?;
+            next += 1;
+            let image = rows[i].image_path.as_path();
+            let features = (|| -> icet_models::Result<Arc<B::Tensor>> {
+                if current.as_ref().is_none_or(|(p, _)| *p != image) {
+                    let wanted: Vec<usize> = {
+                        let mut w: Vec<usize> =
+                            work.iter().filter(|&&(j, _)| rows[j].image_path == image).map(|&(_, l)| l).collect();
+                        w.sort_unstable();
+                        w.dedup();
+                        w
+                    };
+                    let px = model.pixel_values(image, args.model.pad_square)?;
+                    let capture = model.vision.capture(b, &[model.upload_pixels(b, &px)?], &wanted)?;
+                    let mut map = HashMap::new();
+                    for &w in &wanted {
+                        map.insert(w, Arc::new(model.project_layer(b, &capture, w, strategy)?));
+                    }
+                    current = Some((image, map));
+                }
+                Ok(current.as_ref().expect("just set").1[&l].clone())
+            })();
+            Some(features.map(|f| OwnedRequest {
+                prompt_ids: prompt_ids[&i].clone(),
+                image_features: Some(f),
+                seed: answer_seed(args.decode.seed, &rows[i].id, l),
+            }))
+        });
+        let bar = ProgressBar::new(work.len() as u64);
         bar.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} answers  {per_sec}  {msg}  eta {eta}")
                 .expect("valid template"),
         );
         let started = Instant::now();
         let mut tokens = 0usize;
-        let mut prompt_cache: HashMap<usize, Vec<u32>> = HashMap::new();
-        for (image, work) in &by_image {
-            let px = model.pixel_values(image, args.model.pad_square)?;
-            let wanted: Vec<usize> = {
-                let mut w: Vec<usize> = work.iter().map(|&(_, l)| l).collect();
-                w.sort_unstable();
-                w.dedup();
-                w
-            };
-            let capture = model.vision.capture(b, &[model.upload_pixels(b, &px)?], &wanted)?;
-            let mut features = HashMap::new();
-            for &l in &wanted {
-                features.insert(l, model.project_layer(b, &capture, l, strategy)?);
-            }
-            for batch in work.chunks(args.batch_size) {
-                let mut requests = Vec::with_capacity(batch.len());
-                for &(i, l) in batch {
-                    let ids = match prompt_cache.get(&i) {
-                        Some(ids) => ids.clone(),
-                        None => {
-                            let ids = tokenizer.encode_with_image(&texts[i], slots)?;
-                            prompt_cache.insert(i, ids.clone());
-                            ids
-                        }
-                    };
-                    requests.push(Request {
-                        prompt_ids: ids,
-                        image_features: Some(&features[&l]),
-                        seed: answer_seed(args.decode.seed, &rows[i].id, l),
-                    });
-                }
-                let outputs = generate(b, llm, &requests, &opts, false)?;
-                let mut lines = String::new();
-                for (&(i, l), g) in batch.iter().zip(outputs) {
-                    let response = tokenizer.decode(&g.token_ids)?;
-                    tokens += g.token_ids.len();
-                    let row = response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str());
-                    lines.push_str(&serde_json::to_string(&row)?);
-                    lines.push('\n');
-                    all_rows.push(row);
-                }
-                // One write per batch: a crash loses at most the batch in flight.
-                file.write_all(lines.as_bytes())
-                    .and_then(|_| file.flush())
-                    .with_context(|| format!("cannot write {}", responses_path.display()))?;
-                bar.inc(batch.len() as u64);
-                bar.set_message(format!("{:.1} tok/s", tokens as f64 / started.elapsed().as_secs_f64().max(1e-9)));
-            }
-        }
+        generate_stream(b, llm, requests, &opts, stream, |index, g| {
+            let (i, l) = work[index];
+            let response = tokenizer.decode(&g.token_ids)?;
+            tokens += g.token_ids.len();
+            let row = response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str());
+            let mut line = serde_json::to_string(&row).map_err(|e| icet_models::Error::invalid(e))?;
+            line.push('\n');
+            // One write per answer, flushed: an interruption loses only answers in flight.
+            file.write_all(line.as_bytes())
+                .and_then(|_| file.flush())
+                .map_err(|e| icet_models::Error::input(&responses_path, format!("cannot write: {e}")))?;
+            all_rows.push(row);
+            bar.inc(1);
+            bar.set_message(format!("{:.1} tok/s", tokens as f64 / started.elapsed().as_secs_f64().max(1e-9)));
+            Ok(())
+        })?;
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
