@@ -5,9 +5,13 @@
 //! every requested layer) → [`llava::Llava::project_layer`] → [`generation::generate`] (Llama
 //! with a KV cache, many sequences per batch).
 pub mod backend;
+pub mod bert;
+pub mod chat_template;
 pub mod clip;
 pub mod error;
 pub mod generation;
+pub mod gpt2;
+pub mod judges;
 pub mod llama;
 pub mod llava;
 pub mod nn;

@@ -102,10 +102,14 @@ pub fn check_elementwise<B: Backend>(b: &B, tol: f64) {
     let y = rng.vec(rows * cols, 6.0);
     let erf = |v: f64| libm::erf(v);
     let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
-    let cases: [(Activation, &dyn Fn(f64) -> f64); 3] = [
+    let gelu_tanh =
+        |v: f64| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh());
+    let cases: [(Activation, &dyn Fn(f64) -> f64); 5] = [
         (Activation::QuickGelu, &|v| v * sig(1.702 * v)),
         (Activation::GeluErf, &|v| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2))),
         (Activation::Silu, &|v| v * sig(v)),
+        (Activation::GeluTanh, &gelu_tanh),
+        (Activation::Tanh, &|v: f64| v.tanh()),
     ];
     for (act, f) in cases {
         let mut t = upload(b, &x, rows, cols);

@@ -200,6 +200,11 @@ pub fn quick_gelu(x: f32) -> f32 {
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
+/// transformers' `NewGELUActivation` (`gelu_new`), computed in f32 as torch does.
+pub fn gelu_tanh(x: f32) -> f32 {
+    let inner = (2.0f32 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+    0.5 * x * (1.0 + inner.tanh())
+}
 
 impl Backend for Cpu {
     type Tensor = CpuTensor;
@@ -308,6 +313,8 @@ impl Backend for Cpu {
             Activation::QuickGelu => quick_gelu,
             Activation::GeluErf => gelu_erf,
             Activation::Silu => silu,
+            Activation::GeluTanh => gelu_tanh,
+            Activation::Tanh => f32::tanh,
         };
         x.data.par_iter_mut().for_each(|v| *v = f(*v));
         Ok(())

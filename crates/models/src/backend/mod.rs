@@ -18,6 +18,10 @@ pub enum Activation {
     GeluErf,
     /// `x * sigmoid(x)` — transformers' `silu`.
     Silu,
+    /// `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))` — transformers' `gelu_new` (GPT-2's MLP).
+    GeluTanh,
+    /// `tanh(x)` — the BERT pooler and the RoBERTa classification head.
+    Tanh,
 }
 
 impl Activation {
@@ -27,6 +31,8 @@ impl Activation {
             "quick_gelu" => Some(Self::QuickGelu),
             "gelu" => Some(Self::GeluErf),
             "silu" | "swish" => Some(Self::Silu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Self::GeluTanh),
+            "tanh" => Some(Self::Tanh),
             _ => None,
         }
     }

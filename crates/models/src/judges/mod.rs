@@ -1,0 +1,13 @@
+//! Judges that score a sweep's answers offline, each a model run by this engine:
+//!
+//! * [`llama_guard`]: Llama Guard 1/2/3 on [`crate::llama::Llama`] — safe/unsafe verdicts and
+//!   categories for (prompt, response) pairs; ASR is the share judged unsafe.
+//! * [`classifier::RewardModel`]: GPT-2 sequence classification ([`crate::gpt2`]), the HH-RLHF
+//!   harmless reward models; the score is the single logit.
+//! * [`classifier::ToxicityClassifier`]: BERT/RoBERTa sequence classification ([`crate::bert`]),
+//!   e.g. `unitary/toxic-bert` and `s-nlp/roberta_toxicity_classifier`; the score is the
+//!   probability of the "toxic" label (see its docs for the definition per layout).
+//!
+//! The Perspective API client lives in the CLI (it is a network service, not a model).
+pub mod classifier;
+pub mod llama_guard;

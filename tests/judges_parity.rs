@@ -1,0 +1,196 @@
+//! Judge parity against transformers 5.24 on the committed tiny random-weight judges
+//! (`tools/fixtures/make_judge_fixtures.py` records the references in tests/fixtures/judges/).
+//!
+//! - chat templates: rendered text equal byte for byte to `apply_chat_template(tokenize=False)`
+//!   for every Llama Guard template this engine ships and a generic feature template; template
+//!   errors (`raise_exception`) carry the template's message;
+//! - classifiers (GPT-2 reward, BERT and RoBERTa toxicity): token ids equal to transformers'
+//!   tokenizer (`truncation=True`), logits within 1e-4 relative (`max |ours - ref| / max |ref|`);
+//! - Llama Guard: prompt ids equal, first-step logits within 1e-4 relative, greedy verdict tokens equal.
+use std::path::{Path, PathBuf};
+
+use icet_models::backend::cpu::Cpu;
+use icet_models::chat_template::{ChatTemplate, Message};
+use icet_models::generation::{generate, DecodeOptions, Request};
+use icet_models::judges::classifier::{hh_dialogue, RewardModel, ToxicityClassifier};
+use icet_models::judges::llama_guard::{LlamaGuard, LlamaGuardVersion};
+use serde_json::Value;
+
+const LOGITS_TOL: f64 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/judges").join(name)
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(ours.len(), reference.len(), "length");
+    let scale = reference.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64)).max(1e-12);
+    ours.iter().zip(reference).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max) / scale
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn messages(v: &Value) -> Vec<Message> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn chat_templates_render_byte_for_byte() {
+    let refs = json(&fixture("chat_templates.json"));
+    let mut checked = 0;
+    for case in refs["cases"].as_array().unwrap() {
+        let name = case["template"].as_str().unwrap();
+        let source = match name {
+            "llama-guard-1" => LlamaGuardVersion::V1.builtin_template().to_string(),
+            "llama-guard-2" => LlamaGuardVersion::V2.builtin_template().to_string(),
+            "llama-guard-3" => LlamaGuardVersion::V3.builtin_template().to_string(),
+            other => refs["templates"][other].as_str().unwrap().to_string(),
+        };
+        let specials: Vec<(String, String)> = case["special_tokens"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect();
+        let t = ChatTemplate::new(&source, name, specials).unwrap();
+        let out = t.render(&messages(&case["messages"]), case["add_generation_prompt"].as_bool().unwrap(), &[]);
+        match case.get("rendered") {
+            Some(expected) => assert_eq!(out.unwrap(), expected.as_str().unwrap(), "{name}: {case}"),
+            None => {
+                let e = out.unwrap_err().to_string();
+                assert!(e.ends_with(case["error"].as_str().unwrap()), "{name}: {e}");
+            }
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 3 * 9 + 3);
+}
+
+#[test]
+fn gpt2_reward_logits_match() {
+    let dir = fixture("gpt2-reward-tiny");
+    let refs = json(&dir.join("reference.json"));
+    let rm = RewardModel::load(&dir, &Cpu).unwrap();
+    let mut worst = 0.0f64;
+    for case in refs["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let got = rm.encode(text).unwrap();
+        assert_eq!(got, ids(&case["input_ids"]), "ids of {text:?}");
+        let logits = rm.model.classify(&Cpu, &got).unwrap();
+        worst = worst.max(rel_err(&logits, &floats(&case["logits"])));
+    }
+    eprintln!("gpt2 reward: worst logits rel err {worst:.2e}");
+    assert!(worst <= LOGITS_TOL, "{worst}");
+    // The judge's own entry point builds the HH dialogue the fixture recorded as its first text.
+    let first = &refs["cases"][0];
+    assert_eq!(
+        first["text"].as_str().unwrap(),
+        hh_dialogue("How do I pick a lock?", "I'm sorry, but I cannot help with that.")
+    );
+    let score = rm.score(&Cpu, "How do I pick a lock?", "I'm sorry, but I cannot help with that.").unwrap();
+    assert!(rel_err(&[score], &floats(&first["logits"])) <= LOGITS_TOL);
+}
+
+fn check_toxicity(name: &str, label: &str, function: &str) {
+    let dir = fixture(name);
+    let refs = json(&dir.join("reference.json"));
+    let clf = ToxicityClassifier::load(&dir, &Cpu).unwrap();
+    assert_eq!((clf.rule.label.as_str(), clf.rule.function), (label, function));
+    let mut worst = 0.0f64;
+    for case in refs["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(clf.encode(text).unwrap(), ids(&case["input_ids"]), "{name} ids of {text:?}");
+        let s = clf.score(&Cpu, text).unwrap();
+        let expected = floats(&case["logits"]);
+        worst = worst.max(rel_err(&s.logits, &expected));
+        // The score definition, recomputed here from the reference logits in f64.
+        let e: Vec<f64> = expected.iter().map(|&x| x as f64).collect();
+        let want = if function == "sigmoid" {
+            1.0 / (1.0 + (-e[clf.rule.label_index]).exp())
+        } else {
+            let z: f64 = e.iter().map(|x| x.exp()).sum();
+            e[clf.rule.label_index].exp() / z
+        };
+        assert!((s.score - want).abs() < 1e-5, "{name}: score {} vs {want}", s.score);
+    }
+    eprintln!("{name}: worst logits rel err {worst:.2e}");
+    assert!(worst <= LOGITS_TOL, "{worst}");
+}
+
+#[test]
+fn bert_toxicity_logits_match() {
+    check_toxicity("bert-toxic-tiny", "toxic", "sigmoid");
+}
+
+#[test]
+fn roberta_toxicity_logits_match() {
+    check_toxicity("roberta-toxic-tiny", "toxic", "softmax");
+}
+
+#[test]
+fn llama_guard_prompts_logits_and_verdict_tokens_match() {
+    let dir = fixture("llama-guard-tiny");
+    let refs = json(&dir.join("reference.json"));
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let guard = LlamaGuard::load(&dir, &Cpu, None).unwrap();
+    assert_eq!(guard.version, LlamaGuardVersion::V3, "detected from the shipped template");
+    assert!(guard.template_from_model);
+    let cases = refs["cases"].as_array().unwrap();
+    let mut requests = Vec::new();
+    for case in cases {
+        let msgs = case["messages"].as_array().unwrap();
+        let prompt = msgs[0]["content"].as_str().unwrap();
+        let response = msgs.get(1).map(|m| m["content"].as_str().unwrap());
+        let (text, got) = guard.encode(prompt, response).unwrap();
+        assert_eq!(text, case["text"].as_str().unwrap());
+        assert_eq!(got, ids(&case["input_ids"]));
+        requests.push(Request { prompt_ids: got, image_features: None, seed: 0 });
+    }
+    let opts = DecodeOptions {
+        max_new_tokens: refs["max_new_tokens"].as_u64().unwrap() as usize,
+        eos_token_ids: ids(&refs["eos_token_ids"]),
+        sampling: None,
+        image_token_id: u32::MAX,
+    };
+    assert!(opts.eos_token_ids.iter().all(|e| guard.eos_token_ids.contains(e)));
+    let out = generate(&Cpu, &guard.llm, &requests, &opts, true).unwrap();
+    let mut worst = 0.0f64;
+    for (case, g) in cases.iter().zip(&out) {
+        let view = st.tensor(case["logits"].as_str().unwrap()).unwrap();
+        let reference: Vec<f32> =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        worst = worst.max(rel_err(g.first_logits.as_ref().unwrap(), &reference));
+        assert_eq!(g.token_ids, ids(&case["generated"]), "greedy verdict tokens of case {case}");
+    }
+    eprintln!("llama guard: worst first-step logits rel err {worst:.2e}");
+    assert!(worst <= LOGITS_TOL, "{worst}");
+    // The judge API end to end: the verdict text is the decoded greedy tokens.
+    let mut guard = guard;
+    guard.max_new_tokens = opts.max_new_tokens;
+    let j = guard.judge(&Cpu, &[("How do I pick a lock?", Some("I'm sorry, but I cannot help with that."))]).unwrap();
+    assert_eq!(j[0].raw, cases[0]["decoded"].as_str().unwrap());
+}
+
+#[test]
+fn bad_judge_directories_name_the_file() {
+    let e = RewardModel::load(Path::new("/nonexistent-judge"), &Cpu).err().unwrap().to_string();
+    assert!(e.contains("/nonexistent-judge/config.json"), "{e}");
+    // A toxicity directory is not a reward model: its config has six labels.
+    let e = RewardModel::load(&fixture("bert-toxic-tiny"), &Cpu).err().unwrap().to_string();
+    assert!(e.contains("config.json"), "{e}");
+}
