@@ -22,4 +22,6 @@ if [ "${SKIP_PIP:-0}" != "1" ]; then
 fi
 
 cd "$ROOT"
-exec "$VENV/bin/python" "$FIX/make_fixtures.py" "$@"
+"$VENV/bin/python" "$FIX/make_fixtures.py" "$@"
+# Judge fixtures (tests/fixtures/judges/, issue 5); they reuse tests/fixtures/tokenizer, so they run after.
+case " $* " in *" --search-seeds"*) ;; *) "$VENV/bin/python" "$FIX/make_judge_fixtures.py" ;; esac
