@@ -14,6 +14,7 @@ pub mod gpt2;
 pub mod judges;
 pub mod llama;
 pub mod llava;
+pub mod mllama;
 pub mod nn;
 pub mod prompt;
 pub mod weights;

@@ -5,7 +5,10 @@ mod demo;
 mod features;
 mod generate;
 mod info;
+mod perspective;
 mod refusal;
+mod report;
+mod score;
 mod summary;
 mod sweep;
 
@@ -44,6 +47,10 @@ enum Command {
     Features(features::Args),
     /// Describe a model directory: architecture, layer counts, dtypes, parameters
     Info(info::Args),
+    /// Score a run's answers with judges (Llama Guard, reward model, toxicity, Perspective)
+    Score(score::Args),
+    /// Per-layer tables (CSV, JSON, Markdown) and plots of scored runs, with 95% intervals
+    Report(report::Args),
 }
 
 fn main() {
@@ -53,6 +60,8 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Features(a) => features::run(a),
         Command::Info(a) => info::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Report(a) => report::run(a),
     };
     if let Err(e) = result {
         // One line, naming the input: the chain of contexts joined.

@@ -272,6 +272,15 @@ pub fn check_attention<B: Backend>(b: &B, tol: f64) {
 /// causal attention over the whole sequence computed naively.
 pub fn check_cached_attention<B: Backend>(b: &B, tol: f64) {
     let mut rng = TestRng::new(8);
+/// `reshape` keeps the row-major values and refuses views of another size.
+pub fn check_reshape<B: Backend>(b: &B) {
+    let data: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
+    let t = b.reshape(upload(b, &data, 4, 6), 12, 2).expect("reshape");
+    assert_eq!(b.dims(&t), (12, 2));
+    assert_eq!(download(b, &t), data);
+    assert!(b.reshape(t, 5, 5).is_err());
+}
+
 /// Query segments attending to key/value segments of other lengths (cross-attention), including
 /// an empty query segment, against the naive f64 attention; mismatched segments are errors.
 pub fn check_attention_kv<B: Backend>(b: &B, tol: f64) {
@@ -417,6 +426,10 @@ macro_rules! conformance_tests {
         #[test]
         fn cached_attention() {
             c::check_cached_attention(&$backend, $tol);
+        }
+        #[test]
+        fn reshape() {
+            c::check_reshape(&$backend);
         }
         #[test]
         fn attention_kv() {

@@ -435,6 +435,13 @@ impl Backend for Cpu {
         capacity: usize,
         kv_heads: usize,
         head_dim: usize,
+    fn reshape(&self, t: CpuTensor, rows: usize, cols: usize) -> Result<CpuTensor> {
+        if t.rows * t.cols != rows * cols {
+            return Err(Error::invalid(format!("reshape: [{}, {}] has no [{rows}, {cols}] view", t.rows, t.cols)));
+        }
+        CpuTensor::new(t.data, rows, cols)
+    }
+
     fn attention_kv(
         &self,
         q: &CpuTensor,

@@ -92,6 +92,18 @@ pub trait Backend: Send + Sync {
     /// Overwrites row `rows[i]` of `dst` with row `i` of `src`.
     fn scatter_rows(&self, dst: &mut Self::Tensor, rows: &[usize], src: &Self::Tensor) -> Result<()>;
 
+    /// The same row-major values seen as `[rows, cols]` (`rows * cols` must equal the element
+    /// count), e.g. `[tokens, heads*hd]` as `[tokens*heads, hd]` for a per-head norm. The default
+    /// copies through the host; backends override it with a free reinterpretation.
+    fn reshape(&self, t: Self::Tensor, rows: usize, cols: usize) -> Result<Self::Tensor> {
+        let (r, c) = self.dims(&t);
+        if r * c != rows * cols {
+            return Err(crate::error::Error::invalid(format!("reshape: [{r}, {c}] has no [{rows}, {cols}] view")));
+        }
+        let data = self.to_host(&t)?;
+        self.from_host(&data, rows, cols)
+    }
+
     // ---- arithmetic ----------------------------------------------------------------------
     /// `x · wᵀ (+ bias)`, with `w` in the `[out, in]` layout of `nn.Linear`.
     fn linear(&self, x: &Self::Tensor, w: &Self::Tensor, bias: Option<&Self::Tensor>) -> Result<Self::Tensor>;

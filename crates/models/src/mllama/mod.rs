@@ -1,0 +1,19 @@
+//! Llama 3.2 Vision (transformers' `MllamaForConditionalGeneration`): a two-stage vision encoder
+//! over image tiles whose output (global encoder result ‖ interleaved taps of local layers) is
+//! projected and read by the language model through gated cross-attention layers.
+//!
+//! Data path: image → [`preprocessing`] (best-fit tile canvas) → [`vision::MllamaVision`] (local
+//! encoder, one pass, every hidden state kept that an exit rule may read) → [`vision::ExitRule`]
+//! → [`model::MllamaProjector`] → [`text::MllamaText`] (self-attention layers with a KV cache,
+//! cross-attention layers reading the projected states, K/V computed once per image).
+pub mod config;
+pub mod model;
+pub mod preprocessing;
+pub mod text;
+pub mod vision;
+
+pub use config::{MllamaConfig, MllamaTextConfig, MllamaVisionConfig};
+pub use model::{Mllama, MllamaLayout, MllamaLoadParts, MllamaProjector, MllamaTemplate};
+pub use preprocessing::{MllamaImageProcessor, TiledPixels};
+pub use text::{CrossRequest, MllamaText};
+pub use vision::{ExitRule, LocalPass, MllamaVision};

@@ -1,0 +1,326 @@
+//! Llama 3.2 Vision as a whole (transformers' `MllamaForConditionalGeneration`): weight layouts,
+//! the projector, the chat template and tokenizer, and ICET-l under an [`ExitRule`].
+use std::path::{Path, PathBuf};
+
+use tokenizers::Tokenizer;
+
+use super::config::MllamaConfig;
+use super::preprocessing::{MllamaImageProcessor, TiledPixels};
+use super::text::{CrossRequest, MllamaText};
+use super::vision::{ExitFeatures, ExitRule, LocalPass, MllamaVision};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::generation::{DecodeOptions, Generated};
+use crate::llava::GenerationDefaults;
+use crate::weights::{Checkpoint, Weights};
+
+/// Which parts to load (the same options as LLaVA's).
+pub type MllamaLoadParts = crate::llava::LoadParts;
+
+/// Where each component lives in a checkpoint: the hub layout of meta-llama/Llama-3.2-*-Vision
+/// (`vision_model.*`, `multi_modal_projector.*`, `language_model.model.*`,
+/// `language_model.lm_head.*`) or transformers ≥ 4.52's (`model.vision_model.*`,
+/// `model.multi_modal_projector.*`, `model.language_model.*`, `lm_head.*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MllamaLayout {
+    pub vision: String,
+    pub projector: String,
+    pub text: String,
+    pub lm_head: String,
+}
+
+fn find(checkpoint: &Checkpoint, candidates: &[&str], probe: &str, what: &str) -> Result<String> {
+    candidates.iter().find(|p| checkpoint.contains(&format!("{p}{probe}"))).map(|p| p.to_string()).ok_or_else(|| {
+        let files: Vec<String> = checkpoint.files().iter().map(|f| f.display().to_string()).collect();
+        Error::invalid(format!(
+            "{}: no {what} weights (looked for `{probe}` under {})",
+            files.join(", "),
+            candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+        ))
+    })
+}
+
+impl MllamaLayout {
+    pub fn detect(checkpoint: &Checkpoint) -> Result<Self> {
+        Ok(Self {
+            vision: find(
+                checkpoint,
+                &["vision_model.", "model.vision_model."],
+                "patch_embedding.weight",
+                "vision encoder",
+            )?,
+            projector: find(
+                checkpoint,
+                &["multi_modal_projector.", "model.multi_modal_projector."],
+                "weight",
+                "projector",
+            )?,
+            text: find(
+                checkpoint,
+                &["language_model.model.", "model.language_model."],
+                "embed_tokens.weight",
+                "language model",
+            )?,
+            lm_head: find(checkpoint, &["language_model.lm_head.", "lm_head."], "weight", "lm_head")?,
+        })
+    }
+}
+
+/// `multi_modal_projector` (one `nn.Linear(vision_output_dim, text hidden)`), split by input
+/// columns so that the concatenation never has to be built: the input is
+/// `final ‖ stack(taps, -1).flatten()`, so tap `i`'s feature `f` sits in column `d + f*k + i`
+/// (interleaved, not tap after tap), and `W · input + b = W_final · final + Σ_i W_i · tap_i + b`.
+pub struct MllamaProjector<B: Backend> {
+    final_weight: B::Tensor,
+    tap_weights: Vec<B::Tensor>,
+    bias: B::Tensor,
+}
+
+impl<B: Backend> MllamaProjector<B> {
+    pub fn load(w: &Weights<B>, config: &MllamaConfig) -> Result<Self> {
+        let vc = &config.vision_config;
+        let (d, k, out) = (vc.hidden_size, vc.intermediate_layers_indices.len(), config.text_config.llama.hidden_size);
+        let inp = vc.vision_output_dim;
+        let weight = w.checkpoint.load_f32(&w.full_name("weight"), &[out, inp])?;
+        let column_block = |col: &dyn Fn(usize) -> usize| -> Result<B::Tensor> {
+            let mut m = vec![0f32; out * d];
+            for o in 0..out {
+                for f in 0..d {
+                    m[o * d + f] = weight[o * inp + col(f)];
+                }
+            }
+            w.backend.from_host(&m, out, d)
+        };
+        Ok(Self {
+            final_weight: column_block(&|f| f)?,
+            tap_weights: (0..k).map(|i| column_block(&move |f| d + f * k + i)).collect::<Result<_>>()?,
+            bias: w.get("bias", &[out])?,
+        })
+    }
+
+    /// `[max_tiles * tokens, text hidden]`: the cross-attention states of one image.
+    pub fn forward(&self, b: &B, x: &ExitFeatures<B>) -> Result<B::Tensor> {
+        if x.taps.len() != self.tap_weights.len() {
+            return Err(Error::invalid(format!("{} taps for a projector of {}", x.taps.len(), self.tap_weights.len())));
+        }
+        let mut y = b.linear(&x.final_slot, &self.final_weight, Some(&self.bias))?;
+        for (t, w) in x.taps.iter().zip(&self.tap_weights) {
+            b.add_assign(&mut y, &b.linear(t, w, None)?)?;
+        }
+        Ok(y)
+    }
+}
+
+pub const IMAGE_TOKEN: &str = "<|image|>";
+pub const BOS_TOKEN: &str = "<|begin_of_text|>";
+
+/// How a user prompt becomes the model's input text for Llama 3.2 Vision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MllamaTemplate {
+    /// The Llama 3 chat format with the image first in the user turn, as
+    /// Llama-3.2-11B-Vision-Instruct's chat template renders one user message with one image
+    /// (no system turn) plus the generation prompt.
+    Llama3,
+    /// The prompt as given; it must contain `<|image|>` exactly once.
+    Raw,
+}
+
+impl MllamaTemplate {
+    pub const NAMES: [&'static str; 2] = ["llama3", "raw"];
+
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "llama3" => Ok(Self::Llama3),
+            "raw" => Ok(Self::Raw),
+            _ => Err(Error::invalid(format!("unknown Mllama template `{name}` (one of: {})", Self::NAMES.join(", ")))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama3 => "llama3",
+            Self::Raw => "raw",
+        }
+    }
+
+    pub fn render(self, prompt: &str) -> Result<String> {
+        match self {
+            Self::Llama3 => Ok(format!(
+                "{BOS_TOKEN}<|start_header_id|>user<|end_header_id|>\n\n{IMAGE_TOKEN}{prompt}<|eot_id|>\
+                 <|start_header_id|>assistant<|end_header_id|>\n\n"
+            )),
+            Self::Raw => {
+                if prompt.matches(IMAGE_TOKEN).count() != 1 {
+                    return Err(Error::invalid(format!("a raw prompt must contain `{IMAGE_TOKEN}` exactly once")));
+                }
+                Ok(prompt.to_string())
+            }
+        }
+    }
+}
+
+/// `build_string_from_input` of transformers' processing_mllama.py: without a BOS in the text,
+/// leading `<|image|>` tokens stay in front and BOS is inserted after them.
+pub fn build_string_from_input(text: &str) -> String {
+    if text.contains(BOS_TOKEN) {
+        return text.to_string();
+    }
+    let mut rest = text;
+    let mut images = 0;
+    while let Some(r) = rest.strip_prefix(IMAGE_TOKEN) {
+        rest = r;
+        images += 1;
+    }
+    format!("{}{BOS_TOKEN}{rest}", IMAGE_TOKEN.repeat(images))
+}
+
+pub struct Mllama<B: Backend> {
+    pub dir: PathBuf,
+    pub config: MllamaConfig,
+    pub layout: MllamaLayout,
+    pub checkpoint: Checkpoint,
+    pub vision: MllamaVision<B>,
+    pub projector: MllamaProjector<B>,
+    pub text: Option<MllamaText<B>>,
+    pub tokenizer: Option<Tokenizer>,
+    pub generation: GenerationDefaults,
+    pub processor: MllamaImageProcessor,
+}
+
+impl<B: Backend> Mllama<B> {
+    /// Loads a model directory. `parts.deepest_vision_layer` limits the local layers loaded
+    /// (the exit rule decides which layers a run needs, see [`MllamaVision::layers_needed`]).
+    pub fn load(dir: &Path, b: &B, parts: MllamaLoadParts) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::input(dir, "model directory not found"));
+        }
+        let config = MllamaConfig::from_dir(dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        let layout = MllamaLayout::detect(&checkpoint)?;
+        let deepest = parts.deepest_vision_layer.unwrap_or(config.vision_layers());
+        let vision =
+            MllamaVision::load(&Weights::new(&checkpoint, b, layout.vision.clone()), &config.vision_config, deepest)?;
+        let projector = MllamaProjector::load(&Weights::new(&checkpoint, b, layout.projector.clone()), &config)?;
+        let (text, tokenizer) = if parts.text {
+            let text = MllamaText::load(
+                &Weights::new(&checkpoint, b, layout.text.clone()),
+                &Weights::new(&checkpoint, b, layout.lm_head.clone()),
+                &config.text_config,
+            )?;
+            (Some(text), Some(load_tokenizer(dir, config.image_token_index)?))
+        } else {
+            (None, None)
+        };
+        let generation = GenerationDefaults::from_dir(dir)?;
+        let processor = MllamaImageProcessor::from_file(&dir.join("preprocessor_config.json"))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            layout,
+            checkpoint,
+            vision,
+            projector,
+            text,
+            tokenizer,
+            generation,
+            processor,
+        })
+    }
+
+    pub fn pixel_values(&self, path: &Path) -> Result<TiledPixels> {
+        self.processor.preprocess_file(path)
+    }
+
+    pub fn text(&self) -> Result<&MllamaText<B>> {
+        self.text.as_ref().ok_or_else(|| Error::invalid("the language model was not loaded"))
+    }
+
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| Error::invalid("the tokenizer was not loaded"))
+    }
+
+    /// Prompt ids as transformers' `MllamaProcessor` gives them for `text` with
+    /// `add_special_tokens=False` (the model card's usage; the template carries the BOS):
+    /// `build_string_from_input`, then the tokenizer without its post-processor.
+    pub fn prompt_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let text = build_string_from_input(text);
+        let enc =
+            self.tokenizer()?.encode(text, false).map_err(|e| Error::invalid(format!("tokenization failed: {e}")))?;
+        let ids = enc.get_ids().to_vec();
+        let images = ids.iter().filter(|&&t| t == self.config.image_token_index).count();
+        if images != 1 {
+            return Err(Error::invalid(format!(
+                "the prompt has {images} `{IMAGE_TOKEN}` tokens; exactly one is supported"
+            )));
+        }
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer()?.decode(ids, true).map_err(|e| Error::invalid(format!("detokenization failed: {e}")))
+    }
+
+    /// One local pass over `px` keeping what the `exits` and `extra` layers need.
+    pub fn local_pass(
+        &self,
+        b: &B,
+        px: &TiledPixels,
+        exits: &[(usize, ExitRule)],
+        extra: &[usize],
+    ) -> Result<LocalPass<B>> {
+        self.vision.local(b, px, &self.vision.layers_needed(exits, extra))
+    }
+
+    /// ICET-`layer` under `rule`: the projected cross-attention states `[max_tiles * tokens, text hidden]`.
+    pub fn project(&self, b: &B, pass: &LocalPass<B>, layer: usize, rule: ExitRule) -> Result<B::Tensor> {
+        self.projector.forward(b, &self.vision.exit_features(b, pass, layer, rule)?)
+    }
+
+    /// Rows of the projected states that belong to real tiles (they come first).
+    pub fn real_rows(&self, pass: &LocalPass<B>) -> usize {
+        pass.layout.num_tiles * pass.layout.tokens
+    }
+
+    pub fn decode_options(&self) -> DecodeOptions {
+        DecodeOptions {
+            max_new_tokens: 256,
+            eos_token_ids: self.generation.eos_token_ids.clone(),
+            sampling: None,
+            image_token_id: self.config.image_token_index,
+        }
+    }
+
+    pub fn generate(
+        &self,
+        b: &B,
+        requests: &[CrossRequest<B>],
+        opts: &DecodeOptions,
+        keep_first_logits: bool,
+    ) -> Result<Vec<Generated>> {
+        self.text()?.generate(b, requests, opts, keep_first_logits)
+    }
+}
+
+/// `dir/tokenizer.json`, checked to have `<|image|>` at the configured id and a `<|begin_of_text|>`.
+pub fn load_tokenizer(dir: &Path, image_token_id: u32) -> Result<Tokenizer> {
+    let path = dir.join("tokenizer.json");
+    if !path.exists() {
+        return Err(Error::input(&path, "tokenizer.json is missing from the model directory"));
+    }
+    let tokenizer =
+        Tokenizer::from_file(&path).map_err(|e| Error::input(&path, format!("cannot load tokenizer: {e}")))?;
+    match tokenizer.token_to_id(IMAGE_TOKEN) {
+        Some(id) if id == image_token_id => {}
+        Some(id) => {
+            return Err(Error::input(
+                &path,
+                format!("`{IMAGE_TOKEN}` is token {id}, but config.json says image_token_index {image_token_id}"),
+            ))
+        }
+        None => return Err(Error::input(&path, format!("the tokenizer has no `{IMAGE_TOKEN}` token"))),
+    }
+    if tokenizer.token_to_id(BOS_TOKEN).is_none() {
+        return Err(Error::input(&path, format!("the tokenizer has no `{BOS_TOKEN}` token")));
+    }
+    Ok(tokenizer)
+}

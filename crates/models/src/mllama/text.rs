@@ -1,0 +1,421 @@
+//! The Mllama language model, following transformers' `MllamaTextModel` + `lm_head`
+//! (modeling_mllama.py): a Llama 3.1 decoder (RMSNorm, Llama 3 RoPE scaling, GQA, SwiGLU) in
+//! which the layers listed in `cross_attention_layers` are *cross-attention* layers instead of
+//! self-attention layers (`MllamaCrossAttentionDecoderLayer`): queries from the text (with a
+//! per-head `q_norm`), keys/values from the projected vision states (per-head `k_norm`),
+//! `tanh`-gated attention and MLP residuals.
+//!
+//! `cross_attention_mask` semantics (`_prepare_cross_attention_mask` and the processor's
+//! `get_cross_attention_token_mask`, one image per prompt): text from the `<|image|>` token on
+//! attends to the tokens of the image's real tiles; text before it attends to nothing. For those
+//! "fully masked" rows transformers multiplies the additive mask by 0 — so they attend, unmasked,
+//! to *every* vision token, padded tiles included — and zeroes their MLP output
+//! (`full_text_row_masked_out_mask`); the gated attention output is still added. We do exactly
+//! that (Meta's reference zeroes the attention output too; parity here is with transformers).
+//! Generated tokens repeat the last prompt row's mask (`_update_model_kwargs_for_generation`).
+//!
+//! The cross-attention keys/values are computed once per image ([`CrossKv`]) and reused for the
+//! prefill and every decoded token, as transformers' cache does.
+use super::config::MllamaTextConfig;
+use crate::backend::{AttentionShape, Backend, SeqChunk};
+use crate::error::{Error, Result};
+use crate::generation::{step_seed, DecodeOptions, FinishReason, Generated};
+use crate::nn::{Linear, RmsNorm};
+use crate::weights::Weights;
+
+struct Mlp<B: Backend> {
+    gate_proj: Linear<B>,
+    up_proj: Linear<B>,
+    /// In cross-attention layers, pre-multiplied by `tanh(cross_attn_mlp_gate)`.
+    down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn forward(&self, b: &B, h: &B::Tensor) -> Result<B::Tensor> {
+        let g = self.gate_proj.forward(b, h)?;
+        let u = self.up_proj.forward(b, h)?;
+        self.down_proj.forward(b, &b.silu_mul(&g, &u)?)
+    }
+}
+
+struct SelfLayer<B: Backend> {
+    input_layernorm: RmsNorm<B>,
+    q_proj: Linear<B>,
+    k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    o_proj: Linear<B>,
+    post_attention_layernorm: RmsNorm<B>,
+    mlp: Mlp<B>,
+    /// Index of this layer in the self-attention KV cache.
+    cache_layer: usize,
+}
+
+struct CrossLayer<B: Backend> {
+    input_layernorm: RmsNorm<B>,
+    q_proj: Linear<B>,
+    k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    /// Pre-multiplied by `tanh(cross_attn_attn_gate)`.
+    o_proj: Linear<B>,
+    q_norm: RmsNorm<B>,
+    k_norm: RmsNorm<B>,
+    post_attention_layernorm: RmsNorm<B>,
+    mlp: Mlp<B>,
+}
+
+enum Layer<B: Backend> {
+    SelfAttn(SelfLayer<B>),
+    Cross(CrossLayer<B>),
+}
+
+/// One sequence to continue: its prompt ids (exactly one `<|image|>`) and its image's projected
+/// cross-attention states `[max_tiles * tokens, hidden]`, whose first `real_rows` rows belong to
+/// real tiles.
+pub struct CrossRequest<'a, B: Backend> {
+    pub prompt_ids: Vec<u32>,
+    pub cross_states: &'a B::Tensor,
+    pub real_rows: usize,
+    pub seed: u64,
+}
+
+/// Cross-attention keys/values of a batch of images for every cross layer, packed image after
+/// image: image `i` owns rows `offsets[i]..offsets[i] + all_rows[i]`, its real tiles the first
+/// `real_rows[i]` of them.
+pub struct CrossKv<B: Backend> {
+    kv: Vec<(B::Tensor, B::Tensor)>,
+    offsets: Vec<usize>,
+    all_rows: Vec<usize>,
+    real_rows: Vec<usize>,
+}
+
+/// Per chunk of a forward call: how many of its rows (the first ones) are before the image.
+#[derive(Clone, Copy, Debug)]
+pub struct CrossRows {
+    pub image: usize,
+    pub masked: usize,
+}
+
+pub struct MllamaText<B: Backend> {
+    pub config: MllamaTextConfig,
+    embed_tokens: B::Tensor,
+    layers: Vec<Layer<B>>,
+    norm: RmsNorm<B>,
+    lm_head: B::Tensor,
+    inv_freq: Vec<f32>,
+    self_layers: usize,
+}
+
+fn host(w: &Weights<impl Backend>, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    w.checkpoint.load_f32(&w.full_name(name), shape)
+}
+
+fn linear_gated<B: Backend>(w: &Weights<B>, name: &str, out: usize, inp: usize, gate: f32) -> Result<Linear<B>> {
+    let weight: Vec<f32> = host(&w.sub(name), "weight", &[out, inp])?.iter().map(|x| x * gate).collect();
+    Ok(Linear { weight: w.backend.from_host(&weight, out, inp)?, bias: None })
+}
+
+impl<B: Backend> MllamaText<B> {
+    /// `model` is prefixed so that `embed_tokens.weight` resolves, `lm_head` so that `weight` does.
+    pub fn load(model: &Weights<B>, lm_head: &Weights<B>, config: &MllamaTextConfig) -> Result<Self> {
+        let c = &config.llama;
+        let (d, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
+        let (qw, kw) = (c.num_attention_heads * hd, c.kv_heads() * hd);
+        if c.hidden_act != "silu" {
+            return Err(Error::invalid(format!("unsupported text hidden_act `{}`", c.hidden_act)));
+        }
+        if c.kv_heads() == 0 || c.num_attention_heads % c.kv_heads() != 0 {
+            return Err(Error::invalid(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                c.num_attention_heads,
+                c.kv_heads()
+            )));
+        }
+        let eps = c.rms_norm_eps;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        let mut self_layers = 0;
+        for i in 0..c.num_hidden_layers {
+            let l = model.sub(format_args!("layers.{i}"));
+            let m = l.sub("mlp");
+            if config.cross_attention_layers.contains(&i) {
+                let a = l.sub("cross_attn");
+                let attn_gate = host(&l, "cross_attn_attn_gate", &[1])?[0].tanh();
+                let mlp_gate = host(&l, "cross_attn_mlp_gate", &[1])?[0].tanh();
+                layers.push(Layer::Cross(CrossLayer {
+                    input_layernorm: RmsNorm::load(&l, "input_layernorm", d, eps)?,
+                    q_proj: Linear::load(&a, "q_proj", qw, d, false)?,
+                    k_proj: Linear::load(&a, "k_proj", kw, d, false)?,
+                    v_proj: Linear::load(&a, "v_proj", kw, d, false)?,
+                    o_proj: linear_gated(&a, "o_proj", d, qw, attn_gate)?,
+                    q_norm: RmsNorm::load(&a, "q_norm", hd, eps)?,
+                    k_norm: RmsNorm::load(&a, "k_norm", hd, eps)?,
+                    post_attention_layernorm: RmsNorm::load(&l, "post_attention_layernorm", d, eps)?,
+                    mlp: Mlp {
+                        gate_proj: Linear::load(&m, "gate_proj", f, d, false)?,
+                        up_proj: Linear::load(&m, "up_proj", f, d, false)?,
+                        down_proj: linear_gated(&m, "down_proj", d, f, mlp_gate)?,
+                    },
+                }));
+            } else {
+                let a = l.sub("self_attn");
+                layers.push(Layer::SelfAttn(SelfLayer {
+                    input_layernorm: RmsNorm::load(&l, "input_layernorm", d, eps)?,
+                    q_proj: Linear::load(&a, "q_proj", qw, d, false)?,
+                    k_proj: Linear::load(&a, "k_proj", kw, d, false)?,
+                    v_proj: Linear::load(&a, "v_proj", kw, d, false)?,
+                    o_proj: Linear::load(&a, "o_proj", d, qw, false)?,
+                    post_attention_layernorm: RmsNorm::load(&l, "post_attention_layernorm", d, eps)?,
+                    mlp: Mlp {
+                        gate_proj: Linear::load(&m, "gate_proj", f, d, false)?,
+                        up_proj: Linear::load(&m, "up_proj", f, d, false)?,
+                        down_proj: Linear::load(&m, "down_proj", d, f, false)?,
+                    },
+                    cache_layer: self_layers,
+                }));
+                self_layers += 1;
+            }
+        }
+        Ok(Self {
+            // MllamaTextModel.embed_tokens has vocab_size + 8 rows (<|image|> = vocab_size).
+            embed_tokens: model.get("embed_tokens.weight", &[c.vocab_size + 8, d])?,
+            norm: RmsNorm::load(model, "norm", d, eps)?,
+            lm_head: lm_head.get("weight", &[c.vocab_size, d])?,
+            layers,
+            inv_freq: c.inv_freq()?,
+            self_layers,
+            config: config.clone(),
+        })
+    }
+
+    fn shape(&self) -> AttentionShape {
+        let c = &self.config.llama;
+        AttentionShape::new(c.num_attention_heads, c.kv_heads(), c.head_dim())
+    }
+
+    /// RMSNorm over each head of `x` = `[rows, heads*hd]` (`MllamaTextRMSNorm` on
+    /// `[b, heads, rows, hd]`).
+    fn per_head_norm(&self, b: &B, norm: &RmsNorm<B>, x: B::Tensor) -> Result<B::Tensor> {
+        let (rows, cols) = b.dims(&x);
+        let hd = self.shape().head_dim;
+        let x = b.reshape(x, rows * cols / hd, hd)?;
+        b.reshape(norm.forward(b, &x)?, rows, cols)
+    }
+
+    /// Cross-attention keys/values of every image in `states` (each `[rows_i, hidden]`, the first
+    /// `real_rows[i]` rows from real tiles), for every cross layer.
+    pub fn cross_kv(&self, b: &B, states: &[&B::Tensor], real_rows: &[usize]) -> Result<CrossKv<B>> {
+        let all_rows: Vec<usize> = states.iter().map(|s| b.dims(s).0).collect();
+        let mut offsets = Vec::with_capacity(states.len());
+        let mut total = 0;
+        for (&n, &r) in all_rows.iter().zip(real_rows) {
+            if r == 0 || r > n {
+                return Err(Error::invalid(format!("cross states: {r} real rows of {n}")));
+            }
+            offsets.push(total);
+            total += n;
+        }
+        let kw = self.shape().kv_heads * self.shape().head_dim;
+        let mut kv = Vec::new();
+        for layer in &self.layers {
+            let Layer::Cross(l) = layer else { continue };
+            let mut k_all = b.from_host(&vec![0.0; total * kw], total, kw)?;
+            let mut v_all = b.from_host(&vec![0.0; total * kw], total, kw)?;
+            for (i, s) in states.iter().enumerate() {
+                let rows: Vec<usize> = (offsets[i]..offsets[i] + all_rows[i]).collect();
+                let k = self.per_head_norm(b, &l.k_norm, l.k_proj.forward(b, s)?)?;
+                b.scatter_rows(&mut k_all, &rows, &k)?;
+                b.scatter_rows(&mut v_all, &rows, &l.v_proj.forward(b, s)?)?;
+            }
+            kv.push((k_all, v_all));
+        }
+        Ok(CrossKv { kv, offsets, all_rows, real_rows: real_rows.to_vec() })
+    }
+
+    pub fn new_cache(&self, b: &B, slots: usize, capacity: usize) -> Result<B::KvCache> {
+        let s = self.shape();
+        b.kv_cache(self.self_layers.max(1), slots, capacity, s.kv_heads, s.head_dim)
+    }
+
+    pub fn embed(&self, b: &B, ids: &[u32]) -> Result<B::Tensor> {
+        b.embedding(&self.embed_tokens, ids)
+    }
+
+    /// Runs the decoder over packed `embeds` (one chunk per sequence; `cross[i]` says chunk `i`'s
+    /// image and how many of its first rows precede the image) and returns the final-normed
+    /// hidden state of each chunk's last token.
+    pub fn forward(
+        &self,
+        b: &B,
+        embeds: B::Tensor,
+        chunks: &[SeqChunk],
+        cross: &[CrossRows],
+        kv: &CrossKv<B>,
+        cache: &mut B::KvCache,
+    ) -> Result<B::Tensor> {
+        let positions: Vec<usize> = chunks.iter().flat_map(|c| c.start..c.start + c.len).collect();
+        let shape = self.shape();
+        // Query/key segments of the cross-attention, and the rows whose MLP output is zeroed.
+        let (mut q_lens, mut kv_lens, mut kv_rows, mut masked_rows) = (vec![], vec![], vec![], vec![]);
+        let mut row = 0;
+        for (c, x) in chunks.iter().zip(cross) {
+            let (off, all, real) = (kv.offsets[x.image], kv.all_rows[x.image], kv.real_rows[x.image]);
+            let masked = x.masked.min(c.len);
+            if masked > 0 {
+                q_lens.push(masked);
+                kv_lens.push(all);
+                kv_rows.extend(off..off + all);
+                masked_rows.extend(row..row + masked);
+            }
+            if c.len > masked {
+                q_lens.push(c.len - masked);
+                kv_lens.push(real);
+                kv_rows.extend(off..off + real);
+            }
+            row += c.len;
+        }
+        let d = self.config.llama.hidden_size;
+        let zeros = if masked_rows.is_empty() {
+            None
+        } else {
+            Some(b.from_host(&vec![0.0; masked_rows.len() * d], masked_rows.len(), d)?)
+        };
+        let mut x = embeds;
+        let mut cross_index = 0;
+        for layer in &self.layers {
+            match layer {
+                Layer::SelfAttn(l) => {
+                    let h = l.input_layernorm.forward(b, &x)?;
+                    let mut q = l.q_proj.forward(b, &h)?;
+                    let mut k = l.k_proj.forward(b, &h)?;
+                    let v = l.v_proj.forward(b, &h)?;
+                    b.rotary(&mut q, &positions, shape.head_dim, &self.inv_freq)?;
+                    b.rotary(&mut k, &positions, shape.head_dim, &self.inv_freq)?;
+                    let a = b.cached_attention(cache, l.cache_layer, &q, &k, &v, chunks, shape)?;
+                    b.add_assign(&mut x, &l.o_proj.forward(b, &a)?)?;
+                    let h = l.post_attention_layernorm.forward(b, &x)?;
+                    b.add_assign(&mut x, &l.mlp.forward(b, &h)?)?;
+                }
+                Layer::Cross(l) => {
+                    let (k_all, v_all) = &kv.kv[cross_index];
+                    cross_index += 1;
+                    let h = l.input_layernorm.forward(b, &x)?;
+                    let q = self.per_head_norm(b, &l.q_norm, l.q_proj.forward(b, &h)?)?;
+                    let k = b.gather_rows(k_all, &kv_rows)?;
+                    let v = b.gather_rows(v_all, &kv_rows)?;
+                    let a = b.attention_kv(&q, &k, &v, &q_lens, &kv_lens, shape)?;
+                    b.add_assign(&mut x, &l.o_proj.forward(b, &a)?)?;
+                    let h = l.post_attention_layernorm.forward(b, &x)?;
+                    let mut m = l.mlp.forward(b, &h)?;
+                    if let Some(z) = &zeros {
+                        b.scatter_rows(&mut m, &masked_rows, z)?;
+                    }
+                    b.add_assign(&mut x, &m)?;
+                }
+            }
+        }
+        let mut last = Vec::with_capacity(chunks.len());
+        let mut end = 0;
+        for c in chunks {
+            end += c.len;
+            last.push(end - 1);
+        }
+        self.norm.forward(b, &b.gather_rows(&x, &last)?)
+    }
+
+    pub fn logits(&self, b: &B, hidden: &B::Tensor) -> Result<B::Tensor> {
+        b.linear(hidden, &self.lm_head, None)
+    }
+
+    /// Runs `requests` to completion as one batch: one packed prefill, then every unfinished
+    /// sequence decodes one token per step (greedy or seeded sampling, as
+    /// [`crate::generation::generate`]).
+    pub fn generate(
+        &self,
+        b: &B,
+        requests: &[CrossRequest<B>],
+        opts: &DecodeOptions,
+        keep_first_logits: bool,
+    ) -> Result<Vec<Generated>> {
+        let mut out: Vec<Generated> = requests
+            .iter()
+            .map(|_| Generated { token_ids: vec![], finish_reason: FinishReason::Length, first_logits: None })
+            .collect();
+        if requests.is_empty() || opts.max_new_tokens == 0 {
+            return Ok(out);
+        }
+        let mut image_pos = Vec::with_capacity(requests.len());
+        for r in requests {
+            let found: Vec<usize> =
+                r.prompt_ids.iter().enumerate().filter(|(_, &t)| t == opts.image_token_id).map(|(i, _)| i).collect();
+            if found.len() != 1 {
+                return Err(Error::invalid(format!(
+                    "the prompt has {} <|image|> tokens; exactly one is supported",
+                    found.len()
+                )));
+            }
+            image_pos.push(found[0]);
+        }
+        let longest = requests.iter().map(|r| r.prompt_ids.len()).max().unwrap_or(0);
+        let capacity = longest + opts.max_new_tokens;
+        let limit = self.config.llama.max_position_embeddings;
+        if capacity > limit {
+            return Err(Error::invalid(format!(
+                "prompt of {longest} tokens + {} new tokens exceeds the model's {limit} positions",
+                opts.max_new_tokens
+            )));
+        }
+        let states: Vec<&B::Tensor> = requests.iter().map(|r| r.cross_states).collect();
+        let real: Vec<usize> = requests.iter().map(|r| r.real_rows).collect();
+        let kv = self.cross_kv(b, &states, &real)?;
+        let mut cache = self.new_cache(b, requests.len(), capacity)?;
+        let all_ids: Vec<u32> = requests.iter().flat_map(|r| r.prompt_ids.iter().copied()).collect();
+        let chunks: Vec<SeqChunk> =
+            requests.iter().enumerate().map(|(slot, r)| SeqChunk { slot, start: 0, len: r.prompt_ids.len() }).collect();
+        let cross: Vec<CrossRows> =
+            image_pos.iter().enumerate().map(|(i, &p)| CrossRows { image: i, masked: p }).collect();
+        let mut live: Vec<usize> = (0..requests.len()).collect();
+        let mut hidden = self.forward(b, self.embed(b, &all_ids)?, &chunks, &cross, &kv, &mut cache)?;
+        for step in 0..opts.max_new_tokens {
+            let logits = self.logits(b, &hidden)?;
+            if step == 0 && keep_first_logits {
+                let host = b.to_host(&logits)?;
+                let vocab = b.dims(&logits).1;
+                for (row, &i) in live.iter().enumerate() {
+                    out[i].first_logits = Some(host[row * vocab..(row + 1) * vocab].to_vec());
+                }
+            }
+            let next = match opts.sampling {
+                None => b.argmax(&logits)?,
+                Some(p) => {
+                    let seeds: Vec<u64> = live.iter().map(|&i| step_seed(requests[i].seed, step)).collect();
+                    b.sample(&logits, p, &seeds)?
+                }
+            };
+            let mut still = Vec::with_capacity(live.len());
+            for (&i, &tok) in live.iter().zip(&next) {
+                out[i].token_ids.push(tok);
+                if opts.eos_token_ids.contains(&tok) {
+                    out[i].finish_reason = FinishReason::Eos;
+                } else {
+                    still.push(i);
+                }
+            }
+            live = still;
+            if live.is_empty() || step + 1 == opts.max_new_tokens {
+                break;
+            }
+            let ids: Vec<u32> = live.iter().map(|&i| *out[i].token_ids.last().unwrap()).collect();
+            let chunks: Vec<SeqChunk> = live
+                .iter()
+                .map(|&i| SeqChunk {
+                    slot: i,
+                    start: requests[i].prompt_ids.len() + out[i].token_ids.len() - 1,
+                    len: 1,
+                })
+                .collect();
+            // Generated tokens come after the image: they attend to its real tiles.
+            let cross: Vec<CrossRows> = live.iter().map(|&i| CrossRows { image: i, masked: 0 }).collect();
+            hidden = self.forward(b, self.embed(b, &ids)?, &chunks, &cross, &kv, &mut cache)?;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,245 @@
+//! Llama 3.2 Vision (Mllama) parity against transformers 5.24 on the committed tiny checkpoints
+//! (`tools/fixtures/make_mllama_fixtures.py` records the references, with Meta's tap semantics
+//! patched into transformers' vision encoder; see tools/fixtures/README.md, section "Mllama").
+//!
+//! Tolerances (error = `max |ours - ref| / max |ref|` over a tensor):
+//! - pixel values of every tile: 1e-4 absolute (equal uint8 pixels after resize);
+//! - every local hidden state `hidden.0..=N`, every global layer output: 1e-4 relative;
+//! - projected cross-attention states for every layer under each exit rule: 1e-4 relative;
+//! - first-step logits: 1e-4 relative;
+//! - greedy tokens: equal at every step whose recorded top-2 margin is >= 2e-3 (after a step with
+//!   a smaller margin, later tokens are not compared).
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use icet_models::backend::cpu::Cpu;
+use icet_models::backend::Backend;
+use icet_models::mllama::model::build_string_from_input;
+use icet_models::mllama::{CrossRequest, ExitRule, Mllama, MllamaLoadParts, MllamaTemplate};
+use serde_json::Value;
+
+const TOL: f64 = 1e-4;
+const PIXEL_TOL: f64 = 1e-4;
+const MARGIN_FOR_EQUAL_TOKENS: f64 = 2e-3;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+struct Reference {
+    json: Value,
+    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+fn load_reference(dir: &Path) -> Reference {
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32);
+            let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            (name, (view.shape().to_vec(), data))
+        })
+        .collect();
+    Reference { json, tensors }
+}
+
+impl Reference {
+    fn get(&self, name: &str) -> &(Vec<usize>, Vec<f32>) {
+        self.tensors.get(name).unwrap_or_else(|| panic!("reference tensor {name} missing"))
+    }
+}
+
+fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(ours.len(), reference.len(), "length");
+    let scale = reference.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64)).max(1e-12);
+    ours.iter().zip(reference).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max) / scale
+}
+
+fn max_abs(ours: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(ours.len(), reference.len(), "length");
+    ours.iter().zip(reference).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max)
+}
+
+fn image_path(dir: &Path, r: &Reference, img: &str) -> PathBuf {
+    dir.join(r.json["images"][img]["file"].as_str().unwrap())
+}
+
+/// Vision side: pixels, every local layer, the global layers, projected states under each rule.
+fn check_vision(name: &str) {
+    let dir = fixture(name);
+    let r = load_reference(&dir);
+    let b = Cpu;
+    let model = Mllama::load(&dir, &b, MllamaLoadParts { deepest_vision_layer: None, text: false }).unwrap();
+    let n = model.config.vision_layers();
+    assert_eq!(n as u64, r.json["vision_num_layers"].as_u64().unwrap());
+    let mut worst: f64 = 0.0;
+    for (img, info) in r.json["images"].as_object().unwrap() {
+        let px = model.pixel_values(&image_path(&dir, &r, img)).unwrap();
+        let (shape, want) = r.get(&format!("pixel_values.{img}"));
+        assert_eq!(shape, &vec![px.max_tiles, 3, px.tile_size, px.tile_size], "{name} {img} pixel shape");
+        let e = max_abs(&px.data, want);
+        assert!(e <= PIXEL_TOL, "{name} {img}: pixel values differ by {e}");
+        assert_eq!(
+            px.aspect_ratio_id as u64,
+            info["aspect_ratio_id"].as_u64().unwrap(),
+            "{name} {img} aspect_ratio_id"
+        );
+        let mask: Vec<u8> =
+            info["aspect_ratio_mask"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
+        assert_eq!(px.aspect_ratio_mask, mask, "{name} {img} aspect_ratio_mask");
+        assert_eq!(px.num_tiles as u64, info["num_tiles"].as_u64().unwrap());
+
+        // Every local hidden state (Meta semantics), one pass.
+        let all: Vec<usize> = (0..=n).collect();
+        let pass = model.vision.local(&b, &px, &all).unwrap();
+        for l in 0..=n {
+            let ours = b.to_host(&model.vision.unpad(&b, &pass, pass.get(l).unwrap()).unwrap()).unwrap();
+            let (shape, want) = r.get(&format!("hidden.{img}.{l}"));
+            assert_eq!(ours.len(), shape.iter().product::<usize>());
+            let e = rel_err(&ours, want);
+            worst = worst.max(e);
+            assert!(e <= TOL, "{name} {img} hidden.{l}: relative error {e}");
+        }
+        // The global encoder on the stock path.
+        let globals = model.vision.global(&b, &pass, n).unwrap();
+        for (g, out) in globals.iter().enumerate() {
+            let ours = b.to_host(&model.vision.unpad(&b, &pass, out).unwrap()).unwrap();
+            let e = rel_err(&ours, &r.get(&format!("global.{img}.{}", g + 1)).1);
+            worst = worst.max(e);
+            assert!(e <= TOL, "{name} {img} global.{}: relative error {e}", g + 1);
+        }
+        // Projected cross-attention states for ICET-l under every rule.
+        for rule in ExitRule::NAMES {
+            let rule_v = ExitRule::parse(rule).unwrap();
+            for l in 0..=n {
+                let ours = b.to_host(&model.project(&b, &pass, l, rule_v).unwrap()).unwrap();
+                let (shape, want) = r.get(&format!("projected.{img}.{l}.{rule}"));
+                assert_eq!(ours.len(), shape.iter().product::<usize>());
+                let e = rel_err(&ours, want);
+                worst = worst.max(e);
+                assert!(e <= TOL, "{name} {img} projected.{l}.{rule}: relative error {e}");
+            }
+        }
+        // A pass that keeps only what one exit needs gives the same states (and stops early).
+        for (l, rule) in [(2, ExitRule::Clamp), (1, ExitRule::AllSlots), (0, ExitRule::ReplaceFinal)] {
+            let lean = model.local_pass(&b, &px, &[(l, rule)], &[]).unwrap();
+            if rule != ExitRule::ReplaceFinal {
+                assert_eq!(lean.layers_run, l, "{rule:?} at {l} must not run deeper layers");
+            }
+            let a = b.to_host(&model.project(&b, &lean, l, rule).unwrap()).unwrap();
+            let full = b.to_host(&model.project(&b, &pass, l, rule).unwrap()).unwrap();
+            assert_eq!(a, full, "lean pass for {rule:?} at {l}");
+        }
+    }
+    eprintln!("{name}: worst vision/projection relative error {worst:.3e}");
+}
+
+/// Text side: prompt ids, first-step logits and greedy tokens of every recorded case, all cases
+/// of a model in one batch (so batching across images and prompt lengths is exercised too).
+fn check_generation(name: &str) {
+    let dir = fixture(name);
+    let r = load_reference(&dir);
+    let b = Cpu;
+    let model = Mllama::load(&dir, &b, MllamaLoadParts { deepest_vision_layer: None, text: true }).unwrap();
+    let cases = r.json["cases"].as_array().unwrap();
+    let mut states = Vec::new();
+    let mut reals = Vec::new();
+    let mut prompts = Vec::new();
+    for case in cases {
+        let img = case["image"].as_str().unwrap();
+        let template = MllamaTemplate::parse(case["template"].as_str().unwrap()).unwrap();
+        let text = template.render(case["prompt"].as_str().unwrap()).unwrap();
+        assert_eq!(text, case["text"].as_str().unwrap(), "{name} case {} text", case["index"]);
+        let ids = model.prompt_ids(&text).unwrap();
+        let want: Vec<u32> =
+            case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(ids, want, "{name} case {} prompt ids", case["index"]);
+        let px = model.pixel_values(&image_path(&dir, &r, img)).unwrap();
+        let layer = case["layer"].as_u64().unwrap() as usize;
+        let rule = ExitRule::parse(case["rule"].as_str().unwrap()).unwrap();
+        let pass = model.local_pass(&b, &px, &[(layer, rule)], &[]).unwrap();
+        states.push(model.project(&b, &pass, layer, rule).unwrap());
+        reals.push(model.real_rows(&pass));
+        prompts.push(ids);
+    }
+    let requests: Vec<CrossRequest<Cpu>> = prompts
+        .iter()
+        .zip(&states)
+        .zip(&reals)
+        .map(|((p, s), &real)| CrossRequest { prompt_ids: p.clone(), cross_states: s, real_rows: real, seed: 0 })
+        .collect();
+    let mut opts = model.decode_options();
+    opts.max_new_tokens = r.json["max_new_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(opts.eos_token_ids, vec![r.json["eos_token_id"].as_u64().unwrap() as u32]);
+    let out = model.generate(&b, &requests, &opts, true).unwrap();
+    let (mut worst, mut compared) = (0.0f64, 0);
+    for (case, got) in cases.iter().zip(&out) {
+        let i = case["index"].as_u64().unwrap();
+        let e = rel_err(got.first_logits.as_ref().unwrap(), &r.get(&format!("logits.{i}")).1);
+        worst = worst.max(e);
+        assert!(e <= TOL, "{name} case {i}: first-step logits relative error {e}");
+        let want: Vec<u32> = case["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let margins: Vec<f64> = case["margins"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        for (step, (&w, &m)) in want.iter().zip(&margins).enumerate() {
+            assert_eq!(got.token_ids.get(step), Some(&w), "{name} case {i}: token {step} (margin {m})");
+            compared += 1;
+            if m < MARGIN_FOR_EQUAL_TOKENS {
+                break;
+            }
+        }
+        if margins.iter().all(|&m| m >= MARGIN_FOR_EQUAL_TOKENS) {
+            assert_eq!(got.token_ids, want, "{name} case {i}: whole generation");
+            assert_eq!(got.finish_reason.as_str(), case["finish_reason"].as_str().unwrap());
+        }
+    }
+    eprintln!("{name}: {} cases, {compared} tokens compared, worst first-step logits error {worst:.3e}", cases.len());
+}
+
+#[test]
+fn mllama_tiny_vision_parity() {
+    check_vision("mllama-tiny");
+}
+
+#[test]
+fn mllama_tiny_gqa_vision_parity() {
+    check_vision("mllama-tiny-gqa");
+}
+
+#[test]
+fn mllama_tiny_generation_parity() {
+    check_generation("mllama-tiny");
+}
+
+#[test]
+fn mllama_tiny_gqa_generation_parity() {
+    check_generation("mllama-tiny-gqa");
+}
+
+#[test]
+fn template_and_bos_follow_the_processor() {
+    assert_eq!(build_string_from_input("<|image|><|image|>Hi"), "<|image|><|image|><|begin_of_text|>Hi");
+    assert_eq!(build_string_from_input("<|begin_of_text|>Hi <|image|>"), "<|begin_of_text|>Hi <|image|>");
+    assert!(MllamaTemplate::Raw.render("no image").is_err());
+    assert!(MllamaTemplate::parse("llava-v1").is_err());
+}
+
+#[test]
+fn bad_inputs_are_errors_naming_the_input() {
+    let b = Cpu;
+    let parts = MllamaLoadParts { deepest_vision_layer: None, text: true };
+    let err = Mllama::load(&fixture("llava-tiny"), &b, parts).err().expect("a LLaVA dir is not Mllama").to_string();
+    assert!(err.contains("config.json") && err.contains("mllama"), "{err}");
+    let dir = fixture("mllama-tiny");
+    let model = Mllama::load(&dir, &b, parts).unwrap();
+    let err = model.pixel_values(&dir.join("missing.png")).err().unwrap().to_string();
+    assert!(err.contains("missing.png"), "{err}");
+    assert!(model.prompt_ids("no image here").is_err());
+    let px = model.pixel_values(&fixture("images/square.png")).unwrap();
+    let pass = model.local_pass(&b, &px, &[(3, ExitRule::Clamp)], &[]).unwrap();
+    assert!(model.project(&b, &pass, 5, ExitRule::Clamp).is_err(), "layer 5 was not computed");
+    assert!(model.project(&b, &pass, 99, ExitRule::Clamp).is_err());
+}
