@@ -105,7 +105,12 @@ impl<B: Backend> Llava<B> {
     /// Decodes and preprocesses an image file exactly as transformers' `CLIPImageProcessor`
     /// would; `pad_square` first pads it to a square of the mean colour (original LLaVA).
     pub fn pixel_values(&self, path: &Path, pad_square: bool) -> Result<PixelValues> {
-        let mut img = load_image(path)?;
+        // Original LLaVA: Image.open(f).convert('RGB') (alpha dropped), then expand2square.
+        let mut img = if pad_square {
+            crate::clip::preprocessing::load_image_with(path, crate::clip::preprocessing::AlphaHandling::Drop)?
+        } else {
+            load_image(path)?
+        };
         if pad_square {
             img = expand_to_square(&img, self.processor.pad_square_background());
         }
