@@ -345,3 +345,49 @@ fn score_input_errors_name_the_input() {
     let e = String::from_utf8_lossy(&e.stderr).into_owned();
     assert!(e.contains("responses.jsonl:1"), "{e}");
 }
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+}
+
+#[test]
+fn sweep_reads_dataset_formats_and_scores_in_the_same_run() {
+    let d = tmp("sweep-judge");
+    let run = d.join("run");
+    let tox = format!("toxicity={}", judges_fixture("bert-toxic-tiny").display());
+    let out = ok(icet()
+        .args(["sweep", "--device", "cpu", "--max-new-tokens", "3", "--layers", "1,-2", "--model"])
+        .arg(repo("demo/model"))
+        .arg("--data")
+        .arg(repo("tests/fixtures/datasets/RedTeam_2K.csv"))
+        .arg("--images")
+        .arg(repo("tests/fixtures/images"))
+        .args(["--pair-seed", "5", "--judge", &tox, "--out"])
+        .arg(&run));
+    assert!(out.contains("Average") || !out.is_empty());
+    let responses = std::fs::read_to_string(run.join("responses.jsonl")).unwrap();
+    assert_eq!(responses.lines().count(), 4 * 2, "4 RedTeam-2K prompts x 2 layers");
+    assert!(responses.contains("\"id\":\"3\""));
+    assert_eq!(scores(&run).len(), 8, "scored in the same run");
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["settings"]["data_options"]["pair_seed"], 5);
+
+    // Missing images are reported by name before the model is even looked at.
+    let e = icet()
+        .args(["sweep", "--device", "cpu", "--model", "/nonexistent-model", "--data"])
+        .arg(repo("tests/fixtures/datasets/missing_image_jailbreakv.csv"))
+        .arg("--out")
+        .arg(d.join("x"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&e.stderr).into_owned();
+    assert!(e.contains("no_such_image.png") && !e.contains("nonexistent-model"), "{e}");
+    // So are bad judges (before generating anything).
+    let e = icet()
+        .args(["sweep", "--device", "cpu", "--judge", "reward=/no/judge", "--out"])
+        .arg(d.join("y"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&e.stderr).contains("/no/judge: not a model directory"));
+    assert!(!d.join("y").join("responses.jsonl").exists());
+}

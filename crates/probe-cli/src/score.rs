@@ -248,23 +248,31 @@ fn backend_for(device: Device) -> Result<crate::common::SelectedBackend> {
     wrap.model.backend()
 }
 
+/// Parses and checks the judges (directories, the Perspective key), so that `sweep --judge` fails
+/// before generating rather than after.
+pub fn preflight(args: &JudgeArgs) -> Result<Vec<JudgeSpec>> {
+    let specs: Vec<JudgeSpec> = args.judges.iter().map(|j| JudgeSpec::parse(j)).collect::<Result<_>>()?;
+    if args.judge_batch_size == 0 {
+        bail!("--judge-batch-size must be at least 1");
+    }
+    let has_key = std::env::var(perspective::KEY_VAR).is_ok_and(|k| !k.trim().is_empty());
+    if specs.iter().any(|s| s.kind == JudgeKind::Perspective) && !has_key {
+        bail!("--judge perspective needs the API key in the environment variable {}", perspective::KEY_VAR);
+    }
+    Ok(specs)
+}
+
 /// Scores every answer of `run_dir` with every judge of `args` (the part `sweep --judge` reuses).
 pub fn score_run<B: Backend>(b: &B, run_dir: &Path, args: &JudgeArgs) -> Result<()> {
     if args.judges.is_empty() {
         bail!("no --judge given (e.g. --judge llama-guard=DIR --judge toxicity=DIR)");
-    }
-    let specs: Vec<JudgeSpec> = args.judges.iter().map(|j| JudgeSpec::parse(j)).collect::<Result<_>>()?;
-    if args.judge_batch_size == 0 {
-        bail!("--judge-batch-size must be at least 1");
     }
     let responses_path = run_dir.join("responses.jsonl");
     if !responses_path.is_file() {
         bail!("{}: no responses.jsonl here; run `icet sweep` first", run_dir.display());
     }
     let responses: Vec<ResponseRow> = read_jsonl(&responses_path, false)?;
-    if specs.iter().any(|s| s.kind == JudgeKind::Perspective) && std::env::var(perspective::KEY_VAR).is_err() {
-        bail!("--judge perspective needs the API key in the environment variable {}", perspective::KEY_VAR);
-    }
+    let specs = preflight(args)?;
     register_judges(run_dir, &specs)?;
     let scores_path = run_dir.join(SCORES_FILE);
     let existing: Vec<ScoreRow> = read_jsonl(&scores_path, true)?;

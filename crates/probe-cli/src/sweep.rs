@@ -28,6 +28,9 @@ gibberish by construction) over all its layers.
 
 Data: JSONL, or CSV with a header, with fields `id` (optional), `prompt`, `image` (path relative
 to the data file). Example row: {\"id\": \"rt-0001\", \"prompt\": \"...\", \"image\": \"images/0001.jpg\"}
+Also JailBreakV-28K (incl. mini), RedTeam-2K and AdvBench CSVs, detected from their headers
+(--data-format); prompt-only data is paired with --images DIR (--pairing random|cross).
+With --judge, the answers are scored as by `icet score` (scores.jsonl) once generated.
 
 Writes into --out:
   responses.jsonl   one row per (item, layer), appended as produced (id, layer, prompt, image,
@@ -58,6 +61,11 @@ pub struct Args {
     /// Sequences in flight at once (continuous batching: a finished answer's slot is refilled at once)
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    #[command(flatten)]
+    pub data_opts: data::DataArgs,
+    /// Judges to score the answers with once generated (as `icet score`; see `icet score --help`)
+    #[command(flatten)]
+    pub judges: crate::score::JudgeArgs,
 }
 
 /// FNV-1a over the answer's identity, so a sampled answer does not depend on batch order.
@@ -137,7 +145,8 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
     }
 
     // Everything that can be wrong with the inputs is found before the model loads.
-    let rows = data::load(&data_path)?;
+    let rows = data::load_with(&data_path, &args.data_opts)?;
+    let judge_specs = crate::score::preflight(&args.judges)?;
     let config = LlavaConfig::from_dir(&model_dir)?;
     let num_layers = config.vision_layers();
     let layers = parse_layers(&args.layers, num_layers)?;
@@ -158,6 +167,10 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
         "top_p": args.decode.top_p,
         "seed": args.decode.seed,
     });
+    let mut settings = settings;
+    if let Some(pairing) = args.data_opts.settings() {
+        settings["data_options"] = pairing;
+    }
     let manifest_path = out.join("manifest.json");
     if let Ok(text) = std::fs::read_to_string(&manifest_path) {
         let old: serde_json::Value =
@@ -222,7 +235,8 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
             }
         }
         let longest = prompt_ids.values().map(Vec::len).max().unwrap_or(0);
-        let stream = Stream { slots: args.batch_size, capacity: longest + opts.max_new_tokens, keep_first_logits: false };
+        let stream =
+            Stream { slots: args.batch_size, capacity: longest + opts.max_new_tokens, keep_first_logits: false };
 
         // Requests are made lazily: the next image's vision pass runs when a slot needs its
         // first request, and its features are freed once its last sequence finishes.
@@ -298,6 +312,9 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
     summary.write(&out)?;
     println!("{}", summary.table());
     eprintln!("icet: results in {}", out.display());
+    if !judge_specs.is_empty() {
+        crate::score::score_run(b, &out, &args.judges)?;
+    }
     Ok(())
 }
 

@@ -268,10 +268,6 @@ pub fn check_attention<B: Backend>(b: &B, tol: f64) {
     }
 }
 
-/// Prefill of ragged sequences into a KV cache, then one decode step each: the result must equal
-/// causal attention over the whole sequence computed naively.
-pub fn check_cached_attention<B: Backend>(b: &B, tol: f64) {
-    let mut rng = TestRng::new(8);
 /// `reshape` keeps the row-major values and refuses views of another size.
 pub fn check_reshape<B: Backend>(b: &B) {
     let data: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
@@ -308,6 +304,10 @@ pub fn check_attention_kv<B: Backend>(b: &B, tol: f64) {
     }
 }
 
+/// Prefill of ragged sequences into a KV cache, then one decode step each: the result must equal
+/// causal attention over the whole sequence computed naively.
+pub fn check_cached_attention<B: Backend>(b: &B, tol: f64) {
+    let mut rng = TestRng::new(8);
     let s = AttentionShape::new(6, 2, 16);
     let (qw, kw) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
     let lens = [9usize, 1, 23];
@@ -424,16 +424,16 @@ macro_rules! conformance_tests {
             c::check_attention(&$backend, $tol);
         }
         #[test]
-        fn cached_attention() {
-            c::check_cached_attention(&$backend, $tol);
-        }
-        #[test]
         fn reshape() {
             c::check_reshape(&$backend);
         }
         #[test]
         fn attention_kv() {
             c::check_attention_kv(&$backend, $tol);
+        }
+        #[test]
+        fn cached_attention() {
+            c::check_cached_attention(&$backend, $tol);
         }
         #[test]
         fn token_choice() {

@@ -428,13 +428,6 @@ impl Backend for Cpu {
         CpuTensor::new(out, q.rows, q.cols)
     }
 
-    fn kv_cache(
-        &self,
-        layers: usize,
-        slots: usize,
-        capacity: usize,
-        kv_heads: usize,
-        head_dim: usize,
     fn reshape(&self, t: CpuTensor, rows: usize, cols: usize) -> Result<CpuTensor> {
         if t.rows * t.cols != rows * cols {
             return Err(Error::invalid(format!("reshape: [{}, {}] has no [{rows}, {cols}] view", t.rows, t.cols)));
@@ -458,6 +451,13 @@ impl Backend for Cpu {
         CpuTensor::new(out, q.rows, q.cols)
     }
 
+    fn kv_cache(
+        &self,
+        layers: usize,
+        slots: usize,
+        capacity: usize,
+        kv_heads: usize,
+        head_dim: usize,
     ) -> Result<CpuKvCache> {
         let width = kv_heads * head_dim;
         let size = slots * capacity * width;

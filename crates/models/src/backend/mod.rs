@@ -169,12 +169,6 @@ pub trait Backend: Send + Sync {
         shape: AttentionShape,
     ) -> Result<Self::Tensor>;
 
-    // ---- token choice --------------------------------------------------------------------
-    /// Index of the largest logit of each row (the first on ties, as torch does).
-    fn argmax(&self, logits: &Self::Tensor) -> Result<Vec<u32>>;
-    /// One token per row, drawn with `seeds[row]` (see [`sample_row`] for the exact procedure).
-    fn sample(&self, logits: &Self::Tensor, params: SamplingParams, seeds: &[u64]) -> Result<Vec<u32>>;
-}
     /// Unmasked attention of packed query segments against their own packed key/value segments:
     /// the `q_lens[i]` rows of query segment `i` attend to all `kv_lens[i]` rows of key/value
     /// segment `i` (`q`: `[Σq_lens, heads*hd]`, `k`/`v`: `[Σkv_lens, kv_heads*hd]`). Mllama's text
@@ -197,6 +191,12 @@ pub trait Backend: Send + Sync {
         self.from_host(&out, rows, cols)
     }
 
+    // ---- token choice --------------------------------------------------------------------
+    /// Index of the largest logit of each row (the first on ties, as torch does).
+    fn argmax(&self, logits: &Self::Tensor) -> Result<Vec<u32>>;
+    /// One token per row, drawn with `seeds[row]` (see [`sample_row`] for the exact procedure).
+    fn sample(&self, logits: &Self::Tensor, params: SamplingParams, seeds: &[u64]) -> Result<Vec<u32>>;
+}
 
 /// SplitMix64: a tiny, well-studied generator that every backend can reproduce bit for bit, so a
 /// seeded run draws the same tokens on CPU and GPU.
