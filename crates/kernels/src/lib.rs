@@ -1,8 +1,33 @@
-//! CUDA kernels for the ICET engine. The fatbin is built from `kernels-cu/` by the
-//! workspace's top-level `build.rs`; without nvcc it is empty and the CUDA backend says so.
+//! CUDA kernels for the ICET engine: the fatbins built from `kernels-cu/` by the workspace's
+//! top-level `build.rs`, typed Rust launchers for every kernel ([`Gpu`]'s methods), GEMMs through
+//! cuBLASLt, and a CPU twin of every kernel ([`twin`]) that the GPU tests compare against.
+//!
+//! Nothing here touches CUDA until [`Gpu::open`] is called, and that checks for the kernels, the
+//! driver library and cuBLASLt first and returns the reason when one is missing — so this crate
+//! builds and its users run on machines without CUDA.
+mod blas;
+mod gpu;
+mod launch;
+pub mod twin;
 
-/// The compiled kernels, or `None` when the build found no nvcc.
-pub fn fatbin() -> Option<&'static [u8]> {
-    let bytes: &'static [u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels.fatbin"));
-    (!bytes.is_empty()).then_some(bytes)
+pub use gpu::{DType, DevBuf, Gpu, KernelError};
+pub use launch::{flash_smem_bytes, Act, AttnRow, SeqDesc, FLASH_HEAD_DIMS};
+
+mod built {
+    include!(concat!(env!("OUT_DIR"), "/kernel_modules.rs"));
+}
+
+/// `(file stem, fatbin)` for every `kernels-cu/*.cu`; empty when the build found no nvcc.
+pub fn modules() -> &'static [(&'static str, &'static [u8])] {
+    built::MODULES
+}
+
+/// Whether this build contains the CUDA kernels (nvcc was found at build time).
+pub fn kernels_built() -> bool {
+    !built::MODULES.is_empty()
+}
+
+/// The nvcc the kernels were built with, if any.
+pub fn built_with_nvcc() -> Option<&'static str> {
+    built::NVCC
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 use icet_models::backend::cpu::Cpu;
+use icet_models::backend::cuda::{Cuda, DType};
 use icet_models::backend::Backend;
 use icet_models::llava::{FeatureStrategy, Llava, LoadParts};
 use icet_models::prompt::Template;
@@ -16,6 +17,27 @@ pub enum Device {
     Cpu,
     /// NVIDIA GPU
     Cuda,
+}
+
+/// Storage type of tensors on the GPU (kernels compute in f32 and GEMMs accumulate in f32 either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    /// 32-bit floats: the reference precision (the CPU backend's only one)
+    F32,
+    /// bfloat16: half the memory and tensor-core speed
+    Bf16,
+    /// float16: as bf16, with more mantissa and less range
+    F16,
+}
+
+impl DtypeArg {
+    fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -56,6 +78,9 @@ pub struct ModelArgs {
     /// Compute device
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// Tensor storage type on the GPU; the CPU backend computes in f32 only
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
     /// Override the config's vision_feature_select_strategy
     #[arg(long, value_enum)]
     pub strategy: Option<StrategyArg>,
@@ -73,15 +98,32 @@ impl ModelArgs {
         }
     }
 
-    /// The backend to run on (`--device`). Commands match on it once and run generic code.
+    /// The backend to run on (`--device`, `--dtype`). Commands match on it once and run generic
+    /// code. `auto` takes the GPU when one is usable and says which device it chose, once.
     pub fn backend(&self) -> Result<SelectedBackend> {
+        let dtype = self.dtype.dtype();
         match self.device {
-            Device::Cpu => Ok(SelectedBackend::Cpu(Cpu)),
-            Device::Auto => {
-                eprintln!("icet: using the CPU backend (this build has no CUDA backend)");
+            Device::Cpu => {
+                if dtype != DType::F32 {
+                    bail!("--dtype {dtype} needs --device cuda (the CPU backend is the f32 reference)");
+                }
                 Ok(SelectedBackend::Cpu(Cpu))
             }
-            Device::Cuda => bail!("--device cuda: this build has no CUDA backend; use --device cpu"),
+            Device::Cuda => match Cuda::new(dtype) {
+                Ok(cuda) => Ok(SelectedBackend::Cuda(cuda)),
+                Err(e) => bail!("--device cuda: {e}"),
+            },
+            Device::Auto => match Cuda::new(dtype) {
+                Ok(cuda) => {
+                    say_once(format!("icet: using CUDA on {} ({dtype})", cuda.describe()));
+                    Ok(SelectedBackend::Cuda(cuda))
+                }
+                Err(e) => {
+                    let note = if dtype == DType::F32 { String::new() } else { format!("; --dtype {dtype} ignored") };
+                    say_once(format!("icet: using the CPU backend (no CUDA: {e}){note}"));
+                    Ok(SelectedBackend::Cpu(Cpu))
+                }
+            },
         }
     }
 
@@ -102,6 +144,13 @@ impl ModelArgs {
 /// `run_on::<B>` (see [`with_backend!`]).
 pub enum SelectedBackend {
     Cpu(Cpu),
+    Cuda(Cuda),
+}
+
+/// Prints `msg` on stderr the first time only (commands may ask for the backend more than once).
+fn say_once(msg: String) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| eprintln!("{msg}"));
 }
 
 /// `with_backend!(selected, |b| expr)`: evaluates `expr` with `b` bound to the concrete backend.
@@ -110,6 +159,7 @@ macro_rules! with_backend {
     ($selected:expr, |$b:ident| $body:expr) => {
         match $selected {
             $crate::common::SelectedBackend::Cpu($b) => $body,
+            $crate::common::SelectedBackend::Cuda($b) => $body,
         }
     };
 }

@@ -8,6 +8,7 @@ use crate::error::Result;
 
 pub mod conformance;
 pub mod cpu;
+pub mod cuda;
 
 /// Point-wise activation functions, named as in transformers' `ACT2FN`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

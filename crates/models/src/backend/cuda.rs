@@ -1,0 +1,581 @@
+//! The CUDA backend: tensors live on the GPU in one storage dtype chosen at construction (f32,
+//! bf16 or f16; every kernel computes in f32 and rounds once on store, GEMMs accumulate in f32),
+//! and every [`Backend`] op is one or two launches of `icet_kernels` (hand-written kernels from
+//! `kernels-cu/`, GEMMs through cuBLASLt).
+//!
+//! [`Cuda::new`] never panics on a machine without CUDA: it returns the reason ("built without
+//! CUDA kernels", "no CUDA driver", "no CUDA GPU", …) for the CLI to print and the GPU tests to
+//! report as their skip reason.
+//!
+//! Attention picks a kernel per call: the tensor-core flash kernel for bf16/f16 with head dims
+//! 64/80/128 (the ViT, prefill), the row kernel — split along the keys and combined — for decode
+//! steps, for f32 (the reference precision: tensor cores would round the inputs) and for any
+//! other head dim.
+use std::sync::{Arc, OnceLock};
+
+use icet_kernels::{Act, AttnRow, DevBuf, Gpu, SeqDesc};
+
+use super::{uniform_from_seed, Activation, AttentionShape, Backend, SamplingParams, SeqChunk};
+use crate::error::{Error, Result};
+
+pub use icet_kernels::DType;
+
+/// Chunks at most this long are attended by the row kernel even in bf16/f16: a 64-row flash
+/// tile would be mostly empty (decode steps are 1 row each).
+const ROWS_KERNEL_MAX_CHUNK: usize = 16;
+
+/// A row-major `[rows, cols]` matrix in GPU memory.
+pub struct CudaTensor {
+    buf: DevBuf,
+    rows: usize,
+    cols: usize,
+}
+
+impl CudaTensor {
+    pub fn dtype(&self) -> DType {
+        self.buf.dtype()
+    }
+}
+
+/// Keys and values for `layers × slots × capacity` positions, `[slots * capacity, width]` per
+/// layer so that a slot's cached keys are consecutive rows (what the attention kernels read).
+pub struct CudaKvCache {
+    k: Vec<DevBuf>,
+    v: Vec<DevBuf>,
+    slots: usize,
+    capacity: usize,
+    width: usize,
+}
+
+/// The CUDA backend on GPU 0. Cheap to clone: instances share the device.
+#[derive(Clone)]
+pub struct Cuda {
+    gpu: Arc<Gpu>,
+    dtype: DType,
+}
+
+fn kerr(e: icet_kernels::KernelError) -> Error {
+    Error::invalid(e)
+}
+
+/// The process-wide GPU, opened once (contexts and modules are per process, not per backend).
+fn shared_gpu() -> std::result::Result<Arc<Gpu>, String> {
+    static GPU: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::open(0).map(Arc::new).map_err(|e| e.to_string())).clone()
+}
+
+impl Cuda {
+    /// The backend with tensors stored as `dtype`, or why there is none: the returned error's
+    /// message is the reason alone ("built without CUDA kernels (…)", "no CUDA driver: …").
+    pub fn new(dtype: DType) -> Result<Self> {
+        let gpu = shared_gpu().map_err(Error::invalid)?;
+        Ok(Self { gpu, dtype })
+    }
+
+    /// Why [`Cuda::new`] would fail, or `None` when a GPU is usable.
+    pub fn unavailable_reason() -> Option<String> {
+        shared_gpu().err()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)".
+    pub fn describe(&self) -> String {
+        self.gpu.describe()
+    }
+
+    /// The kernels' device, for benches and kernel-level tests.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Waits for all queued work (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        self.gpu.synchronize().map_err(kerr)
+    }
+
+    fn alloc(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+        Ok(CudaTensor { buf: self.gpu.alloc(self.dtype, rows * cols).map_err(kerr)?, rows, cols })
+    }
+
+    fn check_dtype(&self, t: &CudaTensor, op: &str) -> Result<()> {
+        if t.buf.dtype() != self.dtype {
+            return Err(Error::invalid(format!("{op}: tensor is {}, backend is {}", t.buf.dtype(), self.dtype)));
+        }
+        Ok(())
+    }
+
+    /// `x += delta; layer_norm(x)` in one kernel (a pre-norm block's residual step).
+    pub fn add_layer_norm(
+        &self,
+        x: &mut CudaTensor,
+        delta: &CudaTensor,
+        weight: &CudaTensor,
+        bias: &CudaTensor,
+        eps: f32,
+    ) -> Result<CudaTensor> {
+        same_dims(x, delta, "add_layer_norm")?;
+        let mut out = self.alloc(x.rows, x.cols)?;
+        let (rows, cols) = (x.rows, x.cols);
+        self.gpu
+            .add_layer_norm(&mut out.buf, &mut x.buf, &delta.buf, &weight.buf, &bias.buf, rows, cols, eps)
+            .map_err(kerr)?;
+        Ok(out)
+    }
+
+    /// `x += delta; rms_norm(x)` in one kernel.
+    pub fn add_rms_norm(
+        &self,
+        x: &mut CudaTensor,
+        delta: &CudaTensor,
+        weight: &CudaTensor,
+        eps: f32,
+    ) -> Result<CudaTensor> {
+        same_dims(x, delta, "add_rms_norm")?;
+        let mut out = self.alloc(x.rows, x.cols)?;
+        let (rows, cols) = (x.rows, x.cols);
+        self.gpu.add_rms_norm(&mut out.buf, &mut x.buf, &delta.buf, &weight.buf, rows, cols, eps).map_err(kerr)?;
+        Ok(out)
+    }
+
+    fn flash_ok(&self, head_dim: usize) -> bool {
+        self.dtype != DType::F32 && icet_kernels::FLASH_HEAD_DIMS.contains(&head_dim)
+    }
+
+    /// Attention of packed query segments against key segments (`k_starts[i]`, `kv_lens[i]` rows
+    /// of `k`/`v`), each segment non-causal.
+    #[allow(clippy::too_many_arguments)]
+    fn segment_attention(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        q_lens: &[usize],
+        kv_lens: &[usize],
+        s: AttentionShape,
+    ) -> Result<CudaTensor> {
+        let mut out = self.alloc(q.rows, q.cols)?;
+        if self.flash_ok(s.head_dim) {
+            let (mut q0, mut k0) = (0usize, 0usize);
+            let mut seqs = Vec::with_capacity(q_lens.len());
+            for (&ql, &kl) in q_lens.iter().zip(kv_lens) {
+                seqs.push(SeqDesc {
+                    q_start: to_i32(q0)?,
+                    q_len: to_i32(ql)?,
+                    k_base: to_i32(k0)?,
+                    n_keys: to_i32(kl)?,
+                    causal: 0,
+                    pad: [0; 3],
+                });
+                q0 += ql;
+                k0 += kl;
+            }
+            self.gpu
+                .flash_attention(
+                    &mut out.buf,
+                    &q.buf,
+                    q.rows,
+                    &k.buf,
+                    &v.buf,
+                    k.rows,
+                    &seqs,
+                    s.heads,
+                    s.kv_heads,
+                    s.head_dim,
+                    s.scale,
+                )
+                .map_err(kerr)?;
+        } else {
+            let mut rows = Vec::with_capacity(q.rows);
+            let mut k0 = 0usize;
+            for (&ql, &kl) in q_lens.iter().zip(kv_lens) {
+                let row = AttnRow { k_base: to_i32(k0)?, n_keys: to_i32(kl)? };
+                rows.extend(std::iter::repeat_n(row, ql));
+                k0 += kl;
+            }
+            self.gpu
+                .attention_rows(
+                    &mut out.buf,
+                    &q.buf,
+                    &k.buf,
+                    &v.buf,
+                    k.rows,
+                    &rows,
+                    s.heads,
+                    s.kv_heads,
+                    s.head_dim,
+                    s.scale,
+                    None,
+                )
+                .map_err(kerr)?;
+        }
+        Ok(out)
+    }
+}
+
+fn to_i32(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::invalid(format!("{v} rows exceed the CUDA kernels' 32-bit indices")))
+}
+
+fn same_dims(a: &CudaTensor, b: &CudaTensor, op: &str) -> Result<()> {
+    if (a.rows, a.cols) != (b.rows, b.cols) {
+        return Err(Error::invalid(format!(
+            "{op}: shapes [{}, {}] and [{}, {}] differ",
+            a.rows, a.cols, b.rows, b.cols
+        )));
+    }
+    Ok(())
+}
+
+fn check_cols(t: &CudaTensor, cols: usize, op: &str) -> Result<()> {
+    if t.cols != cols {
+        return Err(Error::invalid(format!("{op}: expected {cols} columns, got {}", t.cols)));
+    }
+    Ok(())
+}
+
+impl Backend for Cuda {
+    type Tensor = CudaTensor;
+    type KvCache = CudaKvCache;
+
+    fn name(&self) -> &'static str {
+        match self.dtype {
+            DType::F32 => "cuda-f32",
+            DType::BF16 => "cuda-bf16",
+            DType::F16 => "cuda-f16",
+        }
+    }
+
+    fn from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
+        if data.len() != rows * cols {
+            return Err(Error::invalid(format!("tensor of {} values cannot be [{rows}, {cols}]", data.len())));
+        }
+        Ok(CudaTensor { buf: self.gpu.upload_f32(self.dtype, data).map_err(kerr)?, rows, cols })
+    }
+
+    fn to_host(&self, t: &CudaTensor) -> Result<Vec<f32>> {
+        let mut v = self.gpu.download_f32(&t.buf).map_err(kerr)?;
+        v.truncate(t.rows * t.cols);
+        Ok(v)
+    }
+
+    fn dims(&self, t: &CudaTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+
+    fn gather_rows(&self, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor> {
+        if let Some(&r) = rows.iter().find(|&&r| r >= x.rows) {
+            return Err(Error::invalid(format!("gather_rows: row {r} of {}", x.rows)));
+        }
+        let mut out = self.alloc(rows.len(), x.cols)?;
+        self.gpu.gather_rows(&mut out.buf, &x.buf, x.rows, rows, x.cols).map_err(kerr)?;
+        Ok(out)
+    }
+
+    fn scatter_rows(&self, dst: &mut CudaTensor, rows: &[usize], src: &CudaTensor) -> Result<()> {
+        check_cols(src, dst.cols, "scatter_rows")?;
+        if src.rows != rows.len() {
+            return Err(Error::invalid(format!("scatter_rows: {} rows for {} targets", src.rows, rows.len())));
+        }
+        if let Some(&r) = rows.iter().find(|&&r| r >= dst.rows) {
+            return Err(Error::invalid(format!("scatter_rows: row {r} of {}", dst.rows)));
+        }
+        // A row named twice keeps the last write, as on the CPU; the kernel needs distinct rows.
+        let mut last = std::collections::HashMap::with_capacity(rows.len());
+        for (i, &r) in rows.iter().enumerate() {
+            last.insert(r, i);
+        }
+        if last.len() == rows.len() {
+            return self.gpu.scatter_rows(&mut dst.buf, dst.rows, &src.buf, rows, dst.cols).map_err(kerr);
+        }
+        let mut pairs: Vec<(usize, usize)> = last.into_iter().collect();
+        pairs.sort_unstable_by_key(|p| p.1);
+        let picked = self.gather_rows(src, &pairs.iter().map(|p| p.1).collect::<Vec<_>>())?;
+        let targets: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+        self.gpu.scatter_rows(&mut dst.buf, dst.rows, &picked.buf, &targets, dst.cols).map_err(kerr)
+    }
+
+    fn reshape(&self, t: CudaTensor, rows: usize, cols: usize) -> Result<CudaTensor> {
+        if t.rows * t.cols != rows * cols {
+            return Err(Error::invalid(format!("reshape: [{}, {}] has no [{rows}, {cols}] view", t.rows, t.cols)));
+        }
+        Ok(CudaTensor { buf: t.buf, rows, cols })
+    }
+
+    fn linear(&self, x: &CudaTensor, w: &CudaTensor, bias: Option<&CudaTensor>) -> Result<CudaTensor> {
+        check_cols(x, w.cols, "linear")?;
+        self.check_dtype(x, "linear")?;
+        let (m, k, n) = (x.rows, x.cols, w.rows);
+        if let Some(b) = bias {
+            if b.rows * b.cols != n {
+                return Err(Error::invalid(format!("linear: bias of {} for {n} outputs", b.rows * b.cols)));
+            }
+        }
+        let mut out = self.alloc(m, n)?;
+        self.gpu.linear(&mut out.buf, &x.buf, &w.buf, bias.map(|b| &b.buf), m, n, k).map_err(kerr)?;
+        Ok(out)
+    }
+
+    fn add_assign(&self, a: &mut CudaTensor, b: &CudaTensor) -> Result<()> {
+        same_dims(a, b, "add")?;
+        self.gpu.add_assign(&mut a.buf, &b.buf).map_err(kerr)
+    }
+
+    fn layer_norm(&self, x: &CudaTensor, weight: &CudaTensor, bias: &CudaTensor, eps: f32) -> Result<CudaTensor> {
+        let c = x.cols;
+        if weight.rows * weight.cols != c || bias.rows * bias.cols != c {
+            return Err(Error::invalid(format!("layer_norm: parameters do not match width {c}")));
+        }
+        let mut out = self.alloc(x.rows, c)?;
+        self.gpu.layer_norm(&mut out.buf, &x.buf, &weight.buf, &bias.buf, x.rows, c, eps).map_err(kerr)?;
+        Ok(out)
+    }
+
+    fn rms_norm(&self, x: &CudaTensor, weight: &CudaTensor, eps: f32) -> Result<CudaTensor> {
+        let c = x.cols;
+        if weight.rows * weight.cols != c {
+            return Err(Error::invalid(format!("rms_norm: weight does not match width {c}")));
+        }
+        let mut out = self.alloc(x.rows, c)?;
+        self.gpu.rms_norm(&mut out.buf, &x.buf, &weight.buf, x.rows, c, eps).map_err(kerr)?;
+        Ok(out)
+    }
+
+    fn activation(&self, x: &mut CudaTensor, act: Activation) -> Result<()> {
+        let a = match act {
+            Activation::QuickGelu => Act::QuickGelu,
+            Activation::GeluErf => Act::GeluErf,
+            Activation::Silu => Act::Silu,
+            Activation::GeluTanh => Act::GeluTanh,
+            Activation::Tanh => Act::Tanh,
+        };
+        let n = x.rows * x.cols;
+        self.gpu.activation(&mut x.buf, n, a).map_err(kerr)
+    }
+
+    fn silu_mul(&self, gate: &CudaTensor, up: &CudaTensor) -> Result<CudaTensor> {
+        same_dims(gate, up, "silu_mul")?;
+        let mut out = self.alloc(gate.rows, gate.cols)?;
+        self.gpu.silu_mul(&mut out.buf, &gate.buf, &up.buf, gate.rows * gate.cols).map_err(kerr)?;
+        Ok(out)
+    }
+
+    fn rotary(&self, x: &mut CudaTensor, positions: &[usize], head_dim: usize, inv_freq: &[f32]) -> Result<()> {
+        if head_dim == 0
+            || head_dim % 2 != 0
+            || inv_freq.len() != head_dim / 2
+            || x.cols % head_dim != 0
+            || positions.len() != x.rows
+        {
+            return Err(Error::invalid(format!(
+                "rotary: head_dim {head_dim}, {} frequencies, {} columns, {} positions for {} rows",
+                inv_freq.len(),
+                x.cols,
+                positions.len(),
+                x.rows
+            )));
+        }
+        let pos: Vec<i32> = positions.iter().map(|&p| to_i32(p)).collect::<Result<_>>()?;
+        let heads = x.cols / head_dim;
+        self.gpu.rotary(&mut x.buf, &pos, inv_freq, heads, head_dim).map_err(kerr)
+    }
+
+    fn embedding(&self, table: &CudaTensor, ids: &[u32]) -> Result<CudaTensor> {
+        let rows: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
+        if let Some(&bad) = rows.iter().find(|&&r| r >= table.rows) {
+            return Err(Error::invalid(format!("token id {bad} is outside the vocabulary of {}", table.rows)));
+        }
+        self.gather_rows(table, &rows)
+    }
+
+    fn patch_embed(
+        &self,
+        pixels: &CudaTensor,
+        channels: usize,
+        patch: usize,
+        weight: &CudaTensor,
+    ) -> Result<CudaTensor> {
+        let (w, h) = (pixels.cols, pixels.rows / channels.max(1));
+        if channels == 0 || patch == 0 || pixels.rows != channels * h || h % patch != 0 || w % patch != 0 {
+            return Err(Error::invalid(format!(
+                "patch_embed: image [{channels}x{h}x{w}] is not a whole number of {patch}-pixel patches"
+            )));
+        }
+        check_cols(weight, channels * patch * patch, "patch_embed weight")?;
+        let n_patches = (h / patch) * (w / patch);
+        let mut cols = self.alloc(n_patches, channels * patch * patch)?;
+        self.gpu.im2col(&mut cols.buf, &pixels.buf, channels, h, w, patch).map_err(kerr)?;
+        self.linear(&cols, weight, None)
+    }
+
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        lens: &[usize],
+        s: AttentionShape,
+    ) -> Result<CudaTensor> {
+        let hd = s.head_dim;
+        check_cols(q, s.heads * hd, "attention q")?;
+        check_cols(k, s.kv_heads * hd, "attention k")?;
+        same_dims(k, v, "attention k/v")?;
+        let total: usize = lens.iter().sum();
+        if q.rows != total || k.rows != total || s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
+            return Err(Error::invalid(format!("attention: {} rows for sequences of {total}", q.rows)));
+        }
+        self.segment_attention(q, k, v, lens, lens, s)
+    }
+
+    fn attention_kv(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        q_lens: &[usize],
+        kv_lens: &[usize],
+        s: AttentionShape,
+    ) -> Result<CudaTensor> {
+        let hd = s.head_dim;
+        let (q_total, kv_total) = (q_lens.iter().sum::<usize>(), kv_lens.iter().sum::<usize>());
+        if s.kv_heads == 0
+            || s.heads % s.kv_heads != 0
+            || q_lens.len() != kv_lens.len()
+            || q.cols != s.heads * hd
+            || k.cols != s.kv_heads * hd
+            || q.rows != q_total
+            || k.rows != kv_total
+            || (v.rows, v.cols) != (k.rows, k.cols)
+            || q_lens.iter().zip(kv_lens).any(|(&ql, &kl)| ql > 0 && kl == 0)
+        {
+            return Err(Error::invalid(format!(
+                "attention_kv: [{}, {}] queries / [{}, {}] keys for segments {q_lens:?} / {kv_lens:?} ({} heads, {} kv heads, head_dim {hd})",
+                q.rows, q.cols, k.rows, k.cols, s.heads, s.kv_heads
+            )));
+        }
+        self.segment_attention(q, k, v, q_lens, kv_lens, s)
+    }
+
+    fn kv_cache(
+        &self,
+        layers: usize,
+        slots: usize,
+        capacity: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<CudaKvCache> {
+        let width = kv_heads * head_dim;
+        let size = slots * capacity * width;
+        let mut k = Vec::with_capacity(layers);
+        let mut v = Vec::with_capacity(layers);
+        for _ in 0..layers {
+            k.push(self.gpu.alloc(self.dtype, size).map_err(kerr)?);
+            v.push(self.gpu.alloc(self.dtype, size).map_err(kerr)?);
+        }
+        Ok(CudaKvCache { k, v, slots, capacity, width })
+    }
+
+    fn cached_attention(
+        &self,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        chunks: &[SeqChunk],
+        s: AttentionShape,
+    ) -> Result<CudaTensor> {
+        let hd = s.head_dim;
+        check_cols(q, s.heads * hd, "cached_attention q")?;
+        check_cols(k, cache.width, "cached_attention k")?;
+        same_dims(k, v, "cached_attention k/v")?;
+        let total: usize = chunks.iter().map(|c| c.len).sum();
+        if q.rows != total || k.rows != total || layer >= cache.k.len() || s.kv_heads == 0 || s.heads % s.kv_heads != 0
+        {
+            return Err(Error::invalid(format!("cached_attention: {} rows for chunks of {total}", q.rows)));
+        }
+        let cap = cache.capacity;
+        let mut dst_rows = Vec::with_capacity(total);
+        for c in chunks {
+            if c.slot >= cache.slots || c.start + c.len > cap {
+                return Err(Error::invalid(format!(
+                    "KV cache overflow: slot {} positions {}..{} (capacity {cap})",
+                    c.slot,
+                    c.start,
+                    c.start + c.len
+                )));
+            }
+            dst_rows.extend((c.start..c.start + c.len).map(|p| c.slot * cap + p));
+        }
+        let cache_rows = cache.slots * cap;
+        let w = cache.width;
+        self.gpu.scatter_rows(&mut cache.k[layer], cache_rows, &k.buf, &dst_rows, w).map_err(kerr)?;
+        self.gpu.scatter_rows(&mut cache.v[layer], cache_rows, &v.buf, &dst_rows, w).map_err(kerr)?;
+        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
+        let mut out = self.alloc(q.rows, q.cols)?;
+        let longest = chunks.iter().map(|c| c.len).max().unwrap_or(0);
+        if self.flash_ok(hd) && longest > ROWS_KERNEL_MAX_CHUNK {
+            let mut seqs = Vec::with_capacity(chunks.len());
+            let mut row = 0;
+            for c in chunks {
+                seqs.push(SeqDesc {
+                    q_start: to_i32(row)?,
+                    q_len: to_i32(c.len)?,
+                    k_base: to_i32(c.slot * cap)?,
+                    n_keys: to_i32(c.start + c.len)?,
+                    causal: 1,
+                    pad: [0; 3],
+                });
+                row += c.len;
+            }
+            self.gpu
+                .flash_attention(
+                    &mut out.buf,
+                    &q.buf,
+                    q.rows,
+                    kc,
+                    vc,
+                    cache_rows,
+                    &seqs,
+                    s.heads,
+                    s.kv_heads,
+                    hd,
+                    s.scale,
+                )
+                .map_err(kerr)?;
+        } else {
+            let mut rows = Vec::with_capacity(total);
+            for c in chunks {
+                for i in 0..c.len {
+                    rows.push(AttnRow { k_base: to_i32(c.slot * cap)?, n_keys: to_i32(c.start + i + 1)? });
+                }
+            }
+            self.gpu
+                .attention_rows(&mut out.buf, &q.buf, kc, vc, cache_rows, &rows, s.heads, s.kv_heads, hd, s.scale, None)
+                .map_err(kerr)?;
+        }
+        Ok(out)
+    }
+
+    fn argmax(&self, logits: &CudaTensor) -> Result<Vec<u32>> {
+        if logits.cols == 0 {
+            return Ok(vec![0; logits.rows]);
+        }
+        self.gpu.argmax(&logits.buf, logits.rows, logits.cols).map_err(kerr)
+    }
+
+    fn sample(&self, logits: &CudaTensor, params: SamplingParams, seeds: &[u64]) -> Result<Vec<u32>> {
+        if seeds.len() != logits.rows {
+            return Err(Error::invalid(format!("sample: {} seeds for {} rows", seeds.len(), logits.rows)));
+        }
+        if params.temperature <= 0.0 {
+            return self.argmax(logits);
+        }
+        let uniforms: Vec<f64> = seeds.iter().map(|&s| uniform_from_seed(s)).collect();
+        self.gpu
+            .sample_top_p(&logits.buf, logits.rows, logits.cols, &uniforms, params.temperature, params.top_p)
+            .map_err(kerr)
+    }
+}

@@ -1,0 +1,64 @@
+//! Shared by the `gpu_*` tests: open the CUDA backend or report, visibly, why a test is skipped.
+//!
+//! libtest captures what `println!`/`eprintln!` print in a passing test, so a skip reported that
+//! way would vanish from `cargo test`'s output. The skip line is instead written straight to the
+//! process's stderr (`std::io::Write` on `stderr()` bypasses the capture), so every run without a
+//! GPU shows, per test, `SKIPPED <test>: <reason>` — and `ICET_REQUIRE_GPU=1` (what
+//! scripts/gpu-check.sh sets) turns a skip into a failure, so a GPU run can never pass by
+//! skipping.
+#![allow(dead_code)]
+
+use std::io::Write;
+
+use icet_models::backend::cuda::{Cuda, DType};
+
+/// Reports that `test` is skipped because of `reason` (or fails it when a GPU is required).
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var_os("ICET_REQUIRE_GPU").is_some_and(|v| v != "0") {
+        panic!("{test}: ICET_REQUIRE_GPU is set but CUDA is unavailable: {reason}");
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "SKIPPED {test}: {reason}");
+}
+
+/// The CUDA backend storing `dtype`, or `None` after reporting the skip. The test is named by
+/// its thread (libtest names each test's thread after it), else by `label`.
+pub fn cuda(label: &str, dtype: DType) -> Option<Cuda> {
+    match Cuda::new(dtype) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            let thread = std::thread::current();
+            let name = thread.name().filter(|n| *n != "main").unwrap_or(label);
+            skip(name, &e.to_string());
+            None
+        }
+    }
+}
+
+/// `let b = cuda_or_skip!("label", DType::BF16);` — the backend, or return from the test after
+/// reporting the skip.
+macro_rules! cuda_or_skip {
+    ($label:expr, $dtype:expr) => {
+        match $crate::gpu_common::cuda($label, $dtype) {
+            Some(b) => b,
+            None => return,
+        }
+    };
+}
+
+/// Largest `|a - b| / max(1, |b|)`.
+pub fn max_rel_err(actual: &[f32], expected: &[f64]) -> f64 {
+    assert_eq!(actual.len(), expected.len(), "length mismatch");
+    actual.iter().zip(expected).map(|(&a, &e)| (a as f64 - e).abs() / e.abs().max(1.0)).fold(0.0, f64::max)
+}
+
+/// Asserts every output is finite (outputs are poisoned with NaN first, so an element a kernel
+/// forgot to write fails here) and within `tol` of `expected`.
+#[track_caller]
+pub fn assert_close(what: &str, actual: &[f32], expected: &[f64], tol: f64) {
+    if let Some(i) = actual.iter().position(|v| !v.is_finite()) {
+        panic!("{what}: element {i} is {} (never written, or overflowed)", actual[i]);
+    }
+    let err = max_rel_err(actual, expected);
+    assert!(err <= tol, "{what}: max relative error {err:e} > {tol:e}");
+}

@@ -1,0 +1,65 @@
+//! The backend conformance suite (`icet_models::backend::conformance`, naive f64 references)
+//! run against the CUDA backend. Without a usable GPU every test prints `SKIPPED <test>: <reason>`
+//! on stderr and returns (see gpu_common.rs); with `ICET_REQUIRE_GPU=1` it fails instead.
+//!
+//! f32 runs the whole suite at the CPU backend's tolerance (1e-5 relative). bf16 and f16 run the
+//! numeric checks (their inputs are rounded to the storage type on upload, while the naive
+//! references use the unrounded values): f16 (11-bit significand) at 1e-2, bf16 (8-bit
+//! significand, where an op's two inputs and its output are each rounded by up to 2^-9) at
+//! 2e-2. The exact checks — row movement, reshape, token choice — compare bit patterns of f32
+//! values and run at f32; tests/gpu_kernels.rs checks those kernels at bf16/f16 on values the
+//! storage type represents exactly.
+#[macro_use]
+#[path = "gpu_common.rs"]
+mod gpu_common;
+
+mod f32 {
+    use icet_models::backend::cuda::DType;
+    icet_models::conformance_tests!(cuda_or_skip!("gpu_conformance::f32", DType::F32), 1e-5);
+}
+
+/// The numeric conformance checks at a 16-bit storage type.
+macro_rules! numeric_conformance {
+    ($module:ident, $dtype:expr, $tol:expr) => {
+        mod $module {
+            use icet_models::backend::conformance as c;
+            use icet_models::backend::cuda::DType;
+            const LABEL: &str = concat!("gpu_conformance::", stringify!($module));
+            #[test]
+            fn linear() {
+                c::check_linear(&cuda_or_skip!(LABEL, $dtype), $tol);
+            }
+            #[test]
+            fn norms() {
+                c::check_norms(&cuda_or_skip!(LABEL, $dtype), $tol);
+            }
+            #[test]
+            fn elementwise() {
+                c::check_elementwise(&cuda_or_skip!(LABEL, $dtype), $tol);
+            }
+            #[test]
+            fn rotary() {
+                c::check_rotary(&cuda_or_skip!(LABEL, $dtype), $tol);
+            }
+            #[test]
+            fn patch_embed() {
+                c::check_patch_embed(&cuda_or_skip!(LABEL, $dtype), $tol);
+            }
+            #[test]
+            fn attention() {
+                c::check_attention(&cuda_or_skip!(LABEL, $dtype), $tol);
+            }
+            #[test]
+            fn attention_kv() {
+                c::check_attention_kv(&cuda_or_skip!(LABEL, $dtype), $tol);
+            }
+            #[test]
+            fn cached_attention() {
+                c::check_cached_attention(&cuda_or_skip!(LABEL, $dtype), $tol);
+            }
+        }
+    };
+}
+
+numeric_conformance!(f16, DType::F16, 1e-2);
+numeric_conformance!(bf16, DType::BF16, 2e-2);
