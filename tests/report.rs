@@ -138,6 +138,8 @@ fn report_numbers_match_hand_computed_values() {
 
     // The default layer is marked; every format and plot is written.
     assert!(md.contains("| 2 * | 4 |"), "{md}");
+    assert!(md.contains("1 answer(s) got a lg verdict that is neither"), "{md}");
+    assert_eq!(report["runs"][0]["unparsed_verdicts"]["lg"], 1);
     let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
     assert!(csv.starts_with("run,row,layers,is_default,metric,value,ci_low,ci_high,n\n"));
     assert!(csv.contains("run,Average,1 2 3,false,asr:lg,0.361111,"), "{csv}");

@@ -84,6 +84,8 @@ pub struct RunReport {
     pub num_layers: usize,
     pub default_layer: Option<usize>,
     pub metrics: Vec<Metric>,
+    /// Per Llama Guard judge: answers whose verdict was neither safe nor unsafe (not in its ASR).
+    pub unparsed_verdicts: BTreeMap<String, usize>,
     pub layers: Vec<Row>,
     pub groups: Vec<Row>,
 }
@@ -92,7 +94,7 @@ pub struct RunReport {
 type Samples = BTreeMap<String, BTreeMap<usize, Vec<f64>>>;
 
 /// Collects the per-answer values of every metric of one run.
-pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> (Vec<Metric>, Samples) {
+pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> (Vec<Metric>, Samples, BTreeMap<String, usize>) {
     let mut metrics = vec![Metric { key: "refusal_rate".into(), title: "refusal rate".into(), unit: "rate" }];
     let mut samples: Samples = BTreeMap::new();
     let answered: BTreeSet<(String, usize)> = responses.iter().map(|r| (r.id.clone(), r.layer)).collect();
@@ -100,9 +102,16 @@ pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> (Vec<Metric>, 
         samples.entry("refusal_rate".into()).or_default().entry(r.layer).or_default().push(r.refusal as u8 as f64);
     }
     let mut judges: Vec<(String, JudgeKind)> = Vec::new();
+    let mut unparsed: BTreeMap<String, usize> = BTreeMap::new();
     for s in scores {
         if !answered.contains(&(s.id.clone(), s.layer)) {
             continue; // a score of an answer no longer in responses.jsonl
+        }
+        if !judges.iter().any(|(j, _)| *j == s.judge) {
+            judges.push((s.judge.clone(), s.kind));
+        }
+        if s.kind == JudgeKind::LlamaGuard && s.unsafe_.is_none() {
+            *unparsed.entry(s.judge.clone()).or_default() += 1;
         }
         let (key, value) = match s.kind {
             JudgeKind::LlamaGuard => match s.unsafe_ {
@@ -118,9 +127,6 @@ pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> (Vec<Metric>, 
                 None => continue,
             },
         };
-        if !judges.iter().any(|(j, _)| *j == s.judge) {
-            judges.push((s.judge.clone(), s.kind));
-        }
         samples.entry(key).or_default().entry(s.layer).or_default().push(value);
     }
     judges.sort_by_key(|(j, k)| (*k as u8, j.clone()));
@@ -133,7 +139,7 @@ pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> (Vec<Metric>, 
             JudgeKind::Reward => Metric { key: format!("reward:{j}"), title: format!("reward ({j})"), unit: "score" },
         });
     }
-    (metrics, samples)
+    (metrics, samples, unparsed)
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -237,7 +243,7 @@ pub fn run_report(dir: &Path, label: &str, resamples: usize, seed: u64) -> Resul
         .and_then(|v| v["num_layers"].as_u64())
         .map(|n| n as usize)
         .unwrap_or_else(|| responses.iter().map(|r| r.layer).max().unwrap_or(0));
-    let (metrics, samples) = collect(&responses, &scores);
+    let (metrics, samples, unparsed_verdicts) = collect(&responses, &scores);
     let mut layer_rows: BTreeMap<usize, Row> = BTreeMap::new();
     let mut group_rows: Vec<Row> = Vec::new();
     for (k, m) in metrics.iter().enumerate() {
@@ -278,6 +284,7 @@ pub fn run_report(dir: &Path, label: &str, resamples: usize, seed: u64) -> Resul
         num_layers,
         default_layer,
         metrics,
+        unparsed_verdicts,
         layers: layer_rows.into_values().collect(),
         groups: group_rows,
     })
@@ -331,6 +338,9 @@ pub fn markdown(runs: &[RunReport]) -> String {
                 }
             }
             s.push('\n');
+        }
+        for (judge, n) in &r.unparsed_verdicts {
+            let _ = writeln!(s, "\n{n} answer(s) got a {judge} verdict that is neither `safe` nor `unsafe`; they are left out of its ASR.");
         }
     }
     s
