@@ -361,4 +361,42 @@ mod tests {
             "{\"a\": \"é\\\"\\n\", \"b\": [1, 2.5, true, null]}|{\n  \"a\": \"é\\\"\\n\",\n  \"b\": [\n    1,\n    2.5,\n    true,\n    null\n  ]\n}"
         );
     }
+
+    #[test]
+    fn finds_the_template_a_directory_ships() {
+        let d = std::env::temp_dir().join(format!("icet-chat-template-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        assert!(ChatTemplate::from_dir(&d).unwrap().is_none());
+        // tokenizer_config.json: a list of named templates, `default` used; specials from both files.
+        std::fs::write(
+            d.join("special_tokens_map.json"),
+            r#"{"bos_token": {"content": "<s>"}, "eos_token": "</s>", "pad_token": "<pad>"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("tokenizer_config.json"),
+            r#"{"eos_token": "<|eot|>", "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D{{ bos_token }}{{ eos_token }}{{ pad_token }}"}]}"#,
+        )
+        .unwrap();
+        let t = ChatTemplate::from_dir(&d).unwrap().unwrap();
+        assert_eq!(t.render(&[], false, &[]).unwrap(), "D<s><|eot|><pad>");
+        assert_eq!(
+            t.render(&[], false, &[("bos_token", serde_json::json!("B"))]).unwrap(),
+            "DB<|eot|><pad>",
+            "template kwargs win over special tokens"
+        );
+        // chat_template.json wins over tokenizer_config.json, chat_template.jinja over both.
+        std::fs::write(d.join("chat_template.json"), r#"{"chat_template": "J{{ messages | length }}"}"#).unwrap();
+        let t = ChatTemplate::from_dir(&d).unwrap().unwrap();
+        assert_eq!(t.render(&[Message::user("x")], false, &[]).unwrap(), "J1");
+        assert!(t.origin.ends_with("chat_template.json"));
+        std::fs::write(d.join("chat_template.jinja"), "K{% if add_generation_prompt %}+{% endif %}\n").unwrap();
+        let t = ChatTemplate::from_dir(&d).unwrap().unwrap();
+        assert_eq!(t.render(&[], true, &[]).unwrap(), "K+");
+        std::fs::write(d.join("chat_template.json"), "{oops").unwrap();
+        std::fs::remove_file(d.join("chat_template.jinja")).unwrap();
+        let e = ChatTemplate::from_dir(&d).err().unwrap().to_string();
+        assert!(e.contains("chat_template.json: invalid JSON"), "{e}");
+    }
 }
