@@ -162,13 +162,16 @@ fn interval(mut draws: Vec<f64>, value: f64) -> (f64, f64) {
     (percentile(&draws, 2.5), percentile(&draws, 97.5))
 }
 
+/// A group row: its name, its layers and its estimate.
+pub type GroupEstimate = (String, Vec<usize>, Estimate);
+
 /// Per-layer and group estimates of one metric.
 pub fn estimate(
     per_layer: &BTreeMap<usize, Vec<f64>>,
     num_layers: usize,
     resamples: usize,
     seed: u64,
-) -> (BTreeMap<usize, Estimate>, Vec<(String, Vec<usize>, Estimate)>) {
+) -> (BTreeMap<usize, Estimate>, Vec<GroupEstimate>) {
     let layers: Vec<usize> = per_layer.keys().copied().filter(|l| !per_layer[l].is_empty()).collect();
     // draws[b][i] = mean of resample b of layer layers[i]
     let mut state = seed;
