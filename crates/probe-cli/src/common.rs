@@ -54,17 +54,21 @@ pub enum TemplateArg {
     LlavaV1,
     /// `USER: <image>\n{prompt} ASSISTANT:` as on the llava-hf model cards
     LlavaHf,
-    /// The prompt as given; it must contain `<image>`
+    /// The prompt as given; it must contain the image token (`<image>`, or `<|image|>` for Llama 3.2 Vision)
     Raw,
+    /// Llama 3 chat format with `<|image|>` (Llama 3.2 Vision; its default)
+    Llama3,
 }
 
 impl TemplateArg {
-    pub fn template(self) -> Template {
-        match self {
+    /// The LLaVA template (`llama3` is Llama 3.2 Vision's, see `mllama_cmd::template`).
+    pub fn template(self) -> Result<Template> {
+        Ok(match self {
             Self::LlavaV1 => Template::LlavaV1,
             Self::LlavaHf => Template::LlavaHf,
             Self::Raw => Template::Raw,
-        }
+            Self::Llama3 => bail!("--template llama3 is for Llama 3.2 Vision; LLaVA takes llava-v1, llava-hf or raw"),
+        })
     }
 }
 

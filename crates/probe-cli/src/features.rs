@@ -28,6 +28,9 @@ pub struct Args {
     /// Output .safetensors file
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Llama 3.2 Vision only: how ICET-l fills the projector input (global slot + taps)
+    #[arg(long, value_enum, default_value_t = crate::mllama_cmd::ExitRuleArg::Clamp)]
+    pub exit_rule: crate::mllama_cmd::ExitRuleArg,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -37,6 +40,9 @@ pub fn run(args: Args) -> Result<()> {
 
 fn run_on<B: Backend>(b: &B, args: Args) -> Result<()> {
     let dir = args.model.model_dir()?;
+    if crate::mllama_cmd::is_mllama(dir)? {
+        return crate::mllama_cmd::features(b, &args.model, &args.image, &args.layers, &args.out, args.exit_rule);
+    }
     let config = LlavaConfig::from_dir(dir)?;
     let layers = parse_layers(&args.layers, config.vision_layers())?;
     let model = args.model.load(b, LoadParts { deepest_vision_layer: layers.last().copied(), text: false })?;

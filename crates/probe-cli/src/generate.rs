@@ -56,9 +56,9 @@ pub struct Args {
     /// The user's question
     #[arg(long, value_name = "TEXT")]
     pub prompt: String,
-    /// Conversation template
-    #[arg(long, value_enum, default_value_t = TemplateArg::LlavaV1)]
-    pub template: TemplateArg,
+    /// Conversation template [default: llava-v1 for LLaVA, llama3 for Llama 3.2 Vision]
+    #[arg(long, value_enum)]
+    pub template: Option<TemplateArg>,
     /// Vision layer whose features feed the projector (default: the config's vision_feature_layer)
     #[arg(long, allow_hyphen_values = true)]
     pub layer: Option<i64>,
@@ -67,6 +67,9 @@ pub struct Args {
     /// Print one JSON object as the last line
     #[arg(long)]
     pub json: bool,
+    /// Llama 3.2 Vision only: how ICET-l fills the projector input (global slot + taps)
+    #[arg(long, value_enum, default_value_t = crate::mllama_cmd::ExitRuleArg::Clamp)]
+    pub exit_rule: crate::mllama_cmd::ExitRuleArg,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -76,11 +79,14 @@ pub fn run(args: Args) -> Result<()> {
 
 fn run_on<B: Backend>(b: &B, args: Args) -> Result<()> {
     let dir = args.model.model_dir()?;
+    if crate::mllama_cmd::is_mllama(dir)? {
+        return crate::mllama_cmd::generate(b, &args, args.exit_rule);
+    }
     let config = LlavaConfig::from_dir(dir)?;
     let layer = resolve_layer(args.layer.unwrap_or(config.default_layer()?), config.vision_layers())?;
     let model = args.model.load(b, LoadParts { deepest_vision_layer: Some(layer), text: true })?;
     let strategy = args.model.strategy(&model);
-    let text = args.template.template().render(&args.prompt)?;
+    let text = args.template.unwrap_or(TemplateArg::LlavaV1).template()?.render(&args.prompt)?;
     let tokenizer = model.tokenizer()?;
     let prompt_ids = tokenizer.encode_with_image(&text, model.config.image_slots(strategy))?;
     let px = model.pixel_values(&args.image, args.model.pad_square)?;

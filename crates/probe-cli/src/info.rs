@@ -17,6 +17,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let dir = args.model.model_dir()?;
+    if crate::mllama_cmd::is_mllama(dir)? {
+        return crate::mllama_cmd::info(dir, args.json);
+    }
     let config = LlavaConfig::from_dir(dir)?;
     let checkpoint = Checkpoint::open(dir)?;
     let layout = LlavaLayout::detect(&checkpoint)?;

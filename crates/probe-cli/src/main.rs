@@ -5,6 +5,7 @@ mod demo;
 mod features;
 mod generate;
 mod info;
+mod mllama_cmd;
 mod perspective;
 mod refusal;
 mod report;

@@ -53,9 +53,9 @@ pub struct Args {
     /// Output folder (default for the demo: icet-runs/demo-<time>)
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Conversation template
-    #[arg(long, value_enum, default_value_t = TemplateArg::LlavaV1)]
-    pub template: TemplateArg,
+    /// Conversation template [default: llava-v1 for LLaVA, llama3 for Llama 3.2 Vision]
+    #[arg(long, value_enum)]
+    pub template: Option<TemplateArg>,
     #[command(flatten)]
     pub decode: DecodeArgs,
     /// Sequences in flight at once (continuous batching: a finished answer's slot is refilled at once)
@@ -151,7 +151,7 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
     let num_layers = config.vision_layers();
     let layers = parse_layers(&args.layers, num_layers)?;
     let default_layer = resolve_layer(config.default_layer()?, num_layers)?;
-    let template = args.template.template();
+    let template = args.template.unwrap_or(TemplateArg::LlavaV1).template()?;
     let texts: Vec<String> = rows.iter().map(|r| template.render(&r.prompt)).collect::<Result<_, _>>()?;
 
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;

@@ -1,0 +1,246 @@
+//! The Llama 3.2 Vision (Mllama) side of `features`, `generate`, `sweep` and `info`. Each command
+//! checks `config.json`'s `model_type` first ([`is_mllama`]) and hands Mllama checkpoints to the
+//! functions here; LLaVA keeps its own code path unchanged.
+//!
+//! What differs from LLaVA: the vision features are read by cross-attention (no image slots in
+//! the prompt), "use layer l" needs an [`ExitRule`] (`--exit-rule`), the layer range is the
+//! local encoder's `0..=num_hidden_layers`, and the default template is `llama3`.
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use clap::ValueEnum;
+use icet_models::backend::Backend;
+use icet_models::mllama::config::model_type;
+use icet_models::mllama::{CrossRequest, ExitRule, Mllama, MllamaConfig, MllamaLoadParts, MllamaTemplate};
+use icet_models::weights::count_params;
+
+use crate::common::{ModelArgs, TemplateArg};
+
+/// `--exit-rule`: how ICET-l fills Mllama's projector input (global slot ‖ taps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExitRuleArg {
+    /// Stop after local layer l: the global encoder runs on it, taps deeper than l read l
+    Clamp,
+    /// The stock model with the final (global) slot replaced by local layer l
+    ReplaceFinal,
+    /// Every slot of the concatenation is local layer l
+    AllSlots,
+}
+
+impl ExitRuleArg {
+    pub fn rule(self) -> ExitRule {
+        match self {
+            Self::Clamp => ExitRule::Clamp,
+            Self::ReplaceFinal => ExitRule::ReplaceFinal,
+            Self::AllSlots => ExitRule::AllSlots,
+        }
+    }
+}
+
+/// Whether `dir` holds a Llama 3.2 Vision checkpoint (`model_type: mllama`).
+pub fn is_mllama(dir: &Path) -> Result<bool> {
+    Ok(model_type(dir)? == "mllama")
+}
+
+/// `--template` for Mllama: `llama3` (the default) or `raw`.
+pub fn template(arg: Option<TemplateArg>) -> Result<MllamaTemplate> {
+    match arg {
+        None | Some(TemplateArg::Llama3) => Ok(MllamaTemplate::Llama3),
+        Some(TemplateArg::Raw) => Ok(MllamaTemplate::Raw),
+        Some(other) => bail!(
+            "--template {}: Llama 3.2 Vision takes `llama3` (default) or `raw`",
+            other.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+        ),
+    }
+}
+
+fn check_unsupported(model: &ModelArgs) -> Result<()> {
+    if model.strategy.is_some() {
+        bail!("--strategy is a LLaVA option; Llama 3.2 Vision reads every vision token through cross-attention");
+    }
+    if model.pad_square {
+        bail!("--pad-square is a LLaVA option; Llama 3.2 Vision tiles the image instead");
+    }
+    Ok(())
+}
+
+/// `icet features` for Mllama: pixel values, local hidden states, global layers, and the projected
+/// cross-attention states of ICET-l under `rule`.
+pub fn features<B: Backend>(
+    b: &B,
+    model_args: &ModelArgs,
+    image: &Path,
+    layers_spec: &str,
+    out: &Path,
+    rule: ExitRuleArg,
+) -> Result<()> {
+    check_unsupported(model_args)?;
+    let dir = model_args.model_dir()?;
+    let config = MllamaConfig::from_dir(dir)?;
+    let n = config.vision_layers();
+    let layers = icet_models::llava::parse_layers(layers_spec, n)?;
+    let model = Mllama::load(dir, b, MllamaLoadParts { deepest_vision_layer: None, text: false })?;
+    let px = model.pixel_values(image)?;
+    let exits: Vec<(usize, ExitRule)> = layers.iter().map(|&l| (l, rule.rule())).collect();
+    // The global layers are written for the stock path, which needs every local layer.
+    let mut extra = layers.clone();
+    extra.push(n);
+    let pass = model.local_pass(b, &px, &exits, &extra)?;
+    let c = &config.vision_config;
+    let (tiles, tokens) = (c.max_num_tiles, c.tokens_per_tile());
+    let mut tensors: Vec<(String, Vec<f32>, Vec<usize>)> =
+        vec![("pixel_values".into(), px.data.clone(), vec![tiles, 3, px.tile_size, px.tile_size])];
+    for &l in &layers {
+        let hidden = b.to_host(&model.vision.unpad(b, &pass, pass.get(l)?)?)?;
+        tensors.push((format!("hidden.{l}"), hidden, vec![tiles, tokens, c.hidden_size]));
+    }
+    for (g, out) in model.vision.global(b, &pass, n)?.iter().enumerate() {
+        let x = b.to_host(&model.vision.unpad(b, &pass, out)?)?;
+        tensors.push((format!("global.{}", g + 1), x, vec![tiles, tokens, c.hidden_size]));
+    }
+    for &l in &layers {
+        let p = b.to_host(&model.project(b, &pass, l, rule.rule())?)?;
+        tensors.push((format!("projected.{l}"), p, vec![tiles, tokens, config.text_config.llama.hidden_size]));
+    }
+    crate::features::write_f32_safetensors(out, &tensors)?;
+    eprintln!(
+        "wrote {} tensors for layers {:?} (exit rule {}; {} of {} tiles real, aspect ratio id {}) to {}",
+        tensors.len(),
+        layers,
+        rule.rule().name(),
+        px.num_tiles,
+        tiles,
+        px.aspect_ratio_id,
+        out.display()
+    );
+    Ok(())
+}
+
+/// `icet generate` for Mllama; prints the same JSON object as for LLaVA (plus `exit_rule`).
+pub fn generate<B: Backend>(b: &B, args: &crate::generate::Args, rule: ExitRuleArg) -> Result<()> {
+    check_unsupported(&args.model)?;
+    let dir = args.model.model_dir()?;
+    let config = MllamaConfig::from_dir(dir)?;
+    let n = config.vision_layers();
+    let layer = icet_models::llava::resolve_layer(args.layer.unwrap_or(n as i64), n)?;
+    let rule = rule.rule();
+    let model = Mllama::load(dir, b, MllamaLoadParts { deepest_vision_layer: None, text: true })?;
+    let text = template(args.template)?.render(&args.prompt)?;
+    let prompt_ids = model.prompt_ids(&text)?;
+    let px = model.pixel_values(&args.image)?;
+    let pass = model.local_pass(b, &px, &[(layer, rule)], &[])?;
+    let states = model.project(b, &pass, layer, rule)?;
+    let opts = args.decode.options(model.generation.eos_token_ids.clone(), config.image_token_index)?;
+    let request = CrossRequest {
+        prompt_ids: prompt_ids.clone(),
+        cross_states: &states,
+        real_rows: model.real_rows(&pass),
+        seed: args.decode.seed,
+    };
+    let out = model.generate(b, &[request], &opts, false)?.remove(0);
+    let answer = model.decode(&out.token_ids)?;
+    if args.json {
+        let obj = serde_json::json!({
+            "layer": layer,
+            "exit_rule": rule.name(),
+            "prompt_ids": prompt_ids,
+            "token_ids": out.token_ids,
+            "text": answer,
+            "finish_reason": out.finish_reason.as_str(),
+        });
+        println!("{}", serde_json::to_string(&obj)?);
+    } else {
+        println!("{answer}");
+        eprintln!(
+            "[layer {layer}, exit rule {}, {} tokens, finish: {}]",
+            rule.name(),
+            out.token_ids.len(),
+            out.finish_reason.as_str()
+        );
+    }
+    Ok(())
+}
+
+/// `icet info` for Mllama.
+pub fn info(dir: &Path, json: bool) -> Result<()> {
+    let config = MllamaConfig::from_dir(dir)?;
+    let checkpoint = icet_models::weights::Checkpoint::open(dir)?;
+    let layout = icet_models::mllama::MllamaLayout::detect(&checkpoint)?;
+    let (v, t) = (&config.vision_config, &config.text_config);
+    let dtypes: Vec<serde_json::Value> = checkpoint
+        .dtype_summary()
+        .into_iter()
+        .map(|(d, n, p)| serde_json::json!({"dtype": d, "tensors": n, "parameters": p}))
+        .collect();
+    let info = serde_json::json!({
+        "architecture": "MllamaForConditionalGeneration",
+        "model_dir": dir,
+        "files": checkpoint.files().len(),
+        "weight_layout": {"vision": layout.vision, "projector": layout.projector, "text": layout.text, "lm_head": layout.lm_head},
+        "vision": {
+            "type": "Mllama tiled ViT", "layers": v.num_hidden_layers, "global_layers": v.num_global_layers,
+            "hidden_size": v.hidden_size, "heads": v.attention_heads, "head_dim": v.head_dim(),
+            "tile_size": v.image_size, "patch_size": v.patch_size, "max_num_tiles": v.max_num_tiles,
+            "tokens_per_tile": v.tokens_per_tile(), "taps": v.intermediate_layers_indices,
+            "output_dim": v.vision_output_dim,
+            "parameters": count_params(&checkpoint, &layout.vision),
+        },
+        "exit_layers": format!("0..={}", v.num_hidden_layers),
+        "exit_rules": ExitRule::NAMES,
+        "projector_parameters": count_params(&checkpoint, &layout.projector),
+        "text": {
+            "type": "Llama 3.1 + cross-attention", "layers": t.llama.num_hidden_layers,
+            "cross_attention_layers": t.cross_attention_layers, "hidden_size": t.llama.hidden_size,
+            "heads": t.llama.num_attention_heads, "kv_heads": t.llama.kv_heads(), "head_dim": t.llama.head_dim(),
+            "vocab_size": t.llama.vocab_size, "max_position_embeddings": t.llama.max_position_embeddings,
+            "parameters": count_params(&checkpoint, &layout.text) + count_params(&checkpoint, &layout.lm_head),
+        },
+        "image_token_id": config.image_token_index,
+        "dtypes": dtypes,
+        "parameters": checkpoint.names().map(|n| checkpoint.info(n).map(|(s, _)| s.iter().product::<usize>()).unwrap_or(0)).sum::<usize>(),
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    println!("model           {}", dir.display());
+    println!("architecture    Llama 3.2 Vision (tiled ViT: local + gated global encoder → projector → Llama with cross-attention)");
+    println!(
+        "vision          {} local + {} global layers, width {}, {} heads, {} tiles of {}px / {}px patches = {} tokens each, taps {:?}, {} params",
+        v.num_hidden_layers,
+        v.num_global_layers,
+        v.hidden_size,
+        v.attention_heads,
+        v.max_num_tiles,
+        v.image_size,
+        v.patch_size,
+        v.tokens_per_tile(),
+        v.intermediate_layers_indices,
+        info["vision"]["parameters"]
+    );
+    println!(
+        "early exit      local layers 0..={} under --exit-rule clamp|replace-final|all-slots",
+        v.num_hidden_layers
+    );
+    println!(
+        "text            {} layers (cross-attention at {:?}), width {}, {} heads ({} kv), vocab {}, {} params",
+        t.llama.num_hidden_layers,
+        t.cross_attention_layers,
+        t.llama.hidden_size,
+        t.llama.num_attention_heads,
+        t.llama.kv_heads(),
+        t.llama.vocab_size,
+        info["text"]["parameters"]
+    );
+    for d in &dtypes {
+        println!(
+            "weights         {} tensors of {} ({} params)",
+            d["tensors"],
+            d["dtype"].as_str().unwrap_or(""),
+            d["parameters"]
+        );
+    }
+    println!("layout          vision `{}`, text `{}`, projector `{}`", layout.vision, layout.text, layout.projector);
+    println!("parameters      {}", info["parameters"]);
+    Ok(())
+}
