@@ -2,7 +2,8 @@
 //! (`tools/fixtures/make_judge_fixtures.py` records the references in tests/fixtures/judges/).
 //!
 //! - chat templates: rendered text equal byte for byte to `apply_chat_template(tokenize=False)`
-//!   for every Llama Guard template this engine ships and a generic feature template; template
+//!   for every Llama Guard template this engine ships, a generic feature template and a
+//!   vision-language template with typed content parts; template
 //!   errors (`raise_exception`) carry the template's message;
 //! - classifiers (GPT-2 reward, BERT and RoBERTa toxicity): token ids equal to transformers'
 //!   tokenizer (`truncation=True`), logits within 1e-4 relative (`max |ours - ref| / max |ref|`);
@@ -67,7 +68,13 @@ fn chat_templates_render_byte_for_byte() {
             .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
             .collect();
         let t = ChatTemplate::new(&source, name, specials).unwrap();
-        let out = t.render(&messages(&case["messages"]), case["add_generation_prompt"].as_bool().unwrap(), &[]);
+        let agp = case["add_generation_prompt"].as_bool().unwrap();
+        // Typed-part contents (the vision-language template) go in as JSON, plain ones as Messages.
+        let out = if case["messages"][0]["content"].is_array() {
+            t.render_json(&case["messages"], agp, &[])
+        } else {
+            t.render(&messages(&case["messages"]), agp, &[])
+        };
         match case.get("rendered") {
             Some(expected) => assert_eq!(out.unwrap(), expected.as_str().unwrap(), "{name}: {case}"),
             None => {
@@ -77,7 +84,7 @@ fn chat_templates_render_byte_for_byte() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 3 * 9 + 3);
+    assert_eq!(checked, 3 * 9 + 3 + 2);
 }
 
 #[test]

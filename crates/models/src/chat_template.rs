@@ -110,6 +110,26 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         extra: &[(&str, serde_json::Value)],
     ) -> Result<String> {
+        self.render_value(Value::from_serialize(messages), add_generation_prompt, extra)
+    }
+
+    /// Renders messages given as JSON, for contents that are lists of typed parts as processors
+    /// pass them (`[{"type": "image"}, {"type": "text", "text": ...}]`).
+    pub fn render_json(
+        &self,
+        messages: &serde_json::Value,
+        add_generation_prompt: bool,
+        extra: &[(&str, serde_json::Value)],
+    ) -> Result<String> {
+        self.render_value(Value::from_serialize(messages), add_generation_prompt, extra)
+    }
+
+    fn render_value(
+        &self,
+        messages: Value,
+        add_generation_prompt: bool,
+        extra: &[(&str, serde_json::Value)],
+    ) -> Result<String> {
         let template = self.env.get_template(TEMPLATE_NAME).expect("added in new()");
         let mut ctx: Vec<(String, Value)> =
             self.special_tokens.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
@@ -117,7 +137,7 @@ impl ChatTemplate {
             ctx.retain(|(name, _)| name != k);
             ctx.push((k.to_string(), Value::from_serialize(v)));
         }
-        ctx.push(("messages".into(), Value::from_serialize(messages)));
+        ctx.push(("messages".into(), messages));
         ctx.push(("add_generation_prompt".into(), Value::from(add_generation_prompt)));
         ctx.push(("tools".into(), Value::from(())));
         ctx.push(("documents".into(), Value::from(())));
