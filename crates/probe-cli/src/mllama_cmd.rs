@@ -244,3 +244,109 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
     println!("parameters      {}", info["parameters"]);
     Ok(())
 }
+
+/// `icet sweep` for Mllama, before the model loads: `(layers, default layer, template name,
+/// rendered prompts)`. The default layer is the last local layer (the stock model).
+pub fn sweep_inputs(
+    dir: &Path,
+    template_arg: Option<TemplateArg>,
+    rows: &[crate::data::DataRow],
+) -> Result<(usize, usize, &'static str, Vec<String>)> {
+    let config = MllamaConfig::from_dir(dir)?;
+    let n = config.vision_layers();
+    let t = template(template_arg)?;
+    let texts = rows.iter().map(|r| t.render(&r.prompt)).collect::<Result<Vec<_>, _>>()?;
+    Ok((n, n, t.name(), texts))
+}
+
+/// `icet sweep`'s generation for Mllama: image by image (one local pass serves every layer of an
+/// image), answers generated in batches of `--batch-size`, each appended to `responses.jsonl` as
+/// soon as its batch finishes (so an interrupted run resumes as LLaVA's does).
+pub fn sweep_answers<B: Backend>(
+    b: &B,
+    args: &crate::sweep::Args,
+    rows: &[crate::data::DataRow],
+    texts: &[String],
+    pending: &[(usize, usize)],
+    responses_path: &Path,
+    all_rows: &mut Vec<crate::summary::ResponseRow>,
+) -> Result<()> {
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    use anyhow::Context;
+
+    check_unsupported(&args.model)?;
+    let dir = args.model.model_dir()?;
+    let rule = args.exit_rule.rule();
+    let model = Mllama::load(dir, b, MllamaLoadParts { deepest_vision_layer: None, text: true })?;
+    let opts = args.decode.options(model.generation.eos_token_ids.clone(), model.config.image_token_index)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(responses_path)
+        .with_context(|| format!("cannot open {}", responses_path.display()))?;
+    let mut prompt_ids: HashMap<usize, Vec<u32>> = HashMap::new();
+    for &(i, _) in pending {
+        if !prompt_ids.contains_key(&i) {
+            prompt_ids.insert(i, model.prompt_ids(&texts[i]).with_context(|| format!("data row `{}`", rows[i].id))?);
+        }
+    }
+    // Group the work by image, in order of first appearance.
+    let mut images: Vec<&Path> = Vec::new();
+    for &(i, _) in pending {
+        if !images.contains(&rows[i].image_path.as_path()) {
+            images.push(rows[i].image_path.as_path());
+        }
+    }
+    let bar = indicatif::ProgressBar::new(pending.len() as u64);
+    let started = std::time::Instant::now();
+    let mut tokens = 0usize;
+    for image in images {
+        let work: Vec<(usize, usize)> = pending.iter().copied().filter(|&(i, _)| rows[i].image_path == image).collect();
+        let mut layers: Vec<usize> = work.iter().map(|&(_, l)| l).collect();
+        layers.sort_unstable();
+        layers.dedup();
+        let px = model.pixel_values(image)?;
+        let exits: Vec<(usize, ExitRule)> = layers.iter().map(|&l| (l, rule)).collect();
+        let pass = model.local_pass(b, &px, &exits, &[])?;
+        let mut states = HashMap::new();
+        for &l in &layers {
+            states.insert(l, model.project(b, &pass, l, rule)?);
+        }
+        let real = model.real_rows(&pass);
+        drop(pass);
+        for batch in work.chunks(args.batch_size.max(1)) {
+            let requests: Vec<CrossRequest<B>> = batch
+                .iter()
+                .map(|&(i, l)| CrossRequest {
+                    prompt_ids: prompt_ids[&i].clone(),
+                    cross_states: &states[&l],
+                    real_rows: real,
+                    seed: crate::sweep::answer_seed(args.decode.seed, &rows[i].id, l),
+                })
+                .collect();
+            for (&(i, l), g) in batch.iter().zip(model.generate(b, &requests, &opts, false)?) {
+                let response = model.decode(&g.token_ids)?;
+                tokens += g.token_ids.len();
+                let row = crate::sweep::response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str());
+                let mut line = serde_json::to_string(&row)?;
+                line.push('\n');
+                file.write_all(line.as_bytes())
+                    .and_then(|_| file.flush())
+                    .with_context(|| format!("cannot write {}", responses_path.display()))?;
+                all_rows.push(row);
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "icet: {} answers, {tokens} tokens in {secs:.1} s ({:.2} answers/s, exit rule {})",
+        pending.len(),
+        pending.len() as f64 / secs.max(1e-9),
+        rule.name()
+    );
+    Ok(())
+}

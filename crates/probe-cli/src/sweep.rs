@@ -66,10 +66,13 @@ pub struct Args {
     /// Judges to score the answers with once generated (as `icet score`; see `icet score --help`)
     #[command(flatten)]
     pub judges: crate::score::JudgeArgs,
+    /// Llama 3.2 Vision only: how ICET-l fills the projector input (global slot + taps)
+    #[arg(long, value_enum, default_value_t = crate::mllama_cmd::ExitRuleArg::Clamp)]
+    pub exit_rule: crate::mllama_cmd::ExitRuleArg,
 }
 
 /// FNV-1a over the answer's identity, so a sampled answer does not depend on batch order.
-fn answer_seed(seed: u64, id: &str, layer: usize) -> u64 {
+pub(crate) fn answer_seed(seed: u64, id: &str, layer: usize) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
     for byte in id.bytes().chain(layer.to_le_bytes()) {
         h = (h ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
@@ -147,19 +150,25 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
     // Everything that can be wrong with the inputs is found before the model loads.
     let rows = data::load_with(&data_path, &args.data_opts)?;
     let judge_specs = crate::score::preflight(&args.judges)?;
-    let config = LlavaConfig::from_dir(&model_dir)?;
-    let num_layers = config.vision_layers();
+    let mllama = crate::mllama_cmd::is_mllama(&model_dir)?;
+    let (num_layers, default_layer, template_name, texts) = if mllama {
+        crate::mllama_cmd::sweep_inputs(&model_dir, args.template, &rows)?
+    } else {
+        let config = LlavaConfig::from_dir(&model_dir)?;
+        let num_layers = config.vision_layers();
+        let default_layer = resolve_layer(config.default_layer()?, num_layers)?;
+        let template = args.template.unwrap_or(TemplateArg::LlavaV1).template()?;
+        let texts: Vec<String> = rows.iter().map(|r| template.render(&r.prompt)).collect::<Result<_, _>>()?;
+        (num_layers, default_layer, template.name(), texts)
+    };
     let layers = parse_layers(&args.layers, num_layers)?;
-    let default_layer = resolve_layer(config.default_layer()?, num_layers)?;
-    let template = args.template.unwrap_or(TemplateArg::LlavaV1).template()?;
-    let texts: Vec<String> = rows.iter().map(|r| template.render(&r.prompt)).collect::<Result<_, _>>()?;
 
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let settings = serde_json::json!({
         "model": std::fs::canonicalize(&model_dir).unwrap_or(model_dir.clone()),
         "data": std::fs::canonicalize(&data_path).unwrap_or(data_path.clone()),
         "layers": layers,
-        "template": template.name(),
+        "template": template_name,
         "strategy": args.model.strategy.map(|s| format!("{s:?}").to_lowercase()),
         "pad_square": args.model.pad_square,
         "max_new_tokens": args.decode.max_new_tokens,
@@ -170,6 +179,9 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
     let mut settings = settings;
     if let Some(pairing) = args.data_opts.settings() {
         settings["data_options"] = pairing;
+    }
+    if mllama {
+        settings["exit_rule"] = args.exit_rule.rule().name().into();
     }
     let manifest_path = out.join("manifest.json");
     if let Ok(text) = std::fs::read_to_string(&manifest_path) {
@@ -209,7 +221,9 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
         eprintln!("icet: resuming {}: {} answers done, {} to go", out.display(), done.len(), pending.len());
     }
 
-    if !pending.is_empty() {
+    if !pending.is_empty() && mllama {
+        crate::mllama_cmd::sweep_answers(b, &args, &rows, &texts, &pending, &responses_path, &mut all_rows)?;
+    } else if !pending.is_empty() {
         let deepest = layers.last().copied();
         let model = args.model.load(b, LoadParts { deepest_vision_layer: deepest, text: true })?;
         let strategy = args.model.strategy(&model);
@@ -318,7 +332,13 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
     Ok(())
 }
 
-fn response_row(row: &DataRow, layer: usize, response: String, token_ids: Vec<u32>, finish: &str) -> ResponseRow {
+pub(crate) fn response_row(
+    row: &DataRow,
+    layer: usize,
+    response: String,
+    token_ids: Vec<u32>,
+    finish: &str,
+) -> ResponseRow {
     ResponseRow {
         id: row.id.clone(),
         layer,
