@@ -25,3 +25,5 @@ cd "$ROOT"
 "$VENV/bin/python" "$FIX/make_fixtures.py" "$@"
 # Judge fixtures (tests/fixtures/judges/, issue 5); they reuse tests/fixtures/tokenizer, so they run after.
 case " $* " in *" --search-seeds"*) ;; *) "$VENV/bin/python" "$FIX/make_judge_fixtures.py" ;; esac
+# Llama 3.2 Vision (Mllama) fixtures (tests/fixtures/mllama-*, issue 4); they extend tests/fixtures/tokenizer.
+case " $* " in *" --search-seeds"*) ;; *) "$VENV/bin/python" "$FIX/make_mllama_fixtures.py" ;; esac
