@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use icet_models::backend::cpu::Cpu;
 use icet_models::chat_template::{ChatTemplate, Message};
 use icet_models::generation::{generate, DecodeOptions, Request};
-use icet_models::judges::classifier::{hh_dialogue, RewardModel, ToxicityClassifier};
+use icet_models::judges::classifier::{hh_pair, RewardModel, ToxicityClassifier};
 use icet_models::judges::llama_guard::{LlamaGuard, LlamaGuardVersion};
 use serde_json::Value;
 
@@ -93,23 +93,28 @@ fn gpt2_reward_logits_match() {
     let refs = json(&dir.join("reference.json"));
     let rm = RewardModel::load(&dir, &Cpu).unwrap();
     let mut worst = 0.0f64;
+    let mut pairs = 0;
     for case in refs["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let got = rm.encode(text).unwrap();
+        let got = match case.get("text_pair") {
+            Some(pair) => rm.encode_pair(text, pair.as_str().unwrap()).unwrap(),
+            None => rm.encode(text).unwrap(),
+        };
         assert_eq!(got, ids(&case["input_ids"]), "ids of {text:?}");
         let logits = rm.model.classify(&Cpu, &got).unwrap();
         worst = worst.max(rel_err(&logits, &floats(&case["logits"])));
+        // The judge's own entry point builds the HH pair the fixture recorded.
+        if let (Some(p), Some(r)) = (case.get("prompt"), case.get("response")) {
+            let (p, r) = (p.as_str().unwrap(), r.as_str().unwrap());
+            assert_eq!(hh_pair(p, r), (text.to_string(), case["text_pair"].as_str().unwrap().to_string()));
+            let score = rm.score(&Cpu, p, r).unwrap();
+            assert!(rel_err(&[score], &floats(&case["logits"])) <= LOGITS_TOL);
+            pairs += 1;
+        }
     }
+    assert_eq!(pairs, 4);
     eprintln!("gpt2 reward: worst logits rel err {worst:.2e}");
     assert!(worst <= LOGITS_TOL, "{worst}");
-    // The judge's own entry point builds the HH dialogue the fixture recorded as its first text.
-    let first = &refs["cases"][0];
-    assert_eq!(
-        first["text"].as_str().unwrap(),
-        hh_dialogue("How do I pick a lock?", "I'm sorry, but I cannot help with that.")
-    );
-    let score = rm.score(&Cpu, "How do I pick a lock?", "I'm sorry, but I cannot help with that.").unwrap();
-    assert!(rel_err(&[score], &floats(&first["logits"])) <= LOGITS_TOL);
 }
 
 fn check_toxicity(name: &str, label: &str, function: &str) {

@@ -34,10 +34,12 @@ fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
     Ok(enc.get_ids().to_vec())
 }
 
-/// The dialogue the HH-RLHF reward models were trained on (Anthropic's HH format):
-/// `"\n\nHuman: {prompt}\n\nAssistant: {response}"`.
-pub fn hh_dialogue(prompt: &str, response: &str) -> String {
-    format!("\n\nHuman: {prompt}\n\nAssistant: {response}")
+/// The HH-RLHF dialogue (Anthropic's format) as the harmless reward models' model card feeds it:
+/// `rm_tokenizer(q, a, truncation=True)` with `q = "\n\nHuman: {prompt}\n\nAssistant:"` and
+/// `a` = the response, i.e. a tokenizer *pair* (for GPT-2, the two encodings concatenated; the
+/// response is tokenized on its own, without a leading space).
+pub fn hh_pair(prompt: &str, response: &str) -> (String, String) {
+    (format!("\n\nHuman: {prompt}\n\nAssistant:"), response.to_string())
 }
 
 /// A GPT-2 reward model; higher is more harmless/helpful, as the model was trained.
@@ -64,9 +66,20 @@ impl<B: Backend> RewardModel<B> {
         encode(&self.tokenizer, text)
     }
 
-    /// The reward of `response` to `prompt` (the score logit of [`hh_dialogue`]).
+    /// Ids of a text pair (special tokens as the tokenizer's post-processor adds them; truncated
+    /// longest-first, as transformers' `truncation=True`).
+    pub fn encode_pair(&self, text: &str, pair: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode((text, pair), true)
+            .map_err(|e| Error::invalid(format!("tokenization failed: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The reward of `response` to `prompt` (the score logit of [`hh_pair`]).
     pub fn score(&self, b: &B, prompt: &str, response: &str) -> Result<f32> {
-        let ids = self.encode(&hh_dialogue(prompt, response))?;
+        let (q, a) = hh_pair(prompt, response);
+        let ids = self.encode_pair(&q, &a)?;
         Ok(self.model.classify(b, &ids)?[0])
     }
 }
@@ -188,6 +201,6 @@ mod tests {
 
     #[test]
     fn hh_format() {
-        assert_eq!(hh_dialogue("Hi?", "Hello."), "\n\nHuman: Hi?\n\nAssistant: Hello.");
+        assert_eq!(hh_pair("Hi?", "Hello."), ("\n\nHuman: Hi?\n\nAssistant:".to_string(), "Hello.".to_string()));
     }
 }
