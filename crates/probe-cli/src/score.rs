@@ -3,7 +3,7 @@
 //!
 //! Judges (KIND):
 //!   llama-guard[-1|-2|-3]=DIR  Llama Guard on (prompt, response); version detected unless given
-//!   reward=DIR                 GPT-2 reward model on the HH pair ("\\n\\nHuman: PROMPT\\n\\nAssistant:", RESPONSE)
+//!   reward=DIR                 GPT-2 reward model on the HH pair ("\n\nHuman: PROMPT\n\nAssistant:", RESPONSE)
 //!   toxicity=DIR               BERT/RoBERTa toxicity classifier on the response
 //!   perspective                Perspective API TOXICITY of the response (key: PERSPECTIVE_API_KEY)
 //! `KIND:NAME=DIR` names the judge (default: KIND), so two judges of one kind can be compared.
