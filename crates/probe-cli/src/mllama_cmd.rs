@@ -288,8 +288,8 @@ pub fn sweep_answers<B: Backend>(
         .with_context(|| format!("cannot open {}", responses_path.display()))?;
     let mut prompt_ids: HashMap<usize, Vec<u32>> = HashMap::new();
     for &(i, _) in pending {
-        if !prompt_ids.contains_key(&i) {
-            prompt_ids.insert(i, model.prompt_ids(&texts[i]).with_context(|| format!("data row `{}`", rows[i].id))?);
+        if let std::collections::hash_map::Entry::Vacant(e) = prompt_ids.entry(i) {
+            e.insert(model.prompt_ids(&texts[i]).with_context(|| format!("data row `{}`", rows[i].id))?);
         }
     }
     // Group the work by image, in order of first appearance.

@@ -155,7 +155,7 @@ pub fn attention_kv_host(
     let (qw, kw) = (s.heads * hd, s.kv_heads * hd);
     let (q_total, kv_total) = (q_lens.iter().sum::<usize>(), kv_lens.iter().sum::<usize>());
     if s.kv_heads == 0
-        || s.heads % s.kv_heads != 0
+        || !s.heads.is_multiple_of(s.kv_heads)
         || q_lens.len() != kv_lens.len()
         || q.len() != q_total * qw
         || k.len() != kv_total * kw

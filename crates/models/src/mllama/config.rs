@@ -79,9 +79,9 @@ impl MllamaVisionConfig {
         let c = self;
         let taps = c.intermediate_layers_indices.len();
         let bad = c.attention_heads == 0
-            || c.hidden_size % c.attention_heads != 0
+            || !c.hidden_size.is_multiple_of(c.attention_heads)
             || c.patch_size == 0
-            || c.image_size % c.patch_size != 0
+            || !c.image_size.is_multiple_of(c.patch_size)
             || c.max_num_tiles == 0
             || c.vision_output_dim != c.hidden_size * (1 + taps)
             || c.intermediate_layers_indices.iter().any(|&i| i > c.num_hidden_layers);
