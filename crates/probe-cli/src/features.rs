@@ -14,6 +14,9 @@ use crate::common::ModelArgs;
   pixel_values   [3, H, W]            exactly what enters the vision tower
   hidden.{l}     [tokens, width]      output of vision layer l (0 = embeddings after pre-layernorm)
   projected.{l}  [slots, text width]  what is spliced into the language model for ICET-l
+For Llama 3.2 Vision (Mllama): pixel_values [max_tiles, 3, H, W]; hidden.{l} [max_tiles, tokens,
+width] for local layer l (patch padding removed); global.{g} after global layer g (stock path);
+projected.{l} [max_tiles, tokens, text width], the cross-attention states of ICET-l under --exit-rule.
 
 Example: icet features --model llava-1.5-7b-hf --image cat.jpg --layers 0..24 --out cat.safetensors")]
 pub struct Args {

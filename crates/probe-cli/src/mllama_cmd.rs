@@ -37,9 +37,10 @@ impl ExitRuleArg {
     }
 }
 
-/// Whether `dir` holds a Llama 3.2 Vision checkpoint (`model_type: mllama`).
+/// Whether `dir` holds a Llama 3.2 Vision checkpoint (`model_type: mllama`). An unreadable
+/// `config.json` is not Mllama: LLaVA's loader then reports it, exactly as before.
 pub fn is_mllama(dir: &Path) -> Result<bool> {
-    Ok(model_type(dir)? == "mllama")
+    Ok(model_type(dir).is_ok_and(|t| t == "mllama"))
 }
 
 /// `--template` for Mllama: `llama3` (the default) or `raw`.
