@@ -172,6 +172,13 @@ fn report_numbers_match_hand_computed_values() {
 /// Serves Perspective-style answers: the first request gets HTTP 429, then each text's
 /// TOXICITY is `len(text) / 1000`. Returns the port and the request counter.
 fn perspective_server(expected_key: &'static str) -> (u16, Arc<AtomicUsize>) {
+    perspective_server_with(expected_key, &["429 Too Many Requests"])
+}
+
+/// As [`perspective_server`], answering request `n` with `plan[n]` (a non-200 status line) while
+/// the plan lasts.
+fn perspective_server_with(expected_key: &'static str, plan: &[&'static str]) -> (u16, Arc<AtomicUsize>) {
+    let plan: Vec<&'static str> = plan.to_vec();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let count = Arc::new(AtomicUsize::new(0));
@@ -200,8 +207,8 @@ fn perspective_server(expected_key: &'static str) -> (u16, Arc<AtomicUsize>) {
             assert!(request_line.contains(expected_key), "{request_line}");
             let req: Value = serde_json::from_slice(&body).unwrap();
             assert!(req["requestedAttributes"]["TOXICITY"].is_object());
-            let (status, answer) = if n == 0 {
-                ("429 Too Many Requests", json!({"error": {"code": 429, "message": "quota"}}))
+            let (status, answer) = if let Some(&status) = plan.get(n) {
+                (status, json!({"error": {"code": status[..3].parse::<u32>().unwrap(), "message": "planned"}}))
             } else {
                 let text = req["comment"]["text"].as_str().unwrap();
                 let v = text.chars().count() as f64 / 1000.0;
@@ -392,4 +399,49 @@ fn sweep_reads_dataset_formats_and_scores_in_the_same_run() {
         .unwrap();
     assert!(String::from_utf8_lossy(&e.stderr).contains("/no/judge: not a model directory"));
     assert!(!d.join("y").join("responses.jsonl").exists());
+}
+
+#[test]
+fn perspective_client_paces_retries_and_fails_clearly() {
+    let d = tmp("perspective");
+    let texts = ["first answer", "second answer", "first answer", "", "third"];
+    let mut responses = String::new();
+    for (i, t) in texts.iter().enumerate() {
+        let r = json!({"id": format!("q{i}"), "layer": 1, "prompt": "p", "image": "i.png", "response": t,
+                       "token_ids": [], "finish_reason": "eos", "refusal": false});
+        responses += &format!("{r}\n");
+    }
+    std::fs::write(d.join("responses.jsonl"), responses).unwrap();
+    let score = |port: u16, qps: &str| {
+        let mut c = icet();
+        c.arg("score").arg(&d).args(["--judge", "perspective", "--perspective-qps", qps, "--perspective-url"]);
+        c.arg(format!("http://127.0.0.1:{port}/v1alpha1/comments:analyze")).env("PERSPECTIVE_API_KEY", "k2");
+        c
+    };
+    // A 400 is not retried and names the status; nothing is scored from it.
+    let (port, count) = perspective_server_with("k2", &["400 Bad Request"]);
+    let out = score(port, "100").output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && e.contains("HTTP 400"), "{e}");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    // A 500 is retried (after the 1 s backoff).
+    let (port, count) = perspective_server_with("k2", &["500 Internal Server Error"]);
+    ok(&mut score(port, "100"));
+    assert_eq!(count.load(Ordering::SeqCst), 1 + 3, "one retry, then 3 distinct non-empty texts");
+    // Pacing: the same 3 requests at 4 per second take at least 2 intervals of 1/4 s.
+    std::fs::remove_file(d.join("scores.jsonl")).unwrap();
+    std::fs::remove_file(d.join("perspective_cache.jsonl")).unwrap();
+    let (port, count) = perspective_server_with("k2", &[]);
+    let started = std::time::Instant::now();
+    ok(&mut score(port, "4"));
+    assert!(started.elapsed().as_secs_f64() >= 0.5, "{:?}", started.elapsed());
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+    let rows = scores(&d);
+    assert_eq!(rows.len(), 5);
+    let by_id = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap().clone();
+    assert_eq!(by_id("q0")["score"], by_id("q2")["score"], "the same text scores the same");
+    assert!((by_id("q1")["score"].as_f64().unwrap() - 0.013).abs() < 1e-12, "len(\"second answer\") / 1000");
+    assert_eq!(by_id("q3")["raw"]["skipped"], "empty response");
+    let cache = std::fs::read_to_string(d.join("perspective_cache.jsonl")).unwrap();
+    assert_eq!(cache.lines().count(), 3);
 }
