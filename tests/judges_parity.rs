@@ -75,6 +75,13 @@ fn chat_templates_render_byte_for_byte() {
         } else {
             t.render(&messages(&case["messages"]), agp, &[])
         };
+        // Llama Guard picks typed parts from the template text; its conversation must be the recorded one.
+        assert_eq!(t.uses_typed_parts(), name == "llama-guard-typed" || name == "vlm", "{name}");
+        if name == "llama-guard-typed" {
+            let m = &case["messages"];
+            let (p, r) = (m[0]["content"][0]["text"].as_str().unwrap(), m[1]["content"][0]["text"].as_str().unwrap());
+            assert_eq!(&LlamaGuard::<Cpu>::conversation_json(p, Some(r), true), m);
+        }
         match case.get("rendered") {
             Some(expected) => assert_eq!(out.unwrap(), expected.as_str().unwrap(), "{name}: {case}"),
             None => {
@@ -84,7 +91,7 @@ fn chat_templates_render_byte_for_byte() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 3 * 9 + 3 + 2);
+    assert_eq!(checked, 3 * 9 + 3 + 2 + 2);
 }
 
 #[test]

@@ -46,6 +46,8 @@ pub struct ChatTemplate {
     pub origin: PathBuf,
     /// `bos_token`, `eos_token`, `unk_token`, `pad_token`, ... as transformers' `special_tokens_map`.
     pub special_tokens: Vec<(String, String)>,
+    /// The template text.
+    pub source: String,
 }
 
 const TEMPLATE_NAME: &str = "chat_template";
@@ -64,7 +66,7 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| Error::input(&origin, format!("chat template does not compile: {e}")))?;
-        Ok(Self { env, origin, special_tokens })
+        Ok(Self { env, origin, special_tokens, source: source.to_string() })
     }
 
     /// The special-token strings of a model directory (for a template that does not come from it).
@@ -111,6 +113,14 @@ impl ChatTemplate {
         extra: &[(&str, serde_json::Value)],
     ) -> Result<String> {
         self.render_value(Value::from_serialize(messages), add_generation_prompt, extra)
+    }
+
+    /// Whether the template reads message contents as lists of typed parts
+    /// (`{"type": "text", "text": ...}`), as Llama-Guard-3-1B's and vision models' templates do,
+    /// rather than as strings.
+    pub fn uses_typed_parts(&self) -> bool {
+        let s = self.source.replace('"', "'");
+        s.contains("['type']") || s.contains(".type ") || s.contains("selectattr('type'")
     }
 
     /// Renders messages given as JSON, for contents that are lists of typed parts as processors

@@ -252,9 +252,30 @@ impl<B: Backend> LlamaGuard<B> {
         m
     }
 
+    /// The conversation as JSON, with contents as typed text parts when `typed` (templates such as
+    /// Llama-Guard-3-1B's iterate `message['content']` as `[{"type": "text", "text": ...}]`).
+    pub fn conversation_json(prompt: &str, response: Option<&str>, typed: bool) -> serde_json::Value {
+        let content = |t: &str| {
+            if typed {
+                serde_json::json!([{"type": "text", "text": t}])
+            } else {
+                serde_json::json!(t)
+            }
+        };
+        let mut m = vec![serde_json::json!({"role": "user", "content": content(prompt)})];
+        if let Some(r) = response {
+            m.push(serde_json::json!({"role": "assistant", "content": content(r)}));
+        }
+        serde_json::Value::Array(m)
+    }
+
     /// The prompt text and its token ids for one pair.
     pub fn encode(&self, prompt: &str, response: Option<&str>) -> Result<(String, Vec<u32>)> {
-        let text = self.template.render(&Self::conversation(prompt, response), false, &[])?;
+        let text = if self.template.uses_typed_parts() {
+            self.template.render_json(&Self::conversation_json(prompt, response, true), false, &[])?
+        } else {
+            self.template.render(&Self::conversation(prompt, response), false, &[])?
+        };
         let enc = self
             .tokenizer
             .encode(text.as_str(), false)
