@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use icet_models::backend::cpu::Cpu;
 use icet_models::backend::cuda::DType;
 use icet_models::backend::Backend;
-use icet_models::mllama::model::build_string_from_input;
+use icet_models::mllama::model::{build_string_from_input, llama3_text_only};
 use icet_models::mllama::{CrossRequest, ExitRule, Mllama, MllamaLoadParts, MllamaTemplate};
 use serde_json::Value;
 
@@ -193,7 +193,7 @@ fn check_generation<B: Backend>(b: &B, name: &str, tol: Tolerance) {
         .iter()
         .zip(&states)
         .zip(&reals)
-        .map(|((p, s), &real)| CrossRequest { prompt_ids: p.clone(), cross_states: s, real_rows: real, seed: 0 })
+        .map(|((p, s), &real)| CrossRequest { prompt_ids: p.clone(), cross_states: Some(s), real_rows: real, seed: 0 })
         .collect();
     let mut opts = model.decode_options();
     opts.max_new_tokens = r.json["max_new_tokens"].as_u64().unwrap() as usize;
@@ -220,6 +220,60 @@ fn check_generation<B: Backend>(b: &B, name: &str, tol: Tolerance) {
         }
     }
     eprintln!("{name}: {} cases, {compared} tokens compared, worst first-step logits error {worst:.3e}", cases.len());
+}
+
+/// Text-only prompts (no image): the cross-attention layers are skipped, as in transformers.
+fn check_text_only<B: Backend>(b: &B, name: &str, tol: Tolerance) {
+    let dir = fixture(name);
+    let r = load_reference(&dir);
+    let model = Mllama::load(&dir, b, MllamaLoadParts { deepest_vision_layer: None, text: true }).unwrap();
+    let cases = r.json["text_only_cases"].as_array().unwrap();
+    let mut requests = Vec::new();
+    for case in cases {
+        let text = llama3_text_only(case["prompt"].as_str().unwrap());
+        assert_eq!(text, case["text"].as_str().unwrap());
+        let ids = model.text_only_prompt_ids(&text).unwrap();
+        let want: Vec<u32> =
+            case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(ids, want, "{name} text-only prompt ids");
+        requests.push(CrossRequest::<B> { prompt_ids: ids, cross_states: None, real_rows: 0, seed: 0 });
+    }
+    let mut opts = model.decode_options();
+    opts.max_new_tokens = r.json["max_new_tokens"].as_u64().unwrap() as usize;
+    let out = model.generate(b, &requests, &opts, true).unwrap();
+    for (case, got) in cases.iter().zip(&out) {
+        let e = rel_err(got.first_logits.as_ref().unwrap(), &r.get(case["logits"].as_str().unwrap()).1);
+        assert!(e <= tol.tensor, "{name} text-only {}: logits relative error {e}", case["index"]);
+        let want: Vec<u32> = case["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let margins: Vec<f64> = case["margins"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        for (step, (&w, &m)) in want.iter().zip(&margins).enumerate() {
+            assert_eq!(got.token_ids.get(step), Some(&w), "{name} text-only {}: token {step}", case["index"]);
+            if m < tol.margin_for_equal_tokens {
+                break;
+            }
+        }
+    }
+    // A batch mixing text-only and image prompts is refused.
+    let px = model.pixel_values(&fixture("images/square.png")).unwrap();
+    let pass = model.local_pass(b, &px, &[(1, ExitRule::Clamp)], &[]).unwrap();
+    let states = model.project(b, &pass, 1, ExitRule::Clamp).unwrap();
+    let with_image = model.prompt_ids(&MllamaTemplate::Llama3.render("Hi").unwrap()).unwrap();
+    let mixed = [
+        CrossRequest::<B> { prompt_ids: requests[0].prompt_ids.clone(), cross_states: None, real_rows: 0, seed: 0 },
+        CrossRequest::<B> {
+            prompt_ids: with_image,
+            cross_states: Some(&states),
+            real_rows: model.real_rows(&pass),
+            seed: 0,
+        },
+    ];
+    assert!(model.generate(b, &mixed, &opts, false).is_err());
+}
+
+#[test]
+fn mllama_text_only_parity() {
+    check_text_only(&Cpu, "mllama-tiny", CPU);
+    check_text_only(&Cpu, "mllama-tiny-gqa", CPU);
 }
 
 #[test]
@@ -250,6 +304,7 @@ fn gpu_mllama_parity_f32() {
     for name in ["mllama-tiny", "mllama-tiny-gqa"] {
         check_vision(&b, name, cuda_tolerance(DType::F32));
         check_generation(&b, name, cuda_tolerance(DType::F32));
+        check_text_only(&b, name, cuda_tolerance(DType::F32));
     }
 }
 
@@ -259,6 +314,7 @@ fn gpu_mllama_parity_bf16() {
     for name in ["mllama-tiny", "mllama-tiny-gqa"] {
         check_vision(&b, name, cuda_tolerance(DType::BF16));
         check_generation(&b, name, cuda_tolerance(DType::BF16));
+        check_text_only(&b, name, cuda_tolerance(DType::BF16));
     }
 }
 

@@ -134,7 +134,7 @@ pub fn generate<B: Backend>(b: &B, args: &crate::generate::Args, rule: ExitRuleA
     let opts = args.decode.options(model.generation.eos_token_ids.clone(), config.image_token_index)?;
     let request = CrossRequest {
         prompt_ids: prompt_ids.clone(),
-        cross_states: &states,
+        cross_states: Some(&states),
         real_rows: model.real_rows(&pass),
         seed: args.decode.seed,
     };
@@ -322,7 +322,7 @@ pub fn sweep_answers<B: Backend>(
                 .iter()
                 .map(|&(i, l)| CrossRequest {
                     prompt_ids: prompt_ids[&i].clone(),
-                    cross_states: &states[&l],
+                    cross_states: Some(&states[&l]),
                     real_rows: real,
                     seed: crate::sweep::answer_seed(args.decode.seed, &rows[i].id, l),
                 })

@@ -159,6 +159,15 @@ impl MllamaTemplate {
     }
 }
 
+/// The `llama3` format of one user turn without an image (text-only use of the model, e.g. a
+/// Llama Guard 3 Vision judge on text): the cross-attention layers are then skipped.
+pub fn llama3_text_only(prompt: &str) -> String {
+    format!(
+        "{BOS_TOKEN}<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|>\
+         <|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+}
+
 /// `build_string_from_input` of transformers' processing_mllama.py: without a BOS in the text,
 /// leading `<|image|>` tokens stay in front and BOS is inserted after them.
 pub fn build_string_from_input(text: &str) -> String {
@@ -254,6 +263,17 @@ impl<B: Backend> Mllama<B> {
             )));
         }
         Ok(ids)
+    }
+
+    /// Prompt ids of a text-only prompt (no `<|image|>`), tokenized as [`Self::prompt_ids`].
+    pub fn text_only_prompt_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let text = build_string_from_input(text);
+        let enc =
+            self.tokenizer()?.encode(text, false).map_err(|e| Error::invalid(format!("tokenization failed: {e}")))?;
+        if enc.get_ids().contains(&self.config.image_token_index) {
+            return Err(Error::invalid(format!("a text-only prompt must not contain `{IMAGE_TOKEN}`")));
+        }
+        Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

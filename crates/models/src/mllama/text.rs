@@ -70,10 +70,12 @@ enum Layer<B: Backend> {
 
 /// One sequence to continue: its prompt ids (exactly one `<|image|>`) and its image's projected
 /// cross-attention states `[max_tiles * tokens, hidden]`, whose first `real_rows` rows belong to
-/// real tiles.
+/// real tiles. Without states (and without `<|image|>`) the sequence is text-only: as in
+/// transformers, the cross-attention layers are then skipped — every request of a batch must be
+/// text-only, or none.
 pub struct CrossRequest<'a, B: Backend> {
     pub prompt_ids: Vec<u32>,
-    pub cross_states: &'a B::Tensor,
+    pub cross_states: Option<&'a B::Tensor>,
     pub real_rows: usize,
     pub seed: u64,
 }
@@ -241,14 +243,15 @@ impl<B: Backend> MllamaText<B> {
 
     /// Runs the decoder over packed `embeds` (one chunk per sequence; `cross[i]` says chunk `i`'s
     /// image and how many of its first rows precede the image) and returns the final-normed
-    /// hidden state of each chunk's last token.
+    /// hidden state of each chunk's last token. Without `kv` (text only) the cross-attention
+    /// layers are skipped, as `MllamaTextModel.forward` does without cross-attention states.
     pub fn forward(
         &self,
         b: &B,
         embeds: B::Tensor,
         chunks: &[SeqChunk],
         cross: &[CrossRows],
-        kv: &CrossKv<B>,
+        kv: Option<&CrossKv<B>>,
         cache: &mut B::KvCache,
     ) -> Result<B::Tensor> {
         let positions: Vec<usize> = chunks.iter().flat_map(|c| c.start..c.start + c.len).collect();
@@ -256,7 +259,8 @@ impl<B: Backend> MllamaText<B> {
         // Query/key segments of the cross-attention, and the rows whose MLP output is zeroed.
         let (mut q_lens, mut kv_lens, mut kv_rows, mut masked_rows) = (vec![], vec![], vec![], vec![]);
         let mut row = 0;
-        for (c, x) in chunks.iter().zip(cross) {
+        for (c, x) in chunks.iter().zip(cross).filter(|_| kv.is_some()) {
+            let kv = kv.expect("filtered");
             let (off, all, real) = (kv.offsets[x.image], kv.all_rows[x.image], kv.real_rows[x.image]);
             let masked = x.masked.min(c.len);
             if masked > 0 {
@@ -294,8 +298,9 @@ impl<B: Backend> MllamaText<B> {
                     let h = l.post_attention_layernorm.forward(b, &x)?;
                     b.add_assign(&mut x, &l.mlp.forward(b, &h)?)?;
                 }
+                Layer::Cross(_) if kv.is_none() => {}
                 Layer::Cross(l) => {
-                    let (k_all, v_all) = &kv.kv[cross_index];
+                    let (k_all, v_all) = &kv.expect("matched").kv[cross_index];
                     cross_index += 1;
                     let h = l.input_layernorm.forward(b, &x)?;
                     let q = self.per_head_norm(b, &l.q_norm, l.q_proj.forward(b, &h)?)?;
@@ -342,17 +347,24 @@ impl<B: Backend> MllamaText<B> {
         if requests.is_empty() || opts.max_new_tokens == 0 {
             return Ok(out);
         }
+        let text_only = requests.iter().all(|r| r.cross_states.is_none());
+        if !text_only && requests.iter().any(|r| r.cross_states.is_none()) {
+            return Err(Error::invalid("a batch must be all text-only or all with an image"));
+        }
         let mut image_pos = Vec::with_capacity(requests.len());
         for r in requests {
             let found: Vec<usize> =
                 r.prompt_ids.iter().enumerate().filter(|(_, &t)| t == opts.image_token_id).map(|(i, _)| i).collect();
-            if found.len() != 1 {
-                return Err(Error::invalid(format!(
-                    "the prompt has {} <|image|> tokens; exactly one is supported",
-                    found.len()
-                )));
+            match (text_only, found.len()) {
+                (true, 0) => image_pos.push(0),
+                (false, 1) => image_pos.push(found[0]),
+                (true, n) => return Err(Error::invalid(format!("a text-only prompt has {n} <|image|> tokens"))),
+                (false, n) => {
+                    return Err(Error::invalid(format!(
+                        "the prompt has {n} <|image|> tokens; exactly one is supported"
+                    )))
+                }
             }
-            image_pos.push(found[0]);
         }
         let longest = requests.iter().map(|r| r.prompt_ids.len()).max().unwrap_or(0);
         let capacity = longest + opts.max_new_tokens;
@@ -363,9 +375,13 @@ impl<B: Backend> MllamaText<B> {
                 opts.max_new_tokens
             )));
         }
-        let states: Vec<&B::Tensor> = requests.iter().map(|r| r.cross_states).collect();
-        let real: Vec<usize> = requests.iter().map(|r| r.real_rows).collect();
-        let kv = self.cross_kv(b, &states, &real)?;
+        let kv = if text_only {
+            None
+        } else {
+            let states: Vec<&B::Tensor> = requests.iter().filter_map(|r| r.cross_states).collect();
+            let real: Vec<usize> = requests.iter().map(|r| r.real_rows).collect();
+            Some(self.cross_kv(b, &states, &real)?)
+        };
         let mut cache = self.new_cache(b, requests.len(), capacity)?;
         let all_ids: Vec<u32> = requests.iter().flat_map(|r| r.prompt_ids.iter().copied()).collect();
         let chunks: Vec<SeqChunk> =
@@ -373,7 +389,7 @@ impl<B: Backend> MllamaText<B> {
         let cross: Vec<CrossRows> =
             image_pos.iter().enumerate().map(|(i, &p)| CrossRows { image: i, masked: p }).collect();
         let mut live: Vec<usize> = (0..requests.len()).collect();
-        let mut hidden = self.forward(b, self.embed(b, &all_ids)?, &chunks, &cross, &kv, &mut cache)?;
+        let mut hidden = self.forward(b, self.embed(b, &all_ids)?, &chunks, &cross, kv.as_ref(), &mut cache)?;
         for step in 0..opts.max_new_tokens {
             let logits = self.logits(b, &hidden)?;
             if step == 0 && keep_first_logits {
@@ -414,7 +430,7 @@ impl<B: Backend> MllamaText<B> {
                 .collect();
             // Generated tokens come after the image: they attend to its real tiles.
             let cross: Vec<CrossRows> = live.iter().map(|&i| CrossRows { image: i, masked: 0 }).collect();
-            hidden = self.forward(b, self.embed(b, &ids)?, &chunks, &cross, &kv, &mut cache)?;
+            hidden = self.forward(b, self.embed(b, &ids)?, &chunks, &cross, kv.as_ref(), &mut cache)?;
         }
         Ok(out)
     }
