@@ -474,7 +474,7 @@ where
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         chart
             .draw_series(
-                pts.iter().map(|p| PathElement::new(vec![(p.0, p.2), (p.0, p.3)], color.mix(0.5).stroke_width(1))),
+                pts.iter().map(|p| PathElement::new(vec![(p.0, p.2), (p.0, p.3)], color.mix(0.6).stroke_width(2))),
             )
             .map_err(err)?;
         chart
@@ -486,6 +486,7 @@ where
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 12))
