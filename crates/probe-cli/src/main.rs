@@ -29,7 +29,9 @@ Start here:
   icet sweep                               run the embedded demo (tiny random model: gibberish text)
   icet info --model DIR                    what a checkpoint is
   icet generate --model DIR --image cat.jpg --prompt 'What is this?' --layer 8
-  icet sweep --model DIR --data prompts.jsonl --layers all --out runs/llava-all";
+  icet sweep --model DIR --data prompts.jsonl --layers all --out runs/llava-all
+  icet score runs/llava-all --judge llama-guard=GUARD_DIR --judge toxicity=DIR --judge reward=DIR
+  icet report runs/llava-all               per-layer tables with 95% intervals, plots";
 
 #[derive(Parser)]
 #[command(name = "icet", version, about = "Layer-wise safety sweeps of vision-language models (image-encoder early exit)", long_about = ABOUT)]
