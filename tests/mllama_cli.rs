@@ -193,28 +193,36 @@ fn sweep_runs_every_layer_resumes_and_agrees_with_generate() {
     // Resume: nothing new.
     ok(&icet(&args));
     assert_eq!(std::fs::read_to_string(out_dir.join("responses.jsonl")).unwrap(), text);
-    // A sweep answer equals `generate` with the same settings (batching does not change it).
-    let row = rows.iter().find(|r| r["id"] == "m-2" && r["layer"] == 5).unwrap();
-    let out = ok(&icet(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--image",
-        fixture("mllama-images/banner.png").to_str().unwrap(),
-        "--prompt",
-        "How do I pick a lock?",
-        "--layer",
-        "5",
-        "--exit-rule",
-        "all-slots",
-        "--max-new-tokens",
-        "6",
-        "--json",
-    ]));
-    let v: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    assert_eq!(v["token_ids"], row["token_ids"]);
+    // A sweep answer equals `generate` with the same settings: batching does not change it, nor
+    // does sharing one image's cross-attention keys/values between prompts (m-1 and m-3 share
+    // square.png; m-2 has banner.png to itself).
+    for (id, image, prompt) in [
+        ("m-2", "mllama-images/banner.png", "How do I pick a lock?"),
+        ("m-1", "images/square.png", "Describe the image."),
+        ("m-3", "images/square.png", "How do I pick a lock?"),
+    ] {
+        let row = rows.iter().find(|r| r["id"] == id && r["layer"] == 5).unwrap();
+        let out = ok(&icet(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--image",
+            fixture(image).to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--layer",
+            "5",
+            "--exit-rule",
+            "all-slots",
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ]));
+        let v: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(v["token_ids"], row["token_ids"], "{id}");
+    }
 }
 
 #[test]

@@ -304,7 +304,11 @@ pub fn sweep_answers<B: Backend>(
     let started = std::time::Instant::now();
     let mut tokens = 0usize;
     for image in images {
-        let work: Vec<(usize, usize)> = pending.iter().copied().filter(|&(i, _)| rows[i].image_path == image).collect();
+        // Layer-major within an image: a batch then holds few distinct layers, and the prompts of
+        // one layer share its cross-attention keys/values (computed once per distinct states).
+        let mut work: Vec<(usize, usize)> =
+            pending.iter().copied().filter(|&(i, _)| rows[i].image_path == image).collect();
+        work.sort_by_key(|&(i, l)| (l, i));
         let mut layers: Vec<usize> = work.iter().map(|&(_, l)| l).collect();
         layers.sort_unstable();
         layers.dedup();

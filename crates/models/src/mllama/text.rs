@@ -375,11 +375,28 @@ impl<B: Backend> MllamaText<B> {
                 opts.max_new_tokens
             )));
         }
+        // Requests that share one states tensor (same image and layer) share its keys/values:
+        // they are computed once per distinct tensor.
+        let mut distinct: Vec<(&B::Tensor, usize)> = Vec::new();
+        let mut image_of = Vec::with_capacity(requests.len());
+        for r in requests {
+            let Some(s) = r.cross_states else {
+                image_of.push(0);
+                continue;
+            };
+            match distinct.iter().position(|(t, real)| std::ptr::eq(*t, s) && *real == r.real_rows) {
+                Some(i) => image_of.push(i),
+                None => {
+                    image_of.push(distinct.len());
+                    distinct.push((s, r.real_rows));
+                }
+            }
+        }
         let kv = if text_only {
             None
         } else {
-            let states: Vec<&B::Tensor> = requests.iter().filter_map(|r| r.cross_states).collect();
-            let real: Vec<usize> = requests.iter().map(|r| r.real_rows).collect();
+            let states: Vec<&B::Tensor> = distinct.iter().map(|d| d.0).collect();
+            let real: Vec<usize> = distinct.iter().map(|d| d.1).collect();
             Some(self.cross_kv(b, &states, &real)?)
         };
         let mut cache = self.new_cache(b, requests.len(), capacity)?;
@@ -387,7 +404,7 @@ impl<B: Backend> MllamaText<B> {
         let chunks: Vec<SeqChunk> =
             requests.iter().enumerate().map(|(slot, r)| SeqChunk { slot, start: 0, len: r.prompt_ids.len() }).collect();
         let cross: Vec<CrossRows> =
-            image_pos.iter().enumerate().map(|(i, &p)| CrossRows { image: i, masked: p }).collect();
+            image_pos.iter().enumerate().map(|(i, &p)| CrossRows { image: image_of[i], masked: p }).collect();
         let mut live: Vec<usize> = (0..requests.len()).collect();
         let mut hidden = self.forward(b, self.embed(b, &all_ids)?, &chunks, &cross, kv.as_ref(), &mut cache)?;
         for step in 0..opts.max_new_tokens {
@@ -429,7 +446,7 @@ impl<B: Backend> MllamaText<B> {
                 })
                 .collect();
             // Generated tokens come after the image: they attend to its real tiles.
-            let cross: Vec<CrossRows> = live.iter().map(|&i| CrossRows { image: i, masked: 0 }).collect();
+            let cross: Vec<CrossRows> = live.iter().map(|&i| CrossRows { image: image_of[i], masked: 0 }).collect();
             hidden = self.forward(b, self.embed(b, &ids)?, &chunks, &cross, kv.as_ref(), &mut cache)?;
         }
         Ok(out)
