@@ -318,6 +318,43 @@ fn gpu_mllama_parity_bf16() {
     }
 }
 
+/// `MllamaImageProcessorPil` beyond the model fixtures: the canvas and resize size for a grid of
+/// image sizes, tile sizes and `max_image_tiles`, and pixel values of every fixture image (RGB,
+/// JPEG, RGBA, L) for `max_image_tiles` 1, 2, 4 and 6.
+#[test]
+fn preprocessing_matches_transformers_beyond_the_fixtures() {
+    use icet_models::mllama::preprocessing::{optimal_tiled_canvas, size_fit_to_canvas, MllamaImageProcessor};
+    let dir = fixture("mllama-preprocessing");
+    let canvas: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("canvas.json")).unwrap()).unwrap();
+    let rows = canvas["rows"].as_array().unwrap();
+    for row in rows {
+        let v: Vec<u32> = row.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let [tile, max_tiles, h, w, ch, cw, nh, nw] = v[..] else { panic!("8 columns") };
+        assert_eq!(optimal_tiled_canvas(h, w, max_tiles as usize, tile), (ch, cw), "canvas of {h}x{w}, {row}");
+        assert_eq!(size_fit_to_canvas(h, w, ch, cw, tile), (nh, nw), "fit of {h}x{w}, {row}");
+    }
+    assert!(rows.len() > 3000);
+    let r = load_reference(&dir);
+    for case in r.json["cases"].as_array().unwrap() {
+        let max_tiles = case["max_image_tiles"].as_u64().unwrap();
+        let config = format!(
+            r#"{{"size": {{"height": 28, "width": 28}}, "max_image_tiles": {max_tiles}, "resample": 2,
+                "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}}"#
+        );
+        let processor = MllamaImageProcessor::from_json_str(&config).unwrap();
+        let px = processor.preprocess_file(&dir.join(case["image"].as_str().unwrap())).unwrap();
+        let key = case["key"].as_str().unwrap();
+        let (shape, want) = r.get(&format!("pixel_values.{key}"));
+        assert_eq!(shape, &vec![px.max_tiles, 3, 28, 28], "{key}");
+        let e = max_abs(&px.data, want);
+        assert!(e <= PIXEL_TOL, "{key}: pixel values differ by {e}");
+        assert_eq!(px.aspect_ratio_id as u64, case["aspect_ratio_id"].as_u64().unwrap(), "{key}");
+        let mask: Vec<u8> =
+            case["aspect_ratio_mask"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
+        assert_eq!(px.aspect_ratio_mask, mask, "{key}");
+    }
+}
+
 #[test]
 fn template_and_bos_follow_the_processor() {
     assert_eq!(build_string_from_input("<|image|><|image|>Hi"), "<|image|><|image|><|begin_of_text|>Hi");
