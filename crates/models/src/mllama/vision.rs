@@ -21,9 +21,9 @@
 //! tile): real tokens see everything, padding tokens see only real tokens. A blocked key gets
 //! `finfo.min` added to its score, i.e. weight exactly 0, so this equals attention over the
 //! allowed keys only, which [`Backend::attention_kv`] computes from gathered rows.
-//! (transformers' mask also has a quirk when no padding is needed — `[-0:]` masks everything —
-//! that Meta's code does not have; a tile of `k*8` tokens never occurs in Llama 3.2 (1601 tokens),
-//! and we follow Meta there.)
+//! (transformers' mask would mask everything if no padding were needed — `[:, :, -0:]` selects the
+//! whole axis — but that cannot happen: a tile has `g² + 1` tokens and `g² mod 8` is 0, 1 or 4, so
+//! there are always 1 to 7 padded tokens.)
 use super::config::MllamaVisionConfig;
 use crate::backend::{Activation, AttentionShape, Backend};
 use crate::error::{Error, Result};
