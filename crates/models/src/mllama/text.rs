@@ -80,14 +80,90 @@ pub struct CrossRequest<'a, B: Backend> {
     pub seed: u64,
 }
 
-/// Cross-attention keys/values of a batch of images for every cross layer, packed image after
-/// image: image `i` owns rows `offsets[i]..offsets[i] + all_rows[i]`, its real tiles the first
-/// `real_rows[i]` of them.
+/// Cross-attention keys/values of a batch of distinct images for every cross layer, packed image
+/// after image, twice: `real` holds each image's real-tile rows (what text from `<|image|>` on and
+/// every generated token reads — used as is, without a gather, whenever a call's rows go image by
+/// image), `all` every row, padded tiles included (read only by text before the image, i.e. at
+/// prefill; [`CrossKv::release_prefill_only`] frees it afterwards).
 pub struct CrossKv<B: Backend> {
-    kv: Vec<(B::Tensor, B::Tensor)>,
-    offsets: Vec<usize>,
-    all_rows: Vec<usize>,
+    real: Vec<(B::Tensor, B::Tensor)>,
+    all: Vec<(B::Tensor, B::Tensor)>,
+    real_offsets: Vec<usize>,
     real_rows: Vec<usize>,
+    all_offsets: Vec<usize>,
+    all_rows: Vec<usize>,
+}
+
+impl<B: Backend> CrossKv<B> {
+    /// Frees the keys/values that only text before the image reads (once the prefill is done).
+    pub fn release_prefill_only(&mut self) {
+        self.all.clear();
+    }
+}
+
+/// How one forward call's rows meet the cross-attention keys/values (the same for every cross
+/// layer): queries grouped by image, attending to real tiles, and (prefill only) the text before
+/// the image, attending to every row of its image.
+struct CrossPlan {
+    real_q_rows: Vec<usize>,
+    real_q_lens: Vec<usize>,
+    /// `None`: the groups are exactly the images in order, so `CrossKv::real` is used as is.
+    real_kv_rows: Option<Vec<usize>>,
+    real_kv_lens: Vec<usize>,
+    /// `real_q_rows` is `0..rows` and there is no text before an image: no gather or scatter.
+    identity: bool,
+    masked_q_rows: Vec<usize>,
+    masked_q_lens: Vec<usize>,
+    masked_kv_rows: Vec<usize>,
+    masked_kv_lens: Vec<usize>,
+}
+
+impl CrossPlan {
+    fn new<B: Backend>(chunks: &[SeqChunk], cross: &[CrossRows], kv: &CrossKv<B>) -> Self {
+        let images = kv.real_rows.len();
+        let (mut real_by_image, mut masked_by_image) = (vec![vec![]; images], vec![vec![]; images]);
+        let mut row = 0;
+        for (c, x) in chunks.iter().zip(cross) {
+            let masked = x.masked.min(c.len);
+            masked_by_image[x.image].extend(row..row + masked);
+            real_by_image[x.image].extend(row + masked..row + c.len);
+            row += c.len;
+        }
+        let mut plan = CrossPlan {
+            real_q_rows: vec![],
+            real_q_lens: vec![],
+            real_kv_rows: None,
+            real_kv_lens: vec![],
+            identity: false,
+            masked_q_rows: vec![],
+            masked_q_lens: vec![],
+            masked_kv_rows: vec![],
+            masked_kv_lens: vec![],
+        };
+        let mut every_image = true;
+        let mut kv_rows = vec![];
+        for (d, rows) in real_by_image.iter().enumerate() {
+            if rows.is_empty() {
+                every_image = false;
+                continue;
+            }
+            plan.real_q_rows.extend(rows);
+            plan.real_q_lens.push(rows.len());
+            plan.real_kv_lens.push(kv.real_rows[d]);
+            kv_rows.extend(kv.real_offsets[d]..kv.real_offsets[d] + kv.real_rows[d]);
+        }
+        if !every_image {
+            plan.real_kv_rows = Some(kv_rows);
+        }
+        for (d, rows) in masked_by_image.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+            plan.masked_q_rows.extend(rows);
+            plan.masked_q_lens.push(rows.len());
+            plan.masked_kv_lens.push(kv.all_rows[d]);
+            plan.masked_kv_rows.extend(kv.all_offsets[d]..kv.all_offsets[d] + kv.all_rows[d]);
+        }
+        plan.identity = plan.masked_q_rows.is_empty() && plan.real_q_rows.iter().enumerate().all(|(i, &r)| i == r);
+        plan
+    }
 }
 
 /// Per chunk of a forward call: how many of its rows (the first ones) are before the image.
@@ -206,30 +282,77 @@ impl<B: Backend> MllamaText<B> {
     /// `real_rows[i]` rows from real tiles), for every cross layer.
     pub fn cross_kv(&self, b: &B, states: &[&B::Tensor], real_rows: &[usize]) -> Result<CrossKv<B>> {
         let all_rows: Vec<usize> = states.iter().map(|s| b.dims(s).0).collect();
-        let mut offsets = Vec::with_capacity(states.len());
-        let mut total = 0;
+        let (mut all_offsets, mut real_offsets) = (vec![], vec![]);
+        let (mut total, mut total_real) = (0, 0);
         for (&n, &r) in all_rows.iter().zip(real_rows) {
             if r == 0 || r > n {
                 return Err(Error::invalid(format!("cross states: {r} real rows of {n}")));
             }
-            offsets.push(total);
+            all_offsets.push(total);
+            real_offsets.push(total_real);
             total += n;
+            total_real += r;
         }
+        let real_index: Vec<usize> = all_offsets.iter().zip(real_rows).flat_map(|(&off, &r)| off..off + r).collect();
         let kw = self.shape().kv_heads * self.shape().head_dim;
-        let mut kv = Vec::new();
+        let (mut all, mut real) = (Vec::new(), Vec::new());
         for layer in &self.layers {
             let Layer::Cross(l) = layer else { continue };
             let mut k_all = b.from_host(&vec![0.0; total * kw], total, kw)?;
             let mut v_all = b.from_host(&vec![0.0; total * kw], total, kw)?;
             for (i, s) in states.iter().enumerate() {
-                let rows: Vec<usize> = (offsets[i]..offsets[i] + all_rows[i]).collect();
+                let rows: Vec<usize> = (all_offsets[i]..all_offsets[i] + all_rows[i]).collect();
                 let k = self.per_head_norm(b, &l.k_norm, l.k_proj.forward(b, s)?)?;
                 b.scatter_rows(&mut k_all, &rows, &k)?;
                 b.scatter_rows(&mut v_all, &rows, &l.v_proj.forward(b, s)?)?;
             }
-            kv.push((k_all, v_all));
+            real.push((b.gather_rows(&k_all, &real_index)?, b.gather_rows(&v_all, &real_index)?));
+            all.push((k_all, v_all));
         }
-        Ok(CrossKv { kv, offsets, all_rows, real_rows: real_rows.to_vec() })
+        Ok(CrossKv { real, all, real_offsets, real_rows: real_rows.to_vec(), all_offsets, all_rows })
+    }
+
+    /// Cross-attention of the rows of one call (`q` = `[rows, heads*hd]`) under `plan`.
+    fn cross_attention(
+        &self,
+        b: &B,
+        q: &B::Tensor,
+        plan: &CrossPlan,
+        kv: &CrossKv<B>,
+        layer: usize,
+    ) -> Result<B::Tensor> {
+        let shape = self.shape();
+        let (k_real, v_real) = &kv.real[layer];
+        let real = |q: &B::Tensor| -> Result<B::Tensor> {
+            match &plan.real_kv_rows {
+                None => b.attention_kv(q, k_real, v_real, &plan.real_q_lens, &plan.real_kv_lens, shape),
+                Some(rows) => {
+                    let (k, v) = (b.gather_rows(k_real, rows)?, b.gather_rows(v_real, rows)?);
+                    b.attention_kv(q, &k, &v, &plan.real_q_lens, &plan.real_kv_lens, shape)
+                }
+            }
+        };
+        if plan.identity {
+            return real(q);
+        }
+        let (rows, cols) = b.dims(q);
+        let mut out = b.from_host(&vec![0.0; rows * cols], rows, cols)?;
+        if !plan.real_q_rows.is_empty() {
+            let a = real(&b.gather_rows(q, &plan.real_q_rows)?)?;
+            b.scatter_rows(&mut out, &plan.real_q_rows, &a)?;
+        }
+        if !plan.masked_q_rows.is_empty() {
+            let (k_all, v_all) = kv
+                .all
+                .get(layer)
+                .ok_or_else(|| Error::invalid("text before the image after the prefill keys were released"))?;
+            let k = b.gather_rows(k_all, &plan.masked_kv_rows)?;
+            let v = b.gather_rows(v_all, &plan.masked_kv_rows)?;
+            let qm = b.gather_rows(q, &plan.masked_q_rows)?;
+            let a = b.attention_kv(&qm, &k, &v, &plan.masked_q_lens, &plan.masked_kv_lens, shape)?;
+            b.scatter_rows(&mut out, &plan.masked_q_rows, &a)?;
+        }
+        Ok(out)
     }
 
     pub fn new_cache(&self, b: &B, slots: usize, capacity: usize) -> Result<B::KvCache> {
@@ -256,26 +379,9 @@ impl<B: Backend> MllamaText<B> {
     ) -> Result<B::Tensor> {
         let positions: Vec<usize> = chunks.iter().flat_map(|c| c.start..c.start + c.len).collect();
         let shape = self.shape();
-        // Query/key segments of the cross-attention, and the rows whose MLP output is zeroed.
-        let (mut q_lens, mut kv_lens, mut kv_rows, mut masked_rows) = (vec![], vec![], vec![], vec![]);
-        let mut row = 0;
-        for (c, x) in chunks.iter().zip(cross).filter(|_| kv.is_some()) {
-            let kv = kv.expect("filtered");
-            let (off, all, real) = (kv.offsets[x.image], kv.all_rows[x.image], kv.real_rows[x.image]);
-            let masked = x.masked.min(c.len);
-            if masked > 0 {
-                q_lens.push(masked);
-                kv_lens.push(all);
-                kv_rows.extend(off..off + all);
-                masked_rows.extend(row..row + masked);
-            }
-            if c.len > masked {
-                q_lens.push(c.len - masked);
-                kv_lens.push(real);
-                kv_rows.extend(off..off + real);
-            }
-            row += c.len;
-        }
+        // How the rows meet the cross-attention K/V, and the rows whose MLP output is zeroed.
+        let plan = kv.map(|kv| CrossPlan::new(chunks, cross, kv));
+        let masked_rows: &[usize] = plan.as_ref().map(|p| p.masked_q_rows.as_slice()).unwrap_or(&[]);
         let d = self.config.llama.hidden_size;
         let zeros = if masked_rows.is_empty() {
             None
@@ -300,18 +406,16 @@ impl<B: Backend> MllamaText<B> {
                 }
                 Layer::Cross(_) if kv.is_none() => {}
                 Layer::Cross(l) => {
-                    let (k_all, v_all) = &kv.expect("matched").kv[cross_index];
-                    cross_index += 1;
+                    let (kv, plan) = (kv.expect("matched"), plan.as_ref().expect("with kv"));
                     let h = l.input_layernorm.forward(b, &x)?;
                     let q = self.per_head_norm(b, &l.q_norm, l.q_proj.forward(b, &h)?)?;
-                    let k = b.gather_rows(k_all, &kv_rows)?;
-                    let v = b.gather_rows(v_all, &kv_rows)?;
-                    let a = b.attention_kv(&q, &k, &v, &q_lens, &kv_lens, shape)?;
+                    let a = self.cross_attention(b, &q, plan, kv, cross_index)?;
+                    cross_index += 1;
                     b.add_assign(&mut x, &l.o_proj.forward(b, &a)?)?;
                     let h = l.post_attention_layernorm.forward(b, &x)?;
                     let mut m = l.mlp.forward(b, &h)?;
                     if let Some(z) = &zeros {
-                        b.scatter_rows(&mut m, &masked_rows, z)?;
+                        b.scatter_rows(&mut m, masked_rows, z)?;
                     }
                     b.add_assign(&mut x, &m)?;
                 }
@@ -406,7 +510,11 @@ impl<B: Backend> MllamaText<B> {
         let cross: Vec<CrossRows> =
             image_pos.iter().enumerate().map(|(i, &p)| CrossRows { image: image_of[i], masked: p }).collect();
         let mut live: Vec<usize> = (0..requests.len()).collect();
+        let mut kv = kv;
         let mut hidden = self.forward(b, self.embed(b, &all_ids)?, &chunks, &cross, kv.as_ref(), &mut cache)?;
+        if let Some(kv) = kv.as_mut() {
+            kv.release_prefill_only();
+        }
         for step in 0..opts.max_new_tokens {
             let logits = self.logits(b, &hidden)?;
             if step == 0 && keep_first_logits {
