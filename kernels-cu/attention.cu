@@ -197,15 +197,16 @@ constexpr int ROWS_THREADS = 128;  // 4 warps; the Rust launcher uses the same b
 constexpr int MAX_HD = 256;
 constexpr int PER_LANE = MAX_HD / 32;
 
-// grid = (splits, heads, rows). rows_desc[2r] = key row of key 0 for query row r, rows_desc[2r+1]
-// = its number of keys. With one split the block writes `out`; otherwise `partial`
+// grid = (rows, heads, splits): rows in x, whose limit is 2^31 - 1 (y and z stop at 65535).
+// rows_desc[2r] = key row of key 0 for query row r, rows_desc[2r+1] = its number of keys. With
+// one split the block writes `out`; otherwise `partial`
 // [splits][rows][heads][hd + 2] = (m, l, o[hd]) in the natural-log domain, for attention_combine.
 template <typename T>
 __device__ void attention_rows(T* out, float* partial, const T* q, const T* k, const T* v, const int* rows_desc,
                                int rows, int heads, int group, int hd, float scale, int keys_per_split) {
     __shared__ float sm_m[ROWS_THREADS / 32], sm_l[ROWS_THREADS / 32];
     __shared__ float sm_o[ROWS_THREADS / 32][MAX_HD];
-    const int split = blockIdx.x, h = blockIdx.y, row = blockIdx.z;
+    const int row = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     const int k_base = rows_desc[2 * row], n_keys = rows_desc[2 * row + 1];
     const long long q_stride = (long long)heads * hd, kv_stride = (long long)(heads / group) * hd;
@@ -252,7 +253,7 @@ __device__ void attention_rows(T* out, float* partial, const T* q, const T* k, c
     for (int w = 0; w < warps; ++w) mm = fmaxf(mm, sm_m[w]);
     float ll = 0.f;
     for (int w = 0; w < warps; ++w) ll += sm_m[w] == -INFINITY ? 0.f : sm_l[w] * expf(sm_m[w] - mm);
-    if (gridDim.x == 1) {
+    if (gridDim.z == 1) {
         T* orow = out + (long long)row * q_stride + (long long)h * hd;
         for (int d = threadIdx.x; d < hd; d += blockDim.x) {
             float acc = 0.f;
@@ -272,10 +273,10 @@ __device__ void attention_rows(T* out, float* partial, const T* q, const T* k, c
     }
 }
 
-// Merges the splits of attention_rows: grid = (heads, rows), block >= hd threads.
+// Merges the splits of attention_rows: grid = (rows, heads), threads over the head dim.
 template <typename T>
 __device__ void attention_combine(T* out, const float* partial, int rows, int heads, int hd, int splits) {
-    const int h = blockIdx.x, row = blockIdx.y;
+    const int row = blockIdx.x, h = blockIdx.y;
     const long long split_stride = (long long)rows * heads * (hd + 2);
     const float* base = partial + ((long long)row * heads + h) * (hd + 2);
     float mm = -INFINITY;

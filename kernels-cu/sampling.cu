@@ -25,7 +25,8 @@ __device__ __forceinline__ bool beats(float v1, int i1, float v2, int i2) {
     return i2 < i1;
 }
 
-constexpr int ARGMAX_THREADS = 512;  // the Rust launcher uses the same block size
+constexpr int ARGMAX_THREADS = 512;   // the Rust launcher uses the same block sizes
+constexpr int SAMPLE_THREADS = 1024;
 
 template <typename T> __device__ void argmax(int* out, const T* logits, int cols) {
     __shared__ float sv[ARGMAX_THREADS / 32];
@@ -145,7 +146,7 @@ __device__ void sample_top_p(int* out, const T* logits, int cols, const double* 
                                                                               int cols) {            \
         argmax(out, logits, cols);                                                                    \
     }                                                                                                 \
-    extern "C" __global__ void sample_top_p_##sfx(int* out, const T* logits, int cols, const double* u, \
+    extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_top_p_##sfx(int* out, const T* logits, int cols, const double* u, \
                                                   float temperature, float top_p, double* probs,     \
                                                   int* index, int n2) {                               \
         sample_top_p(out, logits, cols, u, temperature, top_p, probs, index, n2);                     \

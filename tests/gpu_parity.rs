@@ -9,6 +9,7 @@
 //! - bf16: 6e-2 (weights and every activation rounded to 8 significant bits, as a bf16
 //!   transformers run would; the tiny models' residual streams are small and noisy); greedy tokens
 //!   equal while the recorded margin is >= 0.25, the error bf16 logits can carry.
+//!
 //! These are first estimates, to be tightened from the numbers the first GPU run prints.
 //!
 //! Without a usable GPU each test prints `SKIPPED <test>: <reason>` on stderr and returns.
@@ -39,8 +40,13 @@ fn tolerance(d: DType) -> Tolerance {
     }
 }
 
+/// `ICET_FIXTURES` overrides the fixture directory: scripts/gpu-check.sh runs this binary on
+/// another machine, where the path compiled in below does not exist.
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    match std::env::var_os("ICET_FIXTURES") {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name),
+    }
 }
 
 struct Reference {

@@ -227,6 +227,9 @@ impl Gpu {
 
     /// Downloads the raw storage bytes of `buf`.
     pub fn download_bytes(&self, buf: &DevBuf) -> Result<Vec<u8>> {
+        if buf.bytes() == 0 {
+            return Ok(Vec::new());
+        }
         let view = buf.slice.slice(..buf.bytes());
         self.stream.clone_dtoh(&view).map_err(|e| driver("download", e))
     }

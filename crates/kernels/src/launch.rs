@@ -177,7 +177,7 @@ impl Gpu {
         head_dim: usize,
     ) -> Result<()> {
         let rows = positions.len();
-        if head_dim % 2 != 0 || inv_freq.len() != head_dim / 2 {
+        if !head_dim.is_multiple_of(2) || inv_freq.len() != head_dim / 2 {
             return Err(err(format!("rotary: head_dim {head_dim} with {} frequencies", inv_freq.len())));
         }
         need(x, x.dtype, rows * heads * head_dim, "rotary x")?;
@@ -407,7 +407,7 @@ impl Gpu {
         width: usize,
         patch: usize,
     ) -> Result<()> {
-        if patch == 0 || height % patch != 0 || width % patch != 0 {
+        if patch == 0 || !height.is_multiple_of(patch) || !width.is_multiple_of(patch) {
             return Err(err(format!("im2col: {height}x{width} is not a whole number of {patch}-pixel patches")));
         }
         let d = pixels.dtype;
@@ -495,6 +495,7 @@ impl Gpu {
             }
             return Ok(());
         }
+        self.ctx.bind_to_thread().map_err(|e| driver("binding the context", e))?;
         self.blas.linear(&self.stream, d, out.ptr(), x.ptr(), w.ptr(), bias.map(|b| b.ptr()), m, n, k)
     }
 
@@ -555,7 +556,7 @@ impl Gpu {
     }
 
     fn check_attention_shape(&self, heads: usize, kv_heads: usize, head_dim: usize) -> Result<usize> {
-        if kv_heads == 0 || heads % kv_heads != 0 || head_dim == 0 {
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || head_dim == 0 {
             return Err(err(format!("attention: {heads} heads over {kv_heads} key/value heads of {head_dim}")));
         }
         Ok(heads / kv_heads)
@@ -659,7 +660,7 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        if n > 65535 || heads > 65535 {
+        if n > i32::MAX as usize || heads > 65535 {
             return Err(err(format!("attention_rows: {n} rows x {heads} heads exceed the grid")));
         }
         let max_keys = rows.iter().map(|r| r.n_keys as usize).max().unwrap_or(0).max(1);
@@ -672,7 +673,7 @@ impl Gpu {
                 target.div_ceil(blocks).min(max_keys.div_ceil(256)).max(1)
             }
         });
-        let splits = splits.clamp(1, max_keys);
+        let splits = splits.clamp(1, max_keys.min(65535));
         let keys_per_split = max_keys.div_ceil(splits);
         let desc: Vec<i32> = rows.iter().flat_map(|r| [r.k_base, r.n_keys]).collect();
         let dev_desc = self.upload_i32(&desc)?;
@@ -695,7 +696,7 @@ impl Gpu {
             .arg(&hd)
             .arg(&scale)
             .arg(&kps);
-        unsafe { l.launch(cfg((splits as u32, heads as u32, n as u32), ROWS_THREADS, 0)) }
+        unsafe { l.launch(cfg((n as u32, heads as u32, splits as u32), ROWS_THREADS, 0)) }
             .map_err(|e| driver("attention_rows", e))?;
         if splits > 1 {
             let f = self.function(&Self::name("attention_combine", d))?;
@@ -704,7 +705,7 @@ impl Gpu {
             l.arg(&po).arg(&pp).arg(&nr).arg(&h).arg(&hd).arg(&s);
             unsafe {
                 l.launch(LaunchConfig {
-                    grid_dim: (heads as u32, n as u32, 1),
+                    grid_dim: (n as u32, heads as u32, 1),
                     block_dim: (row_block(head_dim), 1, 1),
                     shared_mem_bytes: 0,
                 })

@@ -364,9 +364,9 @@ impl Backend for Cuda {
 
     fn rotary(&self, x: &mut CudaTensor, positions: &[usize], head_dim: usize, inv_freq: &[f32]) -> Result<()> {
         if head_dim == 0
-            || head_dim % 2 != 0
+            || !head_dim.is_multiple_of(2)
             || inv_freq.len() != head_dim / 2
-            || x.cols % head_dim != 0
+            || !x.cols.is_multiple_of(head_dim)
             || positions.len() != x.rows
         {
             return Err(Error::invalid(format!(
@@ -398,7 +398,12 @@ impl Backend for Cuda {
         weight: &CudaTensor,
     ) -> Result<CudaTensor> {
         let (w, h) = (pixels.cols, pixels.rows / channels.max(1));
-        if channels == 0 || patch == 0 || pixels.rows != channels * h || h % patch != 0 || w % patch != 0 {
+        if channels == 0
+            || patch == 0
+            || pixels.rows != channels * h
+            || !h.is_multiple_of(patch)
+            || !w.is_multiple_of(patch)
+        {
             return Err(Error::invalid(format!(
                 "patch_embed: image [{channels}x{h}x{w}] is not a whole number of {patch}-pixel patches"
             )));
@@ -423,7 +428,7 @@ impl Backend for Cuda {
         check_cols(k, s.kv_heads * hd, "attention k")?;
         same_dims(k, v, "attention k/v")?;
         let total: usize = lens.iter().sum();
-        if q.rows != total || k.rows != total || s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
+        if q.rows != total || k.rows != total || s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
             return Err(Error::invalid(format!("attention: {} rows for sequences of {total}", q.rows)));
         }
         self.segment_attention(q, k, v, lens, lens, s)
@@ -441,7 +446,7 @@ impl Backend for Cuda {
         let hd = s.head_dim;
         let (q_total, kv_total) = (q_lens.iter().sum::<usize>(), kv_lens.iter().sum::<usize>());
         if s.kv_heads == 0
-            || s.heads % s.kv_heads != 0
+            || !s.heads.is_multiple_of(s.kv_heads)
             || q_lens.len() != kv_lens.len()
             || q.cols != s.heads * hd
             || k.cols != s.kv_heads * hd
@@ -492,7 +497,11 @@ impl Backend for Cuda {
         check_cols(k, cache.width, "cached_attention k")?;
         same_dims(k, v, "cached_attention k/v")?;
         let total: usize = chunks.iter().map(|c| c.len).sum();
-        if q.rows != total || k.rows != total || layer >= cache.k.len() || s.kv_heads == 0 || s.heads % s.kv_heads != 0
+        if q.rows != total
+            || k.rows != total
+            || layer >= cache.k.len()
+            || s.kv_heads == 0
+            || !s.heads.is_multiple_of(s.kv_heads)
         {
             return Err(Error::invalid(format!("cached_attention: {} rows for chunks of {total}", q.rows)));
         }
