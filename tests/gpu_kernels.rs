@@ -16,7 +16,8 @@ mod gpu_common;
 use gpu_common::assert_close;
 use icet_kernels::{twin, Act, AttnRow, DType, DevBuf, Gpu, SeqDesc};
 use icet_models::backend::conformance::TestRng;
-use icet_models::backend::{sample_row, uniform_from_seed, SamplingParams};
+use icet_models::backend::cpu::Cpu;
+use icet_models::backend::{sample_row, uniform_from_seed, AttentionShape, Backend, SamplingParams, SeqChunk};
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 
@@ -376,4 +377,54 @@ fn out_of_memory_says_how_much_was_asked_and_free() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("asked for 4398046511104 bytes") && e.contains("free"), "{e}");
+}
+
+/// The backend's attention dispatch at the real head dims, in bf16, against the CPU backend on
+/// the same (bf16-representable) inputs: the ViT's packed images and `attention_kv` (flash,
+/// non-causal), a ragged prefill written into KV-cache slots (flash, causal, keys read from the
+/// slots) and the decode step after it (row kernel with key splits).
+#[test]
+fn backend_attention_paths_match_cpu_in_bf16() {
+    let cuda = cuda_or_skip!("backend_attention_paths_match_cpu_in_bf16", DType::BF16);
+    let cpu = Cpu;
+    let mut rng = TestRng::new(20);
+    let d = DType::BF16;
+    let both = |rng: &mut TestRng, rows: usize, cols: usize| {
+        let v = data(rng, d, rows * cols, 1.0);
+        (cuda.from_host(&v, rows, cols).unwrap(), cpu.from_host(&v, rows, cols).unwrap())
+    };
+    // ViT-L/14-336: two images of 577 tokens, 16 heads x 64; and key segments of other lengths.
+    let s = AttentionShape::new(16, 16, 64);
+    let (qg, qc) = both(&mut rng, 2 * 577, 1024);
+    let (kg, kc) = both(&mut rng, 2 * 577, 1024);
+    let (vg, vc) = both(&mut rng, 2 * 577, 1024);
+    let got = cuda.to_host(&cuda.attention(&qg, &kg, &vg, &[577, 577], s).unwrap()).unwrap();
+    let want = cpu.attention(&qc, &kc, &vc, &[577, 577], s).unwrap().data;
+    assert_close("vit attention", &got, &wide(&want), tol(d));
+    let (ql, kl) = ([600usize, 554], [1000usize, 154]);
+    let got = cuda.to_host(&cuda.attention_kv(&qg, &kg, &vg, &ql, &kl, s).unwrap()).unwrap();
+    let want = cpu.attention_kv(&qc, &kc, &vc, &ql, &kl, s).unwrap().data;
+    assert_close("attention_kv", &got, &wide(&want), tol(d));
+
+    // LLaVA-7B-like decoder attention (GQA to exercise the head grouping): prefill, then decode.
+    let s = AttentionShape::new(32, 8, 128);
+    let (qw, kw) = (32 * 128, 8 * 128);
+    let (slots, capacity) = (3, 700);
+    let mut cache_g = cuda.kv_cache(2, slots, capacity, 8, 128).unwrap();
+    let mut cache_c = cpu.kv_cache(2, slots, capacity, 8, 128).unwrap();
+    let prefill = [
+        SeqChunk { slot: 2, start: 0, len: 600 },
+        SeqChunk { slot: 0, start: 0, len: 17 },
+        SeqChunk { slot: 1, start: 0, len: 130 },
+    ];
+    let decode: Vec<SeqChunk> = prefill.iter().map(|c| SeqChunk { slot: c.slot, start: c.len, len: 1 }).collect();
+    for (step, chunks) in [&prefill[..], &decode[..]].into_iter().enumerate() {
+        let rows: usize = chunks.iter().map(|c| c.len).sum();
+        let (qg, qc) = both(&mut rng, rows, qw);
+        let (kg, kc) = both(&mut rng, rows, kw);
+        let (vg, vc) = both(&mut rng, rows, kw);
+        let got = cuda.cached_attention(&mut cache_g, 1, &qg, &kg, &vg, chunks, s).unwrap();
+        let want = cpu.cached_attention(&mut cache_c, 1, &qc, &kc, &vc, chunks, s).unwrap().data;
+        assert_close(&format!("cached attention step {step}"), &cuda.to_host(&got).unwrap(), &wide(&want), tol(d));
+    }
 }

@@ -141,7 +141,7 @@ impl Cuda {
     }
 
     fn flash_ok(&self, head_dim: usize) -> bool {
-        self.dtype != DType::F32 && icet_kernels::FLASH_HEAD_DIMS.contains(&head_dim)
+        self.dtype != DType::F32 && icet_kernels::FLASH_HEAD_DIMS.contains(&head_dim) && flash_enabled()
     }
 
     /// Attention of packed query segments against key segments (`k_starts[i]`, `kv_lens[i]` rows
@@ -213,6 +213,13 @@ impl Cuda {
         }
         Ok(out)
     }
+}
+
+/// `ICET_CUDA_ATTENTION=rows` routes every attention call to the row kernel: an A/B switch for
+/// benchmarks and a fallback should the tensor-core kernel misbehave on some GPU.
+fn flash_enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("ICET_CUDA_ATTENTION").map_or(true, |v| v != "rows"))
 }
 
 fn to_i32(v: usize) -> Result<i32> {
