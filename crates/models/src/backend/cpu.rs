@@ -143,6 +143,11 @@ fn attend_one(
 
 /// The CPU reference of [`Backend::attention_kv`] on host slices: query segment `i` attends,
 /// without a mask, to every row of key/value segment `i`. Returns `[Σq_lens, heads*hd]`.
+///
+/// Long segments are the norm here (Mllama's vision encoder: 4 tiles × 1608 tokens), so each
+/// block of up to `ATTENTION_KV_BLOCK` query rows and each head is two GEMMs — scores
+/// `Q_h K_hᵀ` and `softmax(scores) V_h` — with the softmax in f32 in between; blocks run in
+/// parallel.
 pub fn attention_kv_host(
     q: &[f32],
     k: &[f32],
@@ -151,6 +156,7 @@ pub fn attention_kv_host(
     kv_lens: &[usize],
     s: AttentionShape,
 ) -> Result<Vec<f32>> {
+    const ATTENTION_KV_BLOCK: usize = 64;
     let hd = s.head_dim;
     let (qw, kw) = (s.heads * hd, s.kv_heads * hd);
     let (q_total, kv_total) = (q_lens.iter().sum::<usize>(), kv_lens.iter().sum::<usize>());
@@ -171,21 +177,47 @@ pub fn attention_kv_host(
         )));
     }
     let group = s.heads / s.kv_heads;
-    // (query row → (kv start, kv len)) for every row, so rows can be processed in parallel.
-    let mut seg_of_row = Vec::with_capacity(q_total);
-    let mut kv_start = 0;
+    // Blocks of query rows: (first row, rows, kv start, kv len), never crossing a segment.
+    let mut blocks = Vec::new();
+    let (mut q_start, mut kv_start) = (0, 0);
     for (&ql, &kl) in q_lens.iter().zip(kv_lens) {
-        seg_of_row.extend(std::iter::repeat_n((kv_start, kl), ql));
+        let mut r = 0;
+        while r < ql {
+            let n = ATTENTION_KV_BLOCK.min(ql - r);
+            blocks.push((q_start + r, n, kv_start, kl));
+            r += n;
+        }
+        q_start += ql;
         kv_start += kl;
     }
     let mut out = vec![0.0f32; q_total * qw];
-    out.par_chunks_mut(qw.max(1)).enumerate().for_each_init(Vec::new, |scores, (r, orow)| {
-        let (st, len) = seg_of_row[r];
+    let mut slices = Vec::with_capacity(blocks.len());
+    let mut rest = out.as_mut_slice();
+    for &(_, n, _, _) in &blocks {
+        let (head, tail) = rest.split_at_mut(n * qw);
+        slices.push(head);
+        rest = tail;
+    }
+    slices.into_par_iter().zip(blocks.par_iter()).for_each(|(orow, &(r0, n, st, len))| {
+        let (mut qh, mut scores, mut oh) = (vec![0f32; n * hd], vec![0f32; n * len], vec![0f32; n * hd]);
         for h in 0..s.heads {
-            let qh = &q[r * qw + h * hd..r * qw + (h + 1) * hd];
-            let keys = &k[st * kw..(st + len) * kw];
-            let vals = &v[st * kw..(st + len) * kw];
-            attend_one(qh, keys, vals, len, kw, (h / group) * hd, s.scale, scores, &mut orow[h * hd..(h + 1) * hd]);
+            let off = (h / group) * hd;
+            for i in 0..n {
+                qh[i * hd..(i + 1) * hd].copy_from_slice(&q[(r0 + i) * qw + h * hd..(r0 + i) * qw + (h + 1) * hd]);
+            }
+            // scores[i, j] = q_i · k_j: rhs is K_h viewed as hd × len (column j = key row j).
+            gemm_into(&mut scores, &qh, &k[st * kw + off..], n, len, hd, kw as isize, 1);
+            for row in scores.chunks_mut(len) {
+                for x in row.iter_mut() {
+                    *x *= s.scale;
+                }
+                softmax_in_place(row);
+            }
+            // out = P · V_h: rhs is V_h viewed as len × hd (row j = value row j).
+            gemm_into(&mut oh, &scores, &v[st * kw + off..], n, hd, len, 1, kw as isize);
+            for i in 0..n {
+                orow[i * qw + h * hd..i * qw + (h + 1) * hd].copy_from_slice(&oh[i * hd..(i + 1) * hd]);
+            }
         }
     });
     Ok(out)
