@@ -133,9 +133,10 @@ device() {
   }
 
   say "## Tests (ICET_REQUIRE_GPU=1)"
-  step gpu_kernels 240 "$bin/gpu_kernels"
-  step gpu_conformance 120 "$bin/gpu_conformance"
-  step gpu_parity 120 "$bin/gpu_parity" --test-threads=1
+  # ICET_CUDA_SYNC=1: every launch is waited for, so a kernel fault names its kernel.
+  step gpu_kernels 240 env ICET_CUDA_SYNC=1 "$bin/gpu_kernels"
+  step gpu_conformance 120 env ICET_CUDA_SYNC=1 "$bin/gpu_conformance"
+  step gpu_parity 120 env ICET_CUDA_SYNC=1 "$bin/gpu_parity" --test-threads=1
   grep -h '^PARITY' "$out/gpu_parity.log" 2>/dev/null | sed 's/^/    /' | tee -a "$summary"
 
   say ""

@@ -168,6 +168,15 @@ impl Gpu {
         self.stream.synchronize().map_err(|e| driver("synchronize", e))
     }
 
+    /// With `ICET_CUDA_SYNC=1`, waits for the queued work and names `what` if it failed.
+    pub(crate) fn check_after(&self, what: &str) -> Result<()> {
+        static SYNC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *SYNC.get_or_init(|| std::env::var("ICET_CUDA_SYNC").is_ok_and(|v| v != "0")) {
+            self.stream.synchronize().map_err(|e| err(format!("CUDA error in {what}: {e:?}")))?;
+        }
+        Ok(())
+    }
+
     /// The kernel `name`, looked up once in whichever module defines it.
     pub(crate) fn function(&self, name: &str) -> Result<CudaFunction> {
         let mut cache = self.functions.lock().unwrap();

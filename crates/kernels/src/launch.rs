@@ -2,7 +2,7 @@
 //! that every buffer is large enough for the shape it is given before launching, so a wrong
 //! call is an error, never an out-of-bounds access on the device. Block sizes here must match the
 //! constants named in the .cu files.
-use cudarc::driver::{sys, LaunchConfig, PushKernelArg};
+use cudarc::driver::{sys, LaunchArgs, LaunchConfig, PushKernelArg};
 
 use crate::gpu::{driver, err, DType, DevBuf, Gpu, Result};
 
@@ -86,6 +86,18 @@ fn row_block(cols: usize) -> u32 {
 }
 
 impl Gpu {
+    /// Launches `l`; with `ICET_CUDA_SYNC=1` also waits for it, so that a fault (an illegal
+    /// address, a launch failure) is reported with the kernel that caused it instead of surfacing
+    /// at some later call.
+    ///
+    /// # Safety
+    /// `l`'s arguments must match the kernel's parameters and stay within the buffers' bounds
+    /// (the callers check every size first).
+    unsafe fn launch(&self, l: &mut LaunchArgs<'_>, cfg: LaunchConfig, kernel: &str) -> Result<()> {
+        unsafe { l.launch(cfg) }.map_err(|e| driver(&format!("launch of {kernel}"), e))?;
+        self.check_after(kernel)
+    }
+
     fn elementwise_grid(&self, n: usize) -> (u32, u32, u32) {
         let blocks = n.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, self.sm_count as usize * 32);
         (blocks as u32, 1, 1)
@@ -114,7 +126,7 @@ impl Gpu {
         let (o, i, n64) = (dst.ptr(), src.ptr(), n as i64);
         let mut b = self.stream.launch_builder(&f);
         b.arg(&o).arg(&i).arg(&n64);
-        unsafe { b.launch(cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0)) }.map_err(|e| driver("cast", e))?;
+        unsafe { self.launch(&mut b, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), "cast") }?;
         Ok(())
     }
 
@@ -129,8 +141,7 @@ impl Gpu {
         let (pa, pb, n64) = (a.ptr(), b.ptr(), n as i64);
         let mut l = self.stream.launch_builder(&f);
         l.arg(&pa).arg(&pb).arg(&n64);
-        unsafe { l.launch(cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0)) }
-            .map_err(|e| driver("add_assign", e))?;
+        unsafe { self.launch(&mut l, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), "add_assign") }?;
         Ok(())
     }
 
@@ -144,8 +155,7 @@ impl Gpu {
         let (p, n64, code) = (x.ptr(), n as i64, act as i32);
         let mut l = self.stream.launch_builder(&f);
         l.arg(&p).arg(&n64).arg(&code);
-        unsafe { l.launch(cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0)) }
-            .map_err(|e| driver("activation", e))?;
+        unsafe { self.launch(&mut l, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), "activation") }?;
         Ok(())
     }
 
@@ -162,8 +172,7 @@ impl Gpu {
         let (o, g, u, n64) = (out.ptr(), gate.ptr(), up.ptr(), n as i64);
         let mut l = self.stream.launch_builder(&f);
         l.arg(&o).arg(&g).arg(&u).arg(&n64);
-        unsafe { l.launch(cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0)) }
-            .map_err(|e| driver("silu_mul", e))?;
+        unsafe { self.launch(&mut l, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), "silu_mul") }?;
         Ok(())
     }
 
@@ -192,8 +201,7 @@ impl Gpu {
         let mut l = self.stream.launch_builder(&f);
         l.arg(&p).arg(&pos).arg(&fp).arg(&rows64).arg(&h).arg(&hd);
         let pairs = rows * heads * head_dim / 2;
-        unsafe { l.launch(cfg(self.elementwise_grid(pairs), ELEMENTWISE_THREADS, 0)) }
-            .map_err(|e| driver("rotary", e))?;
+        unsafe { self.launch(&mut l, cfg(self.elementwise_grid(pairs), ELEMENTWISE_THREADS, 0), "rotary") }?;
         Ok(())
     }
 
@@ -299,7 +307,7 @@ impl Gpu {
             l.arg(&pb);
         }
         l.arg(&c).arg(&eps);
-        unsafe { l.launch(cfg(grid, NORM_THREADS, 0)) }.map_err(|e| driver(kernel, e))?;
+        unsafe { self.launch(&mut l, cfg(grid, NORM_THREADS, 0), kernel) }?;
         Ok(())
     }
 
@@ -355,7 +363,7 @@ impl Gpu {
         let mut l = self.stream.launch_builder(&f);
         l.arg(&a).arg(&b).arg(&dev_idx).arg(&c);
         let grid = (i32_of(idx.len(), "rows")? as u32, 1, 1);
-        unsafe { l.launch(cfg(grid, row_block(cols), 0)) }.map_err(|e| driver(kernel, e))?;
+        unsafe { self.launch(&mut l, cfg(grid, row_block(cols), 0), kernel) }?;
         Ok(())
     }
 
@@ -391,8 +399,7 @@ impl Gpu {
         let (t, dr, c, r0) = (i32_of(tokens, "tokens")?, drop as i32, cols as i64, dst_row0 as i64);
         let mut l = self.stream.launch_builder(&f);
         l.arg(&pd).arg(&ps).arg(&t).arg(&dr).arg(&c).arg(&r0);
-        unsafe { l.launch(cfg((i32_of(kept, "rows")? as u32, 1, 1), row_block(cols), 0)) }
-            .map_err(|e| driver("capture_rows", e))?;
+        unsafe { self.launch(&mut l, cfg((i32_of(kept, "rows")? as u32, 1, 1), row_block(cols), 0), "capture_rows") }?;
         Ok(())
     }
 
@@ -423,7 +430,7 @@ impl Gpu {
             (i32_of(channels, "channels")?, i32_of(height, "height")?, i32_of(width, "width")?, patch as i32);
         let mut l = self.stream.launch_builder(&f);
         l.arg(&po).arg(&pp).arg(&c).arg(&h).arg(&w).arg(&p);
-        unsafe { l.launch(cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0)) }.map_err(|e| driver("im2col", e))?;
+        unsafe { self.launch(&mut l, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), "im2col") }?;
         Ok(())
     }
 
@@ -455,8 +462,13 @@ impl Gpu {
         let (t, c) = (i32_of(tokens, "tokens")?, cols as i64);
         let mut l = self.stream.launch_builder(&f);
         l.arg(&po).arg(&pp).arg(&pc).arg(&ppos).arg(&t).arg(&c);
-        unsafe { l.launch(cfg((i32_of(images * tokens, "rows")? as u32, 1, 1), row_block(cols), 0)) }
-            .map_err(|e| driver("vit_assemble", e))?;
+        unsafe {
+            self.launch(
+                &mut l,
+                cfg((i32_of(images * tokens, "rows")? as u32, 1, 1), row_block(cols), 0),
+                "vit_assemble",
+            )
+        }?;
         Ok(())
     }
 
@@ -496,7 +508,8 @@ impl Gpu {
             return Ok(());
         }
         self.ctx.bind_to_thread().map_err(|e| driver("binding the context", e))?;
-        self.blas.linear(&self.stream, d, out.ptr(), x.ptr(), w.ptr(), bias.map(|b| b.ptr()), m, n, k)
+        self.blas.linear(&self.stream, d, out.ptr(), x.ptr(), w.ptr(), bias.map(|b| b.ptr()), m, n, k)?;
+        self.check_after("cuBLASLt matmul")
     }
 
     /// Index of the largest value of each of `rows` rows (first on ties, NaN never wins).
@@ -513,8 +526,7 @@ impl Gpu {
         let (pl, c) = (logits.ptr(), i32_of(cols, "cols")?);
         let mut l = self.stream.launch_builder(&f);
         l.arg(&out).arg(&pl).arg(&c);
-        unsafe { l.launch(cfg((i32_of(rows, "rows")? as u32, 1, 1), ARGMAX_THREADS, 0)) }
-            .map_err(|e| driver("argmax", e))?;
+        unsafe { self.launch(&mut l, cfg((i32_of(rows, "rows")? as u32, 1, 1), ARGMAX_THREADS, 0), "argmax") }?;
         Ok(self.download_i32(&out, rows)?.into_iter().map(|v| v as u32).collect())
     }
 
@@ -550,8 +562,7 @@ impl Gpu {
         let (pl, c, n2i) = (logits.ptr(), i32_of(cols, "cols")?, i32_of(n2, "vocabulary")?);
         let mut l = self.stream.launch_builder(&f);
         l.arg(&out).arg(&pl).arg(&c).arg(&u).arg(&temperature).arg(&top_p).arg(&probs).arg(&index).arg(&n2i);
-        unsafe { l.launch(cfg((i32_of(rows, "rows")? as u32, 1, 1), SAMPLE_THREADS, 0)) }
-            .map_err(|e| driver("sample_top_p", e))?;
+        unsafe { self.launch(&mut l, cfg((i32_of(rows, "rows")? as u32, 1, 1), SAMPLE_THREADS, 0), "sample_top_p") }?;
         Ok(self.download_i32(&out, rows)?.into_iter().map(|v| v as u32).collect())
     }
 
@@ -621,7 +632,7 @@ impl Gpu {
         let mut l = self.stream.launch_builder(&f);
         l.arg(&po).arg(&pq).arg(&pk).arg(&pv).arg(&dev_desc).arg(&h).arg(&g).arg(&scale);
         let grid = (max_q.div_ceil(FLASH_BM) as u32, heads as u32, seqs.len() as u32);
-        unsafe { l.launch(cfg(grid, FLASH_THREADS, smem as u32)) }.map_err(|e| driver("flash_attention", e))?;
+        unsafe { self.launch(&mut l, cfg(grid, FLASH_THREADS, smem as u32), "flash_attention") }?;
         Ok(())
     }
 
@@ -696,21 +707,25 @@ impl Gpu {
             .arg(&hd)
             .arg(&scale)
             .arg(&kps);
-        unsafe { l.launch(cfg((n as u32, heads as u32, splits as u32), ROWS_THREADS, 0)) }
-            .map_err(|e| driver("attention_rows", e))?;
+        unsafe {
+            self.launch(&mut l, cfg((n as u32, heads as u32, splits as u32), ROWS_THREADS, 0), "attention_rows")
+        }?;
         if splits > 1 {
             let f = self.function(&Self::name("attention_combine", d))?;
             let s = splits as i32;
             let mut l = self.stream.launch_builder(&f);
             l.arg(&po).arg(&pp).arg(&nr).arg(&h).arg(&hd).arg(&s);
             unsafe {
-                l.launch(LaunchConfig {
-                    grid_dim: (n as u32, heads as u32, 1),
-                    block_dim: (row_block(head_dim), 1, 1),
-                    shared_mem_bytes: 0,
-                })
-            }
-            .map_err(|e| driver("attention_combine", e))?;
+                self.launch(
+                    &mut l,
+                    LaunchConfig {
+                        grid_dim: (n as u32, heads as u32, 1),
+                        block_dim: (row_block(head_dim), 1, 1),
+                        shared_mem_bytes: 0,
+                    },
+                    "attention_combine",
+                )
+            }?;
         }
         Ok(())
     }
