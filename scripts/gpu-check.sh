@@ -61,8 +61,8 @@ PY
   strip "$bundle"/bin/*
   git rev-parse HEAD >"$bundle/commit" 2>/dev/null || true
   { date -u +%FT%TZ; "$nvcc" --version | tail -1; } >"$bundle/built"
-  # Every binary embeds the same fatbins; xz shrinks the set well below the carry limit.
-  tar -C "$bundle" -cJf "$bundle/bin.tar.xz" bin
+  # Every binary embeds the same fatbins; gzip (present everywhere, unlike xz) packs the set well below the carry limit.
+  tar -C "$bundle" -czf "$bundle/bin.tar.gz" bin
   rm -rf "$bundle/bin"
   du -b "$bundle"/* >&2
   local size
@@ -96,10 +96,10 @@ device() {
   local summary="$out/summary.md" start=$SECONDS
   : >"$summary"
   say() { echo "$*" | tee -a "$summary"; }
-  [[ -f "$bundle/bin.tar.xz" ]] || { say "gpu-check: no gpu-bundle/bin.tar.xz (run --prepare first and carry gpu-bundle)"; exit 1; }
+  [[ -f "$bundle/bin.tar.gz" ]] || { say "gpu-check: no gpu-bundle/bin.tar.gz (run --prepare first and carry gpu-bundle)"; exit 1; }
   local work
   work="$(mktemp -d)"
-  tar -C "$work" -xJf "$bundle/bin.tar.xz"
+  tar -C "$work" -xzf "$bundle/bin.tar.gz"
   local bin="$work/bin"
 
   say "# GPU check $(date -u +%FT%TZ)"
