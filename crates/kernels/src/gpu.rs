@@ -179,6 +179,9 @@ impl Gpu {
 
     /// The kernel `name`, looked up once in whichever module defines it.
     pub(crate) fn function(&self, name: &str) -> Result<CudaFunction> {
+        // Every launch starts here: make this device's context current on the calling thread
+        // (module and function calls do not do it themselves; the tests call from many threads).
+        self.ctx.bind_to_thread().map_err(|e| driver("binding the context", e))?;
         let mut cache = self.functions.lock().unwrap();
         if let Some(f) = cache.get(name) {
             return Ok(f.clone());
