@@ -60,7 +60,8 @@ fn projected_default_layer(model: &Llava<Cpu>) -> Vec<f32> {
 fn all_llava_layouts_load_to_the_same_model() {
     let reference = projected_default_layer(&load(&fixture("llava-tiny")).unwrap());
     // transformers >= 4.52 re-save layout, and the layout without `vision_model`.
-    let layouts: [(&str, fn(&str) -> String); 2] = [
+    type Rename = fn(&str) -> String;
+    let layouts: [(&str, Rename); 2] = [
         ("new", |n| {
             if let Some(r) = n.strip_prefix("language_model.model.") {
                 format!("model.language_model.{r}")

@@ -192,7 +192,10 @@ pub fn generate_stream<B: Backend, R: Prompt<B>>(
                 )));
             }
             if opts.max_new_tokens == 0 {
-                on_done(index, Generated { token_ids: vec![], finish_reason: FinishReason::Length, first_logits: None })?;
+                on_done(
+                    index,
+                    Generated { token_ids: vec![], finish_reason: FinishReason::Length, first_logits: None },
+                )?;
                 continue;
             }
             free.pop();

@@ -159,7 +159,7 @@ impl Summary {
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
         );
         let shades = ["#e8f0fe", "#fef7e0", "#fce8e6"];
-        for g in 0..3 {
+        for (g, shade) in shades.iter().enumerate() {
             let members: Vec<usize> =
                 (1..=self.num_layers).filter(|&l| third_of(l, self.num_layers) == Some(g)).collect();
             if let (Some(&a), Some(&b)) = (members.first(), members.last()) {
@@ -169,7 +169,7 @@ impl Summary {
                     x(a as f64 - 0.5),
                     x(b as f64 + 0.5) - x(a as f64 - 0.5),
                     h - top - bottom,
-                    shades[g]
+                    shade
                 );
             }
         }

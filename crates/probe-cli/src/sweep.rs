@@ -254,7 +254,9 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
 
         // Requests are made lazily: the next image's vision pass runs when a slot needs its
         // first request, and its features are freed once its last sequence finishes.
-        let mut current: Option<(&Path, HashMap<usize, Arc<B::Tensor>>)> = None;
+        // The image whose features are at hand, and its projected features per layer.
+        type LayerFeatures<T> = HashMap<usize, Arc<T>>;
+        let mut current: Option<(&Path, LayerFeatures<B::Tensor>)> = None;
         let mut next = 0;
         let requests = std::iter::from_fn(|| {
             let &(i, l) = work.get(next)?;
@@ -297,7 +299,7 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
             let response = tokenizer.decode(&g.token_ids)?;
             tokens += g.token_ids.len();
             let row = response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str());
-            let mut line = serde_json::to_string(&row).map_err(|e| icet_models::Error::invalid(e))?;
+            let mut line = serde_json::to_string(&row).map_err(icet_models::Error::invalid)?;
             line.push('\n');
             // One write per answer, flushed: an interruption loses only answers in flight.
             file.write_all(line.as_bytes())

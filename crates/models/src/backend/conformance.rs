@@ -158,12 +158,12 @@ pub fn check_rotary<B: Backend>(b: &B, tol: f64) {
     let mut t = upload(b, &x, rows, heads * hd);
     b.rotary(&mut t, &positions, hd, &inv_freq).expect("rotary");
     let mut expected = vec![0.0f64; x.len()];
-    for r in 0..rows {
+    for (r, &pos) in positions.iter().enumerate() {
         for h in 0..heads {
             let base = r * heads * hd + h * hd;
             for i in 0..hd {
                 // rotate_half: (x1, x2) -> (-x2, x1), frequencies repeated over both halves.
-                let f = inv_freq[i % (hd / 2)] as f64 * positions[r] as f64;
+                let f = inv_freq[i % (hd / 2)] as f64 * pos as f64;
                 let rot = if i < hd / 2 { -(x[base + i + hd / 2] as f64) } else { x[base + i - hd / 2] as f64 };
                 expected[base + i] = x[base + i] as f64 * f.cos() + rot * f.sin();
             }

@@ -360,7 +360,11 @@ impl Backend for Cpu {
 
     fn rotary(&self, x: &mut CpuTensor, positions: &[usize], head_dim: usize, inv_freq: &[f32]) -> Result<()> {
         let half = head_dim / 2;
-        if head_dim % 2 != 0 || inv_freq.len() != half || x.cols % head_dim != 0 || positions.len() != x.rows {
+        if !head_dim.is_multiple_of(2)
+            || inv_freq.len() != half
+            || !x.cols.is_multiple_of(head_dim)
+            || positions.len() != x.rows
+        {
             return Err(Error::invalid(format!(
                 "rotary: head_dim {head_dim}, {} frequencies, {} columns, {} positions for {} rows",
                 inv_freq.len(),
@@ -434,7 +438,7 @@ impl Backend for Cpu {
         check_cols(k, s.kv_heads * hd, "attention k")?;
         same_dims(k, v, "attention k/v")?;
         let total: usize = lens.iter().sum();
-        if q.rows != total || k.rows != total || s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
+        if q.rows != total || k.rows != total || s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
             return Err(Error::invalid(format!("attention: {} rows for sequences of {total}", q.rows)));
         }
         let group = s.heads / s.kv_heads;
@@ -511,7 +515,7 @@ impl Backend for Cpu {
         check_cols(k, cache.width, "cached_attention k")?;
         same_dims(k, v, "cached_attention k/v")?;
         let total: usize = chunks.iter().map(|c| c.len).sum();
-        if q.rows != total || k.rows != total || layer >= cache.k.len() || s.heads % s.kv_heads != 0 {
+        if q.rows != total || k.rows != total || layer >= cache.k.len() || !s.heads.is_multiple_of(s.kv_heads) {
             return Err(Error::invalid(format!("cached_attention: {} rows for chunks of {total}", q.rows)));
         }
         let (w, cap) = (cache.width, cache.capacity);

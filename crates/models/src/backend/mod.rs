@@ -84,6 +84,8 @@ pub trait Backend: Send + Sync {
 
     // ---- data movement -------------------------------------------------------------------
     /// Uploads `data` (row-major, `rows * cols` values).
+    // Device backends need `self` (their context) to upload, hence the `from_` with a receiver.
+    #[allow(clippy::wrong_self_convention)]
     fn from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
     fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     /// `(rows, cols)`.

@@ -55,7 +55,7 @@ impl<B: Backend> ClipVision<B> {
         let (d, f) = (c.hidden_size, c.intermediate_size);
         let act = Activation::from_hf(&c.hidden_act)
             .ok_or_else(|| Error::invalid(format!("unsupported vision hidden_act `{}`", c.hidden_act)))?;
-        if c.num_attention_heads == 0 || d % c.num_attention_heads != 0 || c.image_size % c.patch_size != 0 {
+        if c.num_attention_heads == 0 || d % c.num_attention_heads != 0 || !c.image_size.is_multiple_of(c.patch_size) {
             return Err(Error::invalid(format!(
                 "vision config: hidden_size {d} / heads {} or image_size {} / patch_size {} is not whole",
                 c.num_attention_heads, c.image_size, c.patch_size

@@ -38,7 +38,7 @@ impl<B: Backend> Llama<B> {
         if c.hidden_act != "silu" {
             return Err(Error::invalid(format!("unsupported text hidden_act `{}`", c.hidden_act)));
         }
-        if c.kv_heads() == 0 || c.num_attention_heads % c.kv_heads() != 0 {
+        if c.kv_heads() == 0 || !c.num_attention_heads.is_multiple_of(c.kv_heads()) {
             return Err(Error::invalid(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 c.num_attention_heads,
