@@ -74,6 +74,7 @@ fn check_model(name: &str) {
     let b = Cpu;
     let model = Llava::load(&dir, &b, LoadParts { deepest_vision_layer: None, text: true }).unwrap();
     let num_layers = model.config.vision_layers();
+    let mut worst = [0.0f64; 4]; // pixels, hidden, projected, logits
     assert_eq!(num_layers as u64, r.json["vision_num_layers"].as_u64().unwrap());
 
     // Preprocessing, with and without the original LLaVA's pad-to-square.
@@ -83,6 +84,7 @@ fn check_model(name: &str) {
             let (shape, want) = r.get(&format!("{key}.{img}"));
             assert_eq!(vec![3, px.height, px.width], *shape, "{name} {key}.{img} shape");
             let err = max_abs(&px.data, want);
+            worst[0] = worst[0].max(err);
             assert!(err <= PIXEL_TOL, "{name} {key}.{img}: max abs error {err:e}");
         }
     }
@@ -102,12 +104,14 @@ fn check_model(name: &str) {
             let (shape, want) = r.get(&format!("hidden.{img}.{l}"));
             assert_eq!(b.dims(ours), (shape[0], shape[1]));
             let err = rel_err(&ours.data, want);
+            worst[1] = worst[1].max(err);
             assert!(err <= VISION_TOL, "{name} hidden.{img}.{l}: rel error {err:e}");
             for s in [FeatureStrategy::Default, FeatureStrategy::Full] {
                 let p = model.project_layer(&b, &capture, l, s).unwrap();
                 let (shape, want) = r.get(&format!("projected.{img}.{l}.{}", s.name()));
                 assert_eq!(b.dims(&p), (shape[0], shape[1]));
                 let err = rel_err(&p.data, want);
+                worst[2] = worst[2].max(err);
                 assert!(err <= VISION_TOL, "{name} projected.{img}.{l}.{}: rel error {err:e}", s.name());
             }
         }
@@ -152,6 +156,7 @@ fn check_model(name: &str) {
         .remove(0);
         let (_, want_logits) = r.get(&format!("logits.{idx}"));
         let err = rel_err(out.first_logits.as_ref().unwrap(), want_logits);
+        worst[3] = worst[3].max(err);
         assert!(err <= LOGITS_TOL, "{name} case {idx} (layer {layer}) first logits: rel error {err:e}");
         let want_tokens: Vec<u32> = serde_json::from_value(case["token_ids"].clone()).unwrap();
         let margins: Vec<f64> = serde_json::from_value(case["margins"].clone()).unwrap();
@@ -169,6 +174,15 @@ fn check_model(name: &str) {
         assert!(max_new > 0);
     }
     assert!(compared_tokens >= cases.len() * 3, "too few tokens compared ({compared_tokens})");
+    // Shown with --nocapture: the margins the tolerances leave.
+    println!(
+        "{name}: worst pixel abs {:.2e}, hidden rel {:.2e}, projected rel {:.2e}, logits rel {:.2e}; {compared_tokens} tokens equal over {} cases",
+        worst[0],
+        worst[1],
+        worst[2],
+        worst[3],
+        cases.len()
+    );
 }
 
 /// Hub layout, float32, one file, MHA, `default` strategy.
