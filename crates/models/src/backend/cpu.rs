@@ -41,6 +41,10 @@ pub struct Cpu;
 /// Below this many multiply-adds a GEMM runs on one thread: spawning costs more than it saves.
 const PARALLEL_GEMM_WORK: usize = 1 << 18;
 
+/// Query rows per block of the bidirectional attention: small enough to spread a ViT image over
+/// the cores, large enough that the per-head GEMMs are efficient.
+const ATTENTION_BLOCK_ROWS: usize = 64;
+
 fn same_dims(a: &CpuTensor, b: &CpuTensor, op: &str) -> Result<()> {
     if (a.rows, a.cols) != (b.rows, b.cols) {
         return Err(Error::invalid(format!(
@@ -442,23 +446,86 @@ impl Backend for Cpu {
             return Err(Error::invalid(format!("attention: {} rows for sequences of {total}", q.rows)));
         }
         let group = s.heads / s.kv_heads;
-        let kw = k.cols;
-        let mut out = vec![0.0f32; q.rows * q.cols];
-        let mut starts = Vec::with_capacity(lens.len());
-        let mut acc = 0;
-        for &l in lens {
-            starts.push(acc);
-            acc += l;
+        let (kw, qw) = (k.cols, q.cols);
+        // Blocks of query rows that never cross a sequence: (first row, rows, sequence start, length).
+        let mut blocks = Vec::new();
+        let mut start = 0;
+        for &len in lens {
+            let mut r = 0;
+            while r < len {
+                let n = ATTENTION_BLOCK_ROWS.min(len - r);
+                blocks.push((start + r, n, start, len));
+                r += n;
+            }
+            start += len;
         }
-        out.par_chunks_mut(q.cols).enumerate().for_each_init(Vec::new, |scores, (r, orow)| {
-            let seq = starts.partition_point(|&st| st <= r) - 1;
-            let (st, len) = (starts[seq], lens[seq]);
+        let mut out = vec![0.0f32; q.rows * qw];
+        let mut slices = Vec::with_capacity(blocks.len());
+        let mut rest = out.as_mut_slice();
+        for &(_, n, _, _) in &blocks {
+            let (head, tail) = rest.split_at_mut(n * qw);
+            slices.push(head);
+            rest = tail;
+        }
+        // Per block and head, two small GEMMs on strided views (no copies):
+        // scores = scale · Q_h K_hᵀ, softmax per row, out_h = P V_h.
+        slices.into_par_iter().zip(blocks.par_iter()).for_each(|(oblk, &(r0, n, st, len))| {
+            let mut scores = vec![0.0f32; n * len];
             for h in 0..s.heads {
-                let qh = &q.data[r * q.cols + h * hd..r * q.cols + (h + 1) * hd];
                 let kv_off = (h / group) * hd;
-                let keys = &k.data[st * kw..(st + len) * kw];
-                let vals = &v.data[st * kw..(st + len) * kw];
-                attend_one(qh, keys, vals, len, kw, kv_off, s.scale, scores, &mut orow[h * hd..(h + 1) * hd]);
+                let qh = &q.data[r0 * qw + h * hd..];
+                let kh = &k.data[st * kw + kv_off..];
+                let vh = &v.data[st * kw + kv_off..];
+                // SAFETY: every view stays inside its slice: Q rows r0..r0+n, K/V rows st..st+len,
+                // columns of head h; `scores` is n×len; the output view is rows of this block.
+                unsafe {
+                    gemm::gemm(
+                        n,
+                        len,
+                        hd,
+                        scores.as_mut_ptr(),
+                        1,
+                        len as isize,
+                        false,
+                        qh.as_ptr(),
+                        1,
+                        qw as isize,
+                        kh.as_ptr(),
+                        kw as isize,
+                        1,
+                        0.0,
+                        s.scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                scores.chunks_mut(len).for_each(softmax_in_place);
+                // SAFETY: as above; the destination is columns h*hd.. of this block's rows.
+                unsafe {
+                    gemm::gemm(
+                        n,
+                        hd,
+                        len,
+                        oblk[h * hd..].as_mut_ptr(),
+                        1,
+                        qw as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        len as isize,
+                        vh.as_ptr(),
+                        1,
+                        kw as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
             }
         });
         CpuTensor::new(out, q.rows, q.cols)
