@@ -283,3 +283,45 @@ fn info_describes_the_checkpoint() {
     assert_eq!(v["dtypes"][0]["dtype"], "F16");
     assert_eq!(v["weight_layout"]["text"], "model.language_model.");
 }
+
+/// `--template auto` renders the model's own chat template (here one in the style of llava-hf's,
+/// with transformers' `{% generation %}` marks) and falls back to llava-v1 without one.
+#[test]
+fn template_auto_uses_the_models_chat_template() {
+    let dir = scratch("auto-template");
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(fixture("llava-tiny")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    let ids = |template: &str| -> Value {
+        let out = icet(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            fixture("images/square.png").to_str().unwrap(),
+            "--prompt",
+            "Describe the image.",
+            "--template",
+            template,
+            "--max-new-tokens",
+            "1",
+            "--json",
+            "--device",
+            "cpu",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().last().unwrap()).unwrap();
+        v["prompt_ids"].clone()
+    };
+    assert_eq!(ids("auto"), ids("llava-v1"), "no chat template: the LLaVA default");
+    let template = "{{ bos_token }}{% for message in messages %}{{ message['role'].upper() + ': ' }}\
+{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>\\n' }}{% endfor %}\
+{% for part in message['content'] if part['type'] == 'text' %}{% generation %}{{ part['text'] + ' ' }}{% endgeneration %}{% endfor %}\
+{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}";
+    std::fs::write(model.join("chat_template.json"), serde_json::json!({ "chat_template": template }).to_string())
+        .unwrap();
+    assert_eq!(ids("auto"), ids("llava-hf"), "the model's template renders llava-hf's prompt");
+}

@@ -52,6 +52,27 @@ pub struct ChatTemplate {
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Removes `{% generation %}` / `{% endgeneration %}` tags (any `-` whitespace control). They are
+/// transformers' `AssistantTracker` extension, which renders its body unchanged and only records
+/// where assistant text lies; llava-hf's templates use it, and Jinja engines without the
+/// extension reject it.
+pub fn strip_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(open) = rest.find("{%") {
+        let Some(close) = rest[open..].find("%}") else { break };
+        let tag = &rest[open + 2..open + close];
+        let name = tag.trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        out.push_str(&rest[..open]);
+        if name != "generation" && name != "endgeneration" {
+            out.push_str(&rest[open..open + close + 2]);
+        }
+        rest = &rest[open + close + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl ChatTemplate {
     /// Compiles `source`; `origin` names it in errors.
     pub fn new(source: &str, origin: impl Into<PathBuf>, special_tokens: Vec<(String, String)>) -> Result<Self> {
@@ -64,7 +85,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+        env.add_template_owned(TEMPLATE_NAME, strip_generation_tags(source))
             .map_err(|e| Error::input(&origin, format!("chat template does not compile: {e}")))?;
         Ok(Self { env, origin, special_tokens, source: source.to_string() })
     }
@@ -348,6 +369,12 @@ fn write_json(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn generation_tags_are_removed_and_nothing_else() {
+        let src = "{% for m in messages %}{%- generation -%}{{ m }}{% endgeneration %}{% endfor %}{{ '{%' }}";
+        assert_eq!(super::strip_generation_tags(src), "{% for m in messages %}{{ m }}{% endfor %}{{ '{%' }}");
+    }
+
     use super::*;
 
     #[test]

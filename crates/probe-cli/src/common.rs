@@ -6,6 +6,7 @@ use clap::{Args as ClapArgs, ValueEnum};
 use icet_models::backend::cpu::Cpu;
 use icet_models::backend::cuda::{Cuda, DType};
 use icet_models::backend::Backend;
+use icet_models::chat_template::ChatTemplate;
 use icet_models::llava::{FeatureStrategy, Llava, LoadParts};
 use icet_models::prompt::Template;
 
@@ -58,6 +59,10 @@ pub enum TemplateArg {
     Raw,
     /// Llama 3 chat format with `<|image|>` (Llama 3.2 Vision; its default)
     Llama3,
+    /// The model's own chat template (chat_template.jinja, chat_template.json or
+    /// tokenizer_config.json), rendered as transformers' apply_chat_template does; the family
+    /// default when the model ships none
+    Auto,
 }
 
 impl TemplateArg {
@@ -68,8 +73,44 @@ impl TemplateArg {
             Self::LlavaHf => Template::LlavaHf,
             Self::Raw => Template::Raw,
             Self::Llama3 => bail!("--template llama3 is for Llama 3.2 Vision; LLaVA takes llava-v1, llava-hf or raw"),
+            Self::Auto => bail!("--template auto is resolved against the model directory (see llava_prompts)"),
         })
     }
+}
+
+/// The LLaVA input texts for `prompts` under `--template` (default `llava-v1`), and the name of
+/// the template used. `auto` renders the model's own chat template with one user message holding
+/// an image and the prompt, as transformers' processors do; a leading BOS string is removed
+/// because the tokenizer adds BOS itself.
+pub fn llava_prompts(model_dir: &Path, arg: Option<TemplateArg>, prompts: &[&str]) -> Result<(String, Vec<String>)> {
+    let arg = arg.unwrap_or(TemplateArg::LlavaV1);
+    if arg == TemplateArg::Auto {
+        if let Some(chat) = ChatTemplate::from_dir(model_dir)? {
+            let bos = chat.special_tokens.iter().find(|(k, _)| k == "bos_token").map(|(_, v)| v.clone());
+            let texts = prompts
+                .iter()
+                .map(|p| {
+                    let content = if chat.uses_typed_parts() {
+                        serde_json::json!([{"type": "image"}, {"type": "text", "text": p}])
+                    } else {
+                        serde_json::Value::String(format!("{}\n{p}", icet_models::prompt::IMAGE_PLACEHOLDER))
+                    };
+                    let messages = serde_json::json!([{"role": "user", "content": content}]);
+                    let text = chat.render_json(&messages, true, &[])?;
+                    Ok(match &bos {
+                        Some(b) if !b.is_empty() && text.starts_with(b.as_str()) => text[b.len()..].to_string(),
+                        _ => text,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok((format!("auto ({})", chat.origin.display()), texts));
+        }
+        eprintln!("icet: {} ships no chat template; using llava-v1", model_dir.display());
+        return llava_prompts(model_dir, Some(TemplateArg::LlavaV1), prompts);
+    }
+    let template = arg.template()?;
+    let texts = prompts.iter().map(|p| template.render(p)).collect::<Result<_, _>>()?;
+    Ok((template.name().to_string(), texts))
 }
 
 /// Model options every command takes.

@@ -86,7 +86,7 @@ fn run_on<B: Backend>(b: &B, args: Args) -> Result<()> {
     let layer = resolve_layer(args.layer.unwrap_or(config.default_layer()?), config.vision_layers())?;
     let model = args.model.load(b, LoadParts { deepest_vision_layer: Some(layer), text: true })?;
     let strategy = args.model.strategy(&model);
-    let text = args.template.unwrap_or(TemplateArg::LlavaV1).template()?.render(&args.prompt)?;
+    let text = crate::common::llava_prompts(dir, args.template, &[args.prompt.as_str()])?.1.remove(0);
     let tokenizer = model.tokenizer()?;
     let prompt_ids = tokenizer.encode_with_image(&text, model.config.image_slots(strategy))?;
     let px = model.pixel_values(&args.image, args.model.pad_square)?;

@@ -46,7 +46,8 @@ pub fn is_mllama(dir: &Path) -> Result<bool> {
 /// `--template` for Mllama: `llama3` (the default) or `raw`.
 pub fn template(arg: Option<TemplateArg>) -> Result<MllamaTemplate> {
     match arg {
-        None | Some(TemplateArg::Llama3) => Ok(MllamaTemplate::Llama3),
+        // `auto` takes the family default: the model's own template is not rendered for Mllama yet.
+        None | Some(TemplateArg::Llama3) | Some(TemplateArg::Auto) => Ok(MllamaTemplate::Llama3),
         Some(TemplateArg::Raw) => Ok(MllamaTemplate::Raw),
         Some(other) => bail!(
             "--template {}: Llama 3.2 Vision takes `llama3` (default) or `raw`",

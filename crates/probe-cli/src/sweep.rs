@@ -152,14 +152,15 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
     let judge_specs = crate::score::preflight(&args.judges)?;
     let mllama = crate::mllama_cmd::is_mllama(&model_dir)?;
     let (num_layers, default_layer, template_name, texts) = if mllama {
-        crate::mllama_cmd::sweep_inputs(&model_dir, args.template, &rows)?
+        let (n, default, name, texts) = crate::mllama_cmd::sweep_inputs(&model_dir, args.template, &rows)?;
+        (n, default, name.to_string(), texts)
     } else {
         let config = LlavaConfig::from_dir(&model_dir)?;
         let num_layers = config.vision_layers();
         let default_layer = resolve_layer(config.default_layer()?, num_layers)?;
-        let template = args.template.unwrap_or(TemplateArg::LlavaV1).template()?;
-        let texts: Vec<String> = rows.iter().map(|r| template.render(&r.prompt)).collect::<Result<_, _>>()?;
-        (num_layers, default_layer, template.name(), texts)
+        let prompts: Vec<&str> = rows.iter().map(|r| r.prompt.as_str()).collect();
+        let (template, texts) = crate::common::llava_prompts(&model_dir, args.template, &prompts)?;
+        (num_layers, default_layer, template, texts)
     };
     let layers = parse_layers(&args.layers, num_layers)?;
 
