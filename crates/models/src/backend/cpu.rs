@@ -3,7 +3,9 @@
 //! is checked against — but it must still run the demo and the tiny fixtures in seconds.
 use rayon::prelude::*;
 
-use super::{argmax_row, sample_row, Activation, AttentionShape, Backend, SamplingParams, SeqChunk};
+use super::{
+    argmax_row, check_cols, same_dims, sample_row, Activation, AttentionShape, Backend, SamplingParams, SeqChunk,
+};
 use crate::error::{Error, Result};
 
 /// A row-major f32 matrix in host memory.
@@ -45,21 +47,10 @@ const PARALLEL_GEMM_WORK: usize = 1 << 18;
 /// the cores, large enough that the per-head GEMMs are efficient.
 const ATTENTION_BLOCK_ROWS: usize = 64;
 
-fn same_dims(a: &CpuTensor, b: &CpuTensor, op: &str) -> Result<()> {
-    if (a.rows, a.cols) != (b.rows, b.cols) {
-        return Err(Error::invalid(format!(
-            "{op}: shapes [{}, {}] and [{}, {}] differ",
-            a.rows, a.cols, b.rows, b.cols
-        )));
+impl super::Matrix for CpuTensor {
+    fn rows_cols(&self) -> (usize, usize) {
+        (self.rows, self.cols)
     }
-    Ok(())
-}
-
-fn check_cols(t: &CpuTensor, cols: usize, op: &str) -> Result<()> {
-    if t.cols != cols {
-        return Err(Error::invalid(format!("{op}: expected {cols} columns, got {}", t.cols)));
-    }
-    Ok(())
 }
 
 /// `dst[m×n] = lhs[m×k] · rhs`, where `rhs` is given by its strides so that transposed weights

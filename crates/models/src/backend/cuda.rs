@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use icet_kernels::{Act, AttnRow, DevBuf, Gpu, SeqDesc};
 
-use super::{uniform_from_seed, Activation, AttentionShape, Backend, SamplingParams, SeqChunk};
+use super::{check_cols, same_dims, uniform_from_seed, Activation, AttentionShape, Backend, SamplingParams, SeqChunk};
 use crate::error::{Error, Result};
 
 pub use icet_kernels::DType;
@@ -226,21 +226,10 @@ fn to_i32(v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(format!("{v} rows exceed the CUDA kernels' 32-bit indices")))
 }
 
-fn same_dims(a: &CudaTensor, b: &CudaTensor, op: &str) -> Result<()> {
-    if (a.rows, a.cols) != (b.rows, b.cols) {
-        return Err(Error::invalid(format!(
-            "{op}: shapes [{}, {}] and [{}, {}] differ",
-            a.rows, a.cols, b.rows, b.cols
-        )));
+impl super::Matrix for CudaTensor {
+    fn rows_cols(&self) -> (usize, usize) {
+        (self.rows, self.cols)
     }
-    Ok(())
-}
-
-fn check_cols(t: &CudaTensor, cols: usize, op: &str) -> Result<()> {
-    if t.cols != cols {
-        return Err(Error::invalid(format!("{op}: expected {cols} columns, got {}", t.cols)));
-    }
-    Ok(())
 }
 
 impl Backend for Cuda {

@@ -201,6 +201,29 @@ pub trait Backend: Send + Sync {
     fn sample(&self, logits: &Self::Tensor, params: SamplingParams, seeds: &[u64]) -> Result<Vec<u32>>;
 }
 
+/// Rows and columns of a backend's tensor, for the shape checks every backend shares.
+pub(crate) trait Matrix {
+    fn rows_cols(&self) -> (usize, usize);
+}
+
+/// Both operands of `op` must have the same shape.
+pub(crate) fn same_dims(a: &impl Matrix, b: &impl Matrix, op: &str) -> Result<()> {
+    let ((ar, ac), (br, bc)) = (a.rows_cols(), b.rows_cols());
+    if (ar, ac) != (br, bc) {
+        return Err(crate::error::Error::invalid(format!("{op}: shapes [{ar}, {ac}] and [{br}, {bc}] differ")));
+    }
+    Ok(())
+}
+
+/// `t` must have `cols` columns.
+pub(crate) fn check_cols(t: &impl Matrix, cols: usize, op: &str) -> Result<()> {
+    let got = t.rows_cols().1;
+    if got != cols {
+        return Err(crate::error::Error::invalid(format!("{op}: expected {cols} columns, got {got}")));
+    }
+    Ok(())
+}
+
 /// SplitMix64: a tiny, well-studied generator that every backend can reproduce bit for bit, so a
 /// seeded run draws the same tokens on CPU and GPU.
 pub fn splitmix64(state: u64) -> u64 {
