@@ -17,15 +17,14 @@
 #[path = "gpu_common.rs"]
 mod gpu_common;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
 use icet_models::backend::cuda::{Cuda, DType};
 use icet_models::backend::Backend;
 use icet_models::generation::{generate, DecodeOptions, Request};
 use icet_models::llava::{resolve_layer, FeatureStrategy, Llava, LoadParts};
 use icet_models::prompt::Template;
-use serde_json::Value;
+
+mod common;
+use common::{fixture, load_reference, rel_err};
 
 struct Tolerance {
     vision: f64,
@@ -38,49 +37,6 @@ fn tolerance(d: DType) -> Tolerance {
         DType::F32 => Tolerance { vision: 1e-3, logits: 1e-3, margin_for_equal_tokens: 2e-3 },
         DType::BF16 | DType::F16 => Tolerance { vision: 6e-2, logits: 6e-2, margin_for_equal_tokens: 0.25 },
     }
-}
-
-/// `ICET_FIXTURES` overrides the fixture directory: scripts/gpu-check.sh runs this binary on
-/// another machine, where the path compiled in below does not exist.
-fn fixture(name: &str) -> PathBuf {
-    match std::env::var_os("ICET_FIXTURES") {
-        Some(dir) => PathBuf::from(dir).join(name),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name),
-    }
-}
-
-struct Reference {
-    json: Value,
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
-}
-
-fn load_reference(dir: &Path) -> Reference {
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let tensors = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), safetensors::Dtype::F32);
-            let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            (name, (view.shape().to_vec(), data))
-        })
-        .collect();
-    Reference { json, tensors }
-}
-
-impl Reference {
-    fn get(&self, name: &str) -> &(Vec<usize>, Vec<f32>) {
-        self.tensors.get(name).unwrap_or_else(|| panic!("reference tensor {name} missing"))
-    }
-}
-
-fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(ours.len(), reference.len(), "length");
-    assert!(ours.iter().all(|v| v.is_finite()), "non-finite output");
-    let scale = reference.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64)).max(1e-12);
-    ours.iter().zip(reference).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max) / scale
 }
 
 fn check_model(b: &Cuda, name: &str) {

@@ -7,7 +7,6 @@
 //! - first-step logits: 1e-4 relative;
 //! - greedy tokens: equal at every step whose recorded top-2 margin is >= 2e-3 (after a step with
 //!   a smaller margin, transformers' own choice is a coin flip, so later tokens are not compared).
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use icet_models::backend::cpu::{Cpu, CpuTensor};
@@ -15,54 +14,14 @@ use icet_models::backend::Backend;
 use icet_models::generation::{generate, generate_stream, DecodeOptions, Request, Stream};
 use icet_models::llava::{resolve_layer, FeatureStrategy, Llava, LoadParts};
 use icet_models::prompt::Template;
-use serde_json::Value;
+
+mod common;
+use common::{fixture, load_reference, max_abs, rel_err, Reference};
 
 const VISION_TOL: f64 = 1e-4;
 const LOGITS_TOL: f64 = 1e-4;
 const PIXEL_TOL: f64 = 1e-4;
 const MARGIN_FOR_EQUAL_TOKENS: f64 = 2e-3;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
-}
-
-struct Reference {
-    json: Value,
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
-}
-
-fn load_reference(dir: &Path) -> Reference {
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let tensors = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), safetensors::Dtype::F32);
-            let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            (name, (view.shape().to_vec(), data))
-        })
-        .collect();
-    Reference { json, tensors }
-}
-
-impl Reference {
-    fn get(&self, name: &str) -> &(Vec<usize>, Vec<f32>) {
-        self.tensors.get(name).unwrap_or_else(|| panic!("reference tensor {name} missing"))
-    }
-}
-
-fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(ours.len(), reference.len(), "length");
-    let scale = reference.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64)).max(1e-12);
-    ours.iter().zip(reference).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max) / scale
-}
-
-fn max_abs(ours: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(ours.len(), reference.len(), "length");
-    ours.iter().zip(reference).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max)
-}
 
 fn image_path(dir: &Path, r: &Reference, img: &str) -> PathBuf {
     dir.join(r.json["images"][img].as_str().unwrap())

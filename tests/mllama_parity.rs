@@ -9,7 +9,6 @@
 //! - first-step logits: 1e-4 relative;
 //! - greedy tokens: equal at every step whose recorded top-2 margin is >= 2e-3 (after a step with
 //!   a smaller margin, later tokens are not compared).
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use icet_models::backend::cpu::Cpu;
@@ -18,6 +17,9 @@ use icet_models::backend::Backend;
 use icet_models::mllama::model::{build_string_from_input, llama3_text_only};
 use icet_models::mllama::{CrossRequest, ExitRule, Mllama, MllamaLoadParts, MllamaTemplate};
 use serde_json::Value;
+
+mod common;
+use common::{fixture, load_reference, max_abs, rel_err, Reference};
 
 #[macro_use]
 #[path = "gpu_common.rs"]
@@ -40,53 +42,6 @@ fn cuda_tolerance(d: DType) -> Tolerance {
         DType::F32 => Tolerance { tensor: 1e-3, margin_for_equal_tokens: 2e-3 },
         DType::BF16 | DType::F16 => Tolerance { tensor: 6e-2, margin_for_equal_tokens: 0.25 },
     }
-}
-
-/// `ICET_FIXTURES` overrides the fixture directory (scripts/gpu-check.sh runs test binaries on
-/// another machine).
-fn fixture(name: &str) -> PathBuf {
-    match std::env::var_os("ICET_FIXTURES") {
-        Some(dir) => PathBuf::from(dir).join(name),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name),
-    }
-}
-
-struct Reference {
-    json: Value,
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
-}
-
-fn load_reference(dir: &Path) -> Reference {
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let tensors = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), safetensors::Dtype::F32);
-            let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            (name, (view.shape().to_vec(), data))
-        })
-        .collect();
-    Reference { json, tensors }
-}
-
-impl Reference {
-    fn get(&self, name: &str) -> &(Vec<usize>, Vec<f32>) {
-        self.tensors.get(name).unwrap_or_else(|| panic!("reference tensor {name} missing"))
-    }
-}
-
-fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(ours.len(), reference.len(), "length");
-    let scale = reference.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64)).max(1e-12);
-    ours.iter().zip(reference).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max) / scale
-}
-
-fn max_abs(ours: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(ours.len(), reference.len(), "length");
-    ours.iter().zip(reference).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max)
 }
 
 fn image_path(dir: &Path, r: &Reference, img: &str) -> PathBuf {
