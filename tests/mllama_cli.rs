@@ -2,54 +2,22 @@
 //! transformers references of tools/fixtures/make_mllama_fixtures.py), `generate` (greedy tokens
 //! against the references), `sweep` (every layer, resume, consistency with `generate`), and
 //! one-line errors for options that do not apply.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
+mod cli_common;
+use cli_common::{assert_one_line_error, f32s, fixture, icet, rel_err, scratch};
+
 const TOL: f64 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
-}
-
-fn icet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_icet")).args(args).output().expect("icet runs")
-}
 
 fn ok(out: &Output) -> String {
     assert!(out.status.success(), "icet failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("icet-mllama-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn f32s(st: &safetensors::SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let v = st.tensor(name).unwrap_or_else(|_| panic!("tensor {name}"));
-    (v.shape().to_vec(), v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64)).max(1e-12);
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).fold(0.0, f64::max) / scale
-}
-
 fn reference(model: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(model).join("reference.json")).unwrap()).unwrap()
-}
-
-fn one_line_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("icet: ")).collect();
-    assert_eq!(lines.len(), 1, "one error line, got: {stderr}");
-    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "expected `{needle}` in: {stderr}");
 }
 
 #[test]
@@ -236,10 +204,10 @@ fn llava_only_options_are_one_line_errors() {
         a.extend_from_slice(extra);
         icet(&a)
     };
-    one_line_error(&with(&["--template", "llava-v1"]), "--template llava-v1");
-    one_line_error(&with(&["--strategy", "full"]), "--strategy");
-    one_line_error(&with(&["--layer", "9"]), "layer 9");
-    one_line_error(&with(&["--template", "raw"]), "<|image|>");
+    assert_one_line_error(&with(&["--template", "llava-v1"]), "--template llava-v1");
+    assert_one_line_error(&with(&["--strategy", "full"]), "--strategy");
+    assert_one_line_error(&with(&["--layer", "9"]), "layer 9");
+    assert_one_line_error(&with(&["--template", "raw"]), "<|image|>");
     let llava = fixture("llava-tiny");
     let out = icet(&[
         "generate",
@@ -254,5 +222,5 @@ fn llava_only_options_are_one_line_errors() {
         "--template",
         "llama3",
     ]);
-    one_line_error(&out, "llama3");
+    assert_one_line_error(&out, "llama3");
 }
