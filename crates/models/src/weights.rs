@@ -80,6 +80,19 @@ impl Checkpoint {
         self.location.contains_key(name)
     }
 
+    /// The first of `candidates` under which `probe` exists: how a model finds where a component
+    /// (`what`, for the error) lives among the checkpoint layouts in use.
+    pub fn find_prefix(&self, candidates: &[&str], probe: &str, what: &str) -> Result<String> {
+        candidates.iter().find(|p| self.contains(&format!("{p}{probe}"))).map(|p| p.to_string()).ok_or_else(|| {
+            let files: Vec<String> = self.files().iter().map(|f| f.display().to_string()).collect();
+            Error::invalid(format!(
+                "{}: no {what} weights (looked for `{probe}` under {})",
+                files.join(", "),
+                candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.location.keys().map(String::as_str)
     }

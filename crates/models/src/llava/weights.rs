@@ -4,7 +4,7 @@
 //! - re-saves by transformers ≥ 4.52: `model.language_model.*`, `model.vision_tower.vision_model.*`,
 //!   `model.multi_modal_projector.*`, `lm_head.*`;
 //! - either of the above with the vision tower's keys directly under `vision_tower.` (no `vision_model.`).
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::weights::Checkpoint;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,39 +15,26 @@ pub struct LlavaLayout {
     pub lm_head: String,
 }
 
-fn find(checkpoint: &Checkpoint, candidates: &[&str], probe: &str, what: &str) -> Result<String> {
-    candidates.iter().find(|p| checkpoint.contains(&format!("{p}{probe}"))).map(|p| p.to_string()).ok_or_else(|| {
-        let files: Vec<String> = checkpoint.files().iter().map(|f| f.display().to_string()).collect();
-        Error::invalid(format!(
-            "{}: no {what} weights (looked for `{probe}` under {})",
-            files.join(", "),
-            candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
-        ))
-    })
-}
-
 impl LlavaLayout {
     pub fn detect(checkpoint: &Checkpoint) -> Result<Self> {
-        let vision = find(
-            checkpoint,
+        let vision = checkpoint.find_prefix(
             &["vision_tower.vision_model.", "model.vision_tower.vision_model.", "vision_tower.", "model.vision_tower."],
             "embeddings.patch_embedding.weight",
             "vision tower",
         )?;
-        let projector = find(
-            checkpoint,
+        let projector = checkpoint.find_prefix(
             &["multi_modal_projector.", "model.multi_modal_projector."],
             "linear_1.weight",
             "projector",
         )?;
-        let text = find(
-            checkpoint,
+        let text = checkpoint.find_prefix(
             &["language_model.model.", "model.language_model.", "language_model."],
             "embed_tokens.weight",
             "language model",
         )?;
         // A checkpoint without an output projection ties it to the embeddings.
-        let lm_head = find(checkpoint, &["language_model.lm_head.", "lm_head."], "weight", "lm_head")
+        let lm_head = checkpoint
+            .find_prefix(&["language_model.lm_head.", "lm_head."], "weight", "lm_head")
             .unwrap_or_else(|_| "lm_head.".to_string());
         Ok(Self { vision, projector, text, lm_head })
     }

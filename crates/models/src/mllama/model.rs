@@ -29,39 +29,25 @@ pub struct MllamaLayout {
     pub lm_head: String,
 }
 
-fn find(checkpoint: &Checkpoint, candidates: &[&str], probe: &str, what: &str) -> Result<String> {
-    candidates.iter().find(|p| checkpoint.contains(&format!("{p}{probe}"))).map(|p| p.to_string()).ok_or_else(|| {
-        let files: Vec<String> = checkpoint.files().iter().map(|f| f.display().to_string()).collect();
-        Error::invalid(format!(
-            "{}: no {what} weights (looked for `{probe}` under {})",
-            files.join(", "),
-            candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
-        ))
-    })
-}
-
 impl MllamaLayout {
     pub fn detect(checkpoint: &Checkpoint) -> Result<Self> {
         Ok(Self {
-            vision: find(
-                checkpoint,
+            vision: checkpoint.find_prefix(
                 &["vision_model.", "model.vision_model."],
                 "patch_embedding.weight",
                 "vision encoder",
             )?,
-            projector: find(
-                checkpoint,
+            projector: checkpoint.find_prefix(
                 &["multi_modal_projector.", "model.multi_modal_projector."],
                 "weight",
                 "projector",
             )?,
-            text: find(
-                checkpoint,
+            text: checkpoint.find_prefix(
                 &["language_model.model.", "model.language_model."],
                 "embed_tokens.weight",
                 "language model",
             )?,
-            lm_head: find(checkpoint, &["language_model.lm_head.", "lm_head."], "weight", "lm_head")?,
+            lm_head: checkpoint.find_prefix(&["language_model.lm_head.", "lm_head."], "weight", "lm_head")?,
         })
     }
 }
