@@ -86,7 +86,18 @@ pub fn run(args: Args) -> Result<()> {
         t.vocab_size,
         info["text"]["parameters"]
     );
-    for d in &dtypes {
+    print_weights(&dtypes, [&layout.vision, &layout.text, &layout.projector], &info["parameters"]);
+    Ok(())
+}
+
+/// The lines every family's `info` ends with: weights by dtype, where the components live, and
+/// the parameter count.
+pub fn print_weights(
+    dtypes: &[serde_json::Value],
+    [vision, text, projector]: [&str; 3],
+    parameters: &serde_json::Value,
+) {
+    for d in dtypes {
         println!(
             "weights         {} tensors of {} ({} params)",
             d["tensors"],
@@ -94,7 +105,6 @@ pub fn run(args: Args) -> Result<()> {
             d["parameters"]
         );
     }
-    println!("layout          vision `{}`, text `{}`, projector `{}`", layout.vision, layout.text, layout.projector);
-    println!("parameters      {}", info["parameters"]);
-    Ok(())
+    println!("layout          vision `{vision}`, text `{text}`, projector `{projector}`");
+    println!("parameters      {parameters}");
 }

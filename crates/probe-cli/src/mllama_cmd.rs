@@ -234,16 +234,7 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
         t.llama.vocab_size,
         info["text"]["parameters"]
     );
-    for d in &dtypes {
-        println!(
-            "weights         {} tensors of {} ({} params)",
-            d["tensors"],
-            d["dtype"].as_str().unwrap_or(""),
-            d["parameters"]
-        );
-    }
-    println!("layout          vision `{}`, text `{}`, projector `{}`", layout.vision, layout.text, layout.projector);
-    println!("parameters      {}", info["parameters"]);
+    crate::info::print_weights(&dtypes, [&layout.vision, &layout.text, &layout.projector], &info["parameters"]);
     Ok(())
 }
 
