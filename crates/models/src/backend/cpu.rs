@@ -4,7 +4,8 @@
 use rayon::prelude::*;
 
 use super::{
-    argmax_row, check_cols, same_dims, sample_row, Activation, AttentionShape, Backend, SamplingParams, SeqChunk,
+    argmax_row, check_attention, check_cols, same_dims, sample_row, Activation, AttentionShape, Backend,
+    SamplingParams, SeqChunk,
 };
 use crate::error::{Error, Result};
 
@@ -428,14 +429,8 @@ impl Backend for Cpu {
         lens: &[usize],
         s: AttentionShape,
     ) -> Result<CpuTensor> {
+        check_attention(q, k, v, lens, s)?;
         let hd = s.head_dim;
-        check_cols(q, s.heads * hd, "attention q")?;
-        check_cols(k, s.kv_heads * hd, "attention k")?;
-        same_dims(k, v, "attention k/v")?;
-        let total: usize = lens.iter().sum();
-        if q.rows != total || k.rows != total || s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
-            return Err(Error::invalid(format!("attention: {} rows for sequences of {total}", q.rows)));
-        }
         let group = s.heads / s.kv_heads;
         let (kw, qw) = (k.cols, q.cols);
         // Blocks of query rows that never cross a sequence: (first row, rows, sequence start, length).

@@ -15,7 +15,10 @@ use std::sync::{Arc, OnceLock};
 
 use icet_kernels::{Act, AttnRow, DevBuf, Gpu, SeqDesc};
 
-use super::{check_cols, same_dims, uniform_from_seed, Activation, AttentionShape, Backend, SamplingParams, SeqChunk};
+use super::{
+    check_attention, check_cols, same_dims, uniform_from_seed, Activation, AttentionShape, Backend, SamplingParams,
+    SeqChunk,
+};
 use crate::error::{Error, Result};
 
 pub use icet_kernels::DType;
@@ -419,14 +422,7 @@ impl Backend for Cuda {
         lens: &[usize],
         s: AttentionShape,
     ) -> Result<CudaTensor> {
-        let hd = s.head_dim;
-        check_cols(q, s.heads * hd, "attention q")?;
-        check_cols(k, s.kv_heads * hd, "attention k")?;
-        same_dims(k, v, "attention k/v")?;
-        let total: usize = lens.iter().sum();
-        if q.rows != total || k.rows != total || s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
-            return Err(Error::invalid(format!("attention: {} rows for sequences of {total}", q.rows)));
-        }
+        check_attention(q, k, v, lens, s)?;
         self.segment_attention(q, k, v, lens, lens, s)
     }
 

@@ -224,6 +224,26 @@ pub(crate) fn check_cols(t: &impl Matrix, cols: usize, op: &str) -> Result<()> {
     Ok(())
 }
 
+/// The arguments of [`Backend::attention`]: `q` is `[rows, heads*hd]`, `k`/`v` are
+/// `[rows, kv_heads*hd]`, the lengths cover every row, and query heads group evenly over kv heads.
+pub(crate) fn check_attention(
+    q: &impl Matrix,
+    k: &impl Matrix,
+    v: &impl Matrix,
+    lens: &[usize],
+    s: AttentionShape,
+) -> Result<()> {
+    check_cols(q, s.heads * s.head_dim, "attention q")?;
+    check_cols(k, s.kv_heads * s.head_dim, "attention k")?;
+    same_dims(k, v, "attention k/v")?;
+    let total: usize = lens.iter().sum();
+    let (q_rows, k_rows) = (q.rows_cols().0, k.rows_cols().0);
+    if q_rows != total || k_rows != total || s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
+        return Err(crate::error::Error::invalid(format!("attention: {q_rows} rows for sequences of {total}")));
+    }
+    Ok(())
+}
+
 /// SplitMix64: a tiny, well-studied generator that every backend can reproduce bit for bit, so a
 /// seeded run draws the same tokens on CPU and GPU.
 pub fn splitmix64(state: u64) -> u64 {
