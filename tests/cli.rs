@@ -206,8 +206,8 @@ fn bad_inputs_give_one_line_errors() {
     .unwrap();
     let run_dir = dir.join("run");
     let d = dir.join("d.jsonl");
-    assert_one_line_error(
-        &icet(&[
+    let sweep = || {
+        icet(&[
             "sweep",
             "--model",
             m,
@@ -217,24 +217,11 @@ fn bad_inputs_give_one_line_errors() {
             run_dir.to_str().unwrap(),
             "--device",
             "cpu",
-        ]),
-        "d.jsonl:2",
-    );
+        ])
+    };
+    assert_one_line_error(&sweep(), "d.jsonl:2");
     std::fs::write(&d, "{\"id\": \"1\", \"prompt\": \"hi\", \"image\": \"missing.png\"}\n").unwrap();
-    assert_one_line_error(
-        &icet(&[
-            "sweep",
-            "--model",
-            m,
-            "--data",
-            d.to_str().unwrap(),
-            "--out",
-            run_dir.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ]),
-        "missing.png",
-    );
+    assert_one_line_error(&sweep(), "missing.png");
 }
 
 #[test]

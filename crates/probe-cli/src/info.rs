@@ -25,11 +25,7 @@ pub fn run(args: Args) -> Result<()> {
     let layout = LlavaLayout::detect(&checkpoint)?;
     let (v, t) = (&config.vision_config, &config.text_config);
     let default_layer = config.default_layer()?;
-    let dtypes: Vec<serde_json::Value> = checkpoint
-        .dtype_summary()
-        .into_iter()
-        .map(|(d, n, p)| serde_json::json!({"dtype": d, "tensors": n, "parameters": p}))
-        .collect();
+    let dtypes = crate::info::dtype_rows(&checkpoint);
     let info = serde_json::json!({
         "architecture": "LlavaForConditionalGeneration",
         "model_dir": dir,
@@ -107,4 +103,13 @@ pub fn print_weights(
     }
     println!("layout          vision `{vision}`, text `{text}`, projector `{projector}`");
     println!("parameters      {parameters}");
+}
+
+/// Tensors and parameters per stored dtype, as `info --json` reports them.
+pub fn dtype_rows(checkpoint: &Checkpoint) -> Vec<serde_json::Value> {
+    checkpoint
+        .dtype_summary()
+        .into_iter()
+        .map(|(d, n, p)| serde_json::json!({"dtype": d, "tensors": n, "parameters": p}))
+        .collect()
 }

@@ -169,11 +169,7 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
     let checkpoint = icet_models::weights::Checkpoint::open(dir)?;
     let layout = icet_models::mllama::MllamaLayout::detect(&checkpoint)?;
     let (v, t) = (&config.vision_config, &config.text_config);
-    let dtypes: Vec<serde_json::Value> = checkpoint
-        .dtype_summary()
-        .into_iter()
-        .map(|(d, n, p)| serde_json::json!({"dtype": d, "tensors": n, "parameters": p}))
-        .collect();
+    let dtypes = crate::info::dtype_rows(&checkpoint);
     let info = serde_json::json!({
         "architecture": "MllamaForConditionalGeneration",
         "model_dir": dir,
