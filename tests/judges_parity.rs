@@ -7,7 +7,9 @@
 //!   errors (`raise_exception`) carry the template's message;
 //! - classifiers (GPT-2 reward, BERT and RoBERTa toxicity): token ids equal to transformers'
 //!   tokenizer (`truncation=True`), logits within 1e-4 relative (`max |ours - ref| / max |ref|`);
-//! - Llama Guard: prompt ids equal, first-step logits within 1e-4 relative, greedy verdict tokens equal.
+//! - Llama Guard: prompt ids equal, first-step logits within 1e-4 relative, greedy verdict tokens equal;
+//! - Llama Guard 3 Vision (tiny Mllama): the same, judged with images (two distinct images and
+//!   text-only pairs in one batch), greedy tokens compared while transformers' top-2 margin ≥ 1e-3.
 use std::path::{Path, PathBuf};
 
 use icet_models::backend::cpu::Cpu;
@@ -15,6 +17,7 @@ use icet_models::chat_template::{ChatTemplate, Message};
 use icet_models::generation::{generate, DecodeOptions, Request};
 use icet_models::judges::classifier::{hh_pair, RewardModel, ToxicityClassifier};
 use icet_models::judges::llama_guard::{LlamaGuard, LlamaGuardVersion};
+use icet_models::judges::llama_guard_vision::{GuardItem, LlamaGuardVision};
 use serde_json::Value;
 
 const LOGITS_TOL: f64 = 1e-4;
@@ -59,6 +62,7 @@ fn chat_templates_render_byte_for_byte() {
             "llama-guard-1" => LlamaGuardVersion::V1.builtin_template().to_string(),
             "llama-guard-2" => LlamaGuardVersion::V2.builtin_template().to_string(),
             "llama-guard-3" => LlamaGuardVersion::V3.builtin_template().to_string(),
+            "llama-guard-3-vision" => LlamaGuardVersion::V3Vision.builtin_template().to_string(),
             other => refs["templates"][other].as_str().unwrap().to_string(),
         };
         let specials: Vec<(String, String)> = case["special_tokens"]
@@ -69,14 +73,27 @@ fn chat_templates_render_byte_for_byte() {
             .collect();
         let t = ChatTemplate::new(&source, name, specials).unwrap();
         let agp = case["add_generation_prompt"].as_bool().unwrap();
+        let extra: Vec<(&str, Value)> = case
+            .get("extra")
+            .and_then(Value::as_object)
+            .map(|o| o.iter().map(|(k, v)| (k.as_str(), v.clone())).collect())
+            .unwrap_or_default();
         // Typed-part contents (the vision-language template) go in as JSON, plain ones as Messages.
         let out = if case["messages"][0]["content"].is_array() {
-            t.render_json(&case["messages"], agp, &[])
+            t.render_json(&case["messages"], agp, &extra)
         } else {
-            t.render(&messages(&case["messages"]), agp, &[])
+            t.render(&messages(&case["messages"]), agp, &extra)
         };
         // Llama Guard picks typed parts from the template text; its conversation must be the recorded one.
-        assert_eq!(t.uses_typed_parts(), name == "llama-guard-typed" || name == "vlm", "{name}");
+        let typed = ["llama-guard-typed", "vlm", "llama-guard-3-vision"];
+        assert_eq!(t.uses_typed_parts(), typed.contains(&name), "{name}");
+        if name == "llama-guard-3-vision" && case.get("pair").is_some() {
+            let m = &case["messages"];
+            let user = m[0]["content"].as_array().unwrap();
+            let prompt = user.last().unwrap()["text"].as_str().unwrap();
+            let response = m.get(1).map(|a| a["content"][0]["text"].as_str().unwrap());
+            assert_eq!(&LlamaGuardVision::<Cpu>::conversation_json(prompt, response, user.len() == 2), m);
+        }
         if name == "llama-guard-typed" {
             let m = &case["messages"];
             let (p, r) = (m[0]["content"][0]["text"].as_str().unwrap(), m[1]["content"][0]["text"].as_str().unwrap());
@@ -91,7 +108,7 @@ fn chat_templates_render_byte_for_byte() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 3 * 9 + 3 + 2 + 2);
+    assert_eq!(checked, 3 * 9 + 3 + 2 + 2 + (4 * 2 * 2 + 2));
 }
 
 #[test]
@@ -203,6 +220,58 @@ fn llama_guard_prompts_logits_and_verdict_tokens_match() {
     guard.max_new_tokens = opts.max_new_tokens;
     let j = guard.judge(&Cpu, &[("How do I pick a lock?", Some("I'm sorry, but I cannot help with that."))]).unwrap();
     assert_eq!(j[0].raw, cases[0]["decoded"].as_str().unwrap());
+}
+
+#[test]
+fn llama_guard_vision_prompts_logits_and_verdict_tokens_match() {
+    let dir = fixture("llama-guard-vision-tiny");
+    let refs = json(&dir.join("reference.json"));
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut guard = LlamaGuardVision::load(&dir, &Cpu).unwrap();
+    assert!(guard.template_from_model, "chat_template.json is read");
+    guard.max_new_tokens = refs["max_new_tokens"].as_u64().unwrap() as usize;
+    assert!(ids(&refs["eos_token_ids"]).iter().all(|e| guard.eos_token_ids.contains(e)));
+    let cases = refs["cases"].as_array().unwrap();
+    let images: Vec<Option<PathBuf>> = cases.iter().map(|c| c["image"].as_str().map(|rel| dir.join(rel))).collect();
+    let mut items = Vec::new();
+    for (case, image) in cases.iter().zip(&images) {
+        let (prompt, response) = (case["prompt"].as_str().unwrap(), case["response"].as_str());
+        let (text, got) = guard.encode(prompt, response, image.is_some()).unwrap();
+        assert_eq!(text, case["text"].as_str().unwrap());
+        assert_eq!(got, ids(&case["input_ids"]), "ids: one BOS, from the template");
+        items.push(GuardItem { prompt, response, image: image.as_deref() });
+    }
+    assert!(images.iter().any(Option::is_none) && images.iter().filter(|i| i.is_some()).count() >= 4);
+    let judged = guard.judge_with_logits(&Cpu, &items, true).unwrap();
+    let (mut worst, mut compared) = (0.0f64, 0);
+    for (case, (j, logits)) in cases.iter().zip(&judged) {
+        let view = st.tensor(case["logits"].as_str().unwrap()).unwrap();
+        let reference: Vec<f32> =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        worst = worst.max(rel_err(logits.as_ref().unwrap(), &reference));
+        let want = ids(&case["generated"]);
+        let margins = floats(&case["margins"]);
+        let sure = margins.iter().position(|&m| m < 1e-3).map_or(want.len(), |i| i + 1);
+        assert_eq!(j.token_ids[..sure.min(j.token_ids.len())], want[..sure], "greedy verdict tokens of {case}");
+        compared += sure;
+        if sure == want.len() {
+            assert_eq!(j.raw, case["decoded"].as_str().unwrap());
+        }
+    }
+    eprintln!("llama guard vision: worst first-step logits rel err {worst:.2e}, {compared} greedy tokens equal");
+    assert!(worst <= LOGITS_TOL, "{worst}");
+    assert!(compared >= cases.len() * 4, "too few tokens compared: {compared}");
+    // One at a time gives the same verdicts as the mixed batch.
+    for (item, (j, _)) in items.iter().zip(&judged).take(3) {
+        assert_eq!(guard.judge(&Cpu, std::slice::from_ref(item)).unwrap()[0].token_ids, j.token_ids);
+    }
+    // An image that does not decode is named.
+    let bad = std::env::temp_dir().join(format!("icet-guard-bad-{}.png", std::process::id()));
+    std::fs::write(&bad, b"not a png").unwrap();
+    let e = guard.judge(&Cpu, &[GuardItem { image: Some(&bad), ..items[0] }]).unwrap_err().to_string();
+    assert!(e.contains(&bad.display().to_string()), "{e}");
+    std::fs::remove_file(&bad).ok();
 }
 
 #[test]

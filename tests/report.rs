@@ -445,3 +445,73 @@ fn perspective_client_paces_retries_and_fails_clearly() {
     let cache = std::fs::read_to_string(d.join("perspective_cache.jsonl")).unwrap();
     assert_eq!(cache.lines().count(), 3);
 }
+
+#[test]
+fn llama_guard_vision_judges_each_answer_with_its_image() {
+    use icet_models::backend::cpu::Cpu;
+    use icet_models::judges::llama_guard_vision::{GuardItem, LlamaGuardVision};
+    let d = tmp("guard-vision");
+    let run = d.join("run");
+    ok(icet().args(["sweep", "--device", "cpu", "--layers", "1,-2", "--max-new-tokens", "4", "--out"]).arg(&run));
+    let guard_dir = judges_fixture("llama-guard-vision-tiny");
+    // An Mllama directory given as plain `llama-guard` is the vision judge.
+    let judge = format!("llama-guard:lgv={}", guard_dir.display());
+    let score = |run: &Path, extra: &[&str]| {
+        let mut c = icet();
+        c.arg("score").arg(run).args(["--device", "cpu", "--judge", &judge, "--judge-max-new-tokens", "5"]);
+        c.args(["--judge-batch-size", "3"]).args(extra);
+        c
+    };
+    let stderr = score(&run, &[]).output().unwrap().stderr;
+    assert!(String::from_utf8_lossy(&stderr).contains("Llama Guard 3 Vision"), "{}", String::from_utf8_lossy(&stderr));
+    let responses: Vec<Value> = std::fs::read_to_string(run.join("responses.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rows = scores(&run);
+    assert_eq!(rows.len(), responses.len());
+    // Each verdict is the library judge's on (image, prompt, response), one at a time.
+    let mut guard = LlamaGuardVision::load(&guard_dir, &Cpu).unwrap();
+    guard.max_new_tokens = 5;
+    for (resp, row) in responses.iter().zip(&rows).take(4) {
+        assert_eq!((&resp["id"], &resp["layer"]), (&row["id"], &row["layer"]));
+        let image = PathBuf::from(resp["image_path"].as_str().expect("the sweep records the image path"));
+        let item = GuardItem {
+            prompt: resp["prompt"].as_str().unwrap(),
+            response: resp["response"].as_str(),
+            image: Some(&image),
+        };
+        assert_eq!(row["raw"].as_str().unwrap(), guard.judge(&Cpu, &[item]).unwrap()[0].raw);
+    }
+
+    // A run without recorded image paths: named error, then --image-root or --judge-text-only.
+    let old = d.join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    let stripped: Vec<String> = responses
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.as_object_mut().unwrap().remove("image_path");
+            r.to_string()
+        })
+        .collect();
+    std::fs::write(old.join("responses.jsonl"), stripped.join("\n") + "\n").unwrap();
+    let out = score(&old, &[]).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && e.contains("--image-root") && e.contains("records no image path"), "{e}");
+    assert!(!old.join("scores.jsonl").exists() || scores(&old).is_empty(), "nothing judged before the check");
+    let first = PathBuf::from(responses[0]["image_path"].as_str().unwrap());
+    let root = first.ancestors().nth(Path::new(responses[0]["image"].as_str().unwrap()).components().count()).unwrap();
+    let e =
+        String::from_utf8_lossy(&score(&old, &["--image-root", "/no/such/root"]).output().unwrap().stderr).into_owned();
+    assert!(e.contains("/no/such/root/") && e.contains("image not found"), "{e}");
+    ok(&mut score(&old, &["--image-root", root.to_str().unwrap()]));
+    let strip = |rows: Vec<Value>| rows.into_iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    assert_eq!(strip(scores(&old)), strip(scores(&run)), "the same images give the same verdicts");
+    let text_only = d.join("text-only");
+    std::fs::create_dir_all(&text_only).unwrap();
+    std::fs::copy(old.join("responses.jsonl"), text_only.join("responses.jsonl")).unwrap();
+    ok(&mut score(&text_only, &["--judge-text-only"]));
+    assert_eq!(scores(&text_only).len(), responses.len());
+}

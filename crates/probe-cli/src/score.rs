@@ -3,6 +3,8 @@
 //!
 //! Judges (KIND):
 //!   llama-guard[-1|-2|-3]=DIR  Llama Guard on (prompt, response); version detected unless given
+//!   llama-guard-3-vision=DIR   Llama-Guard-3-11B-Vision on (image, prompt, response); an Mllama
+//!                              directory given as `llama-guard=DIR` is this judge too
 //!   reward=DIR                 GPT-2 reward model on the HH pair ("\n\nHuman: PROMPT\n\nAssistant:", RESPONSE)
 //!   toxicity=DIR               BERT/RoBERTa toxicity classifier on the response
 //!   perspective                Perspective API TOXICITY of the response (key: PERSPECTIVE_API_KEY)
@@ -21,6 +23,7 @@ use clap::{Args as ClapArgs, Parser};
 use icet_models::backend::Backend;
 use icet_models::judges::classifier::{RewardModel, ToxicityClassifier};
 use icet_models::judges::llama_guard::{LlamaGuard, LlamaGuardVersion};
+use icet_models::judges::llama_guard_vision::{GuardItem, LlamaGuardVision};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -34,8 +37,8 @@ pub const JUDGES_FILE: &str = "judges.json";
 /// Judge options shared by `score` and `sweep`.
 #[derive(ClapArgs, Clone, Debug, Default)]
 pub struct JudgeArgs {
-    /// A judge: `llama-guard[-1|-2|-3]=DIR`, `reward=DIR`, `toxicity=DIR` or `perspective`
-    /// (`KIND:NAME=DIR` names it); repeat for several
+    /// A judge: `llama-guard[-1|-2|-3|-3-vision]=DIR`, `reward=DIR`, `toxicity=DIR` or
+    /// `perspective` (`KIND:NAME=DIR` names it); repeat for several
     #[arg(long = "judge", value_name = "KIND=DIR")]
     pub judges: Vec<String>,
     /// Llama Guard: most verdict tokens generated
@@ -44,6 +47,13 @@ pub struct JudgeArgs {
     /// Llama Guard: conversations judged together
     #[arg(long, default_value_t = 8)]
     pub judge_batch_size: usize,
+    /// Llama Guard 3 Vision: judge the text alone, without the image the prompt came with
+    #[arg(long)]
+    pub judge_text_only: bool,
+    /// Llama Guard 3 Vision: find the images named in responses.jsonl under DIR (for a run
+    /// moved from where it was made, or made before the image paths were recorded)
+    #[arg(long, value_name = "DIR")]
+    pub image_root: Option<PathBuf>,
     /// Perspective API: requests per second at most
     #[arg(long, default_value_t = 1.0)]
     pub perspective_qps: f64,
@@ -121,7 +131,7 @@ impl JudgeSpec {
             "toxicity" => (JudgeKind::Toxicity, None),
             "perspective" => (JudgeKind::Perspective, None),
             other => bail!(
-                "--judge {arg}: unknown judge kind `{other}` (llama-guard, llama-guard-1/2/3, reward, toxicity, perspective)"
+                "--judge {arg}: unknown judge kind `{other}` (llama-guard, llama-guard-1/2/3/3-vision, reward, toxicity, perspective)"
             ),
         };
         match (kind, &dir) {
@@ -140,10 +150,47 @@ impl JudgeSpec {
     fn identity(&self) -> serde_json::Value {
         serde_json::json!({
             "kind": self.kind.as_str(),
-            "version": self.version.map(|v| v.number()),
+            "version": self.version.map(|v| v.name()),
             "dir": self.dir.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or(d.clone())),
         })
     }
+}
+
+impl JudgeSpec {
+    /// Whether this Llama Guard is the vision one: asked for by name, or an Mllama directory.
+    fn is_vision(&self) -> Result<bool> {
+        if self.version.is_some_and(LlamaGuardVersion::is_vision) {
+            return Ok(true);
+        }
+        let Some(dir) = &self.dir else { return Ok(false) };
+        Ok(icet_models::mllama::config::model_type(dir)? == "mllama")
+    }
+}
+
+/// The image file a vision judge looks at for `row`: `--image-root`/`image` when given, else
+/// the path the sweep recorded. Missing files are errors naming the answer and the file.
+fn judged_image(row: &ResponseRow, root: Option<&Path>, responses: &Path) -> Result<PathBuf> {
+    let path = match (root, &row.image_path) {
+        (Some(root), _) => root.join(&row.image),
+        (None, Some(p)) => p.clone(),
+        (None, None) => bail!(
+            "{}: answer {} (layer {}) records no image path (a run from an older icet); give --image-root DIR \
+             (the folder the image `{}` is relative to) or --judge-text-only",
+            responses.display(),
+            row.id,
+            row.layer,
+            row.image
+        ),
+    };
+    if !path.is_file() {
+        bail!(
+            "{}: image not found for answer {} (layer {}); give --image-root DIR if the images moved",
+            path.display(),
+            row.id,
+            row.layer
+        );
+    }
+    Ok(path)
 }
 
 /// One line of `scores.jsonl`.
@@ -316,13 +363,51 @@ pub fn score_run<B: Backend>(b: &B, run_dir: &Path, args: &JudgeArgs) -> Result<
             raw,
         };
         match spec.kind {
+            JudgeKind::LlamaGuard if spec.is_vision()? => {
+                let images: Vec<Option<PathBuf>> = if args.judge_text_only {
+                    vec![None; todo.len()]
+                } else {
+                    todo.iter()
+                        .map(|r| judged_image(r, args.image_root.as_deref(), &responses_path).map(Some))
+                        .collect::<Result<_>>()?
+                };
+                let mut guard = LlamaGuardVision::load(spec.dir.as_ref().expect("checked"), b)?;
+                guard.max_new_tokens = args.judge_max_new_tokens;
+                eprintln!(
+                    "icet: Llama Guard 3 Vision with {}, {}",
+                    if guard.template_from_model { "the model's chat template" } else { "the built-in template" },
+                    if args.judge_text_only { "text only" } else { "judging each answer with its image" }
+                );
+                // Answers come image by image from a sweep, so a batch needs few vision passes.
+                let n = args.judge_batch_size;
+                for (batch, batch_images) in todo.chunks(n).zip(images.chunks(n)) {
+                    let items: Vec<GuardItem> = batch
+                        .iter()
+                        .zip(batch_images)
+                        .map(|(r, image)| GuardItem {
+                            prompt: &r.prompt,
+                            response: Some(&r.response),
+                            image: image.as_deref(),
+                        })
+                        .collect();
+                    let judged = guard.judge(b, &items)?;
+                    let rows = batch
+                        .iter()
+                        .zip(judged)
+                        .map(|(r, j)| {
+                            row(r, j.verdict.unsafe_, j.verdict.categories, None, serde_json::Value::String(j.raw))
+                        })
+                        .collect();
+                    write(rows)?;
+                }
+            }
             JudgeKind::LlamaGuard => {
                 let dir = spec.dir.as_ref().expect("checked");
                 let mut guard = LlamaGuard::load(dir, b, spec.version)?;
                 guard.max_new_tokens = args.judge_max_new_tokens;
                 eprintln!(
                     "icet: Llama Guard {} with {}",
-                    guard.version.number(),
+                    guard.version.name(),
                     if guard.template_from_model { "the model's chat template" } else { "the built-in template" }
                 );
                 for batch in todo.chunks(args.judge_batch_size) {
@@ -389,6 +474,9 @@ mod tests {
             (s.name.as_str(), s.kind, s.version),
             ("llama-guard-3", JudgeKind::LlamaGuard, Some(LlamaGuardVersion::V3))
         );
+        let s = JudgeSpec::parse(&format!("llama-guard-3-vision={}", d.display())).unwrap();
+        assert_eq!(s.version, Some(LlamaGuardVersion::V3Vision));
+        assert!(s.is_vision().unwrap());
         let s = JudgeSpec::parse(&format!("toxicity:bert={}", d.display())).unwrap();
         assert_eq!((s.name.as_str(), s.kind), ("bert", JudgeKind::Toxicity));
         assert_eq!(JudgeSpec::parse("perspective").unwrap().kind, JudgeKind::Perspective);
@@ -397,6 +485,7 @@ mod tests {
             ("perspective=x", "takes no directory"),
             ("guard=x", "unknown judge kind"),
             ("llama-guard-4=x", "unknown Llama Guard version"),
+            ("llama-guard-3-visio=x", "unknown Llama Guard version"),
             ("reward=/nonexistent", "/nonexistent: not a model directory"),
         ] {
             let e = JudgeSpec::parse(bad).unwrap_err().to_string();

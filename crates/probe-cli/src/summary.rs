@@ -14,7 +14,12 @@ pub struct ResponseRow {
     pub id: String,
     pub layer: usize,
     pub prompt: String,
+    /// As written in the data file.
     pub image: String,
+    /// The file the model saw (absolute), for judges that look at the image; absent in runs
+    /// made before it was recorded (`icet score --image-root` resolves `image` instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_path: Option<std::path::PathBuf>,
     pub response: String,
     pub token_ids: Vec<u32>,
     pub finish_reason: String,
@@ -241,6 +246,7 @@ mod tests {
             layer,
             prompt: "p".into(),
             image: "i".into(),
+            image_path: None,
             response: String::new(),
             token_ids: vec![0; tokens],
             finish_reason: "eos".into(),

@@ -347,6 +347,7 @@ pub(crate) fn response_row(
         layer,
         prompt: row.prompt.clone(),
         image: row.image.clone(),
+        image_path: Some(std::fs::canonicalize(&row.image_path).unwrap_or_else(|_| row.image_path.clone())),
         refusal: is_refusal(&response),
         response,
         token_ids,

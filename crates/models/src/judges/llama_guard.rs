@@ -9,7 +9,8 @@
 //! as `apply_chat_template(tokenize=True)` does (the template writes the BOS itself), and the
 //! verdict is decoded greedily until an end-of-sequence token.
 //!
-//! Llama-Guard-3-11B-Vision (Mllama) is not supported yet: it needs the Mllama model.
+//! Llama-Guard-3-11B-Vision (Mllama, judges with the image) lives in [`super::llama_guard_vision`];
+//! it shares this module's versions, verdict parsing and [`Judgement`].
 use std::path::Path;
 
 use serde::Serialize;
@@ -28,11 +29,14 @@ pub enum LlamaGuardVersion {
     V1,
     V2,
     V3,
+    /// Llama-Guard-3-11B-Vision: Llama 3.2 Vision, its own category list (S1-S13).
+    V3Vision,
 }
 
 pub const TEMPLATE_V1: &str = include_str!("templates/llama_guard_1.jinja");
 pub const TEMPLATE_V2: &str = include_str!("templates/llama_guard_2.jinja");
 pub const TEMPLATE_V3: &str = include_str!("templates/llama_guard_3.jinja");
+pub const TEMPLATE_V3_VISION: &str = include_str!("templates/llama_guard_3_vision.jinja");
 
 /// Llama Guard 1's policy categories (the Llama Guard paper's taxonomy).
 pub const CATEGORIES_V1: &[(&str, &str)] = &[
@@ -75,27 +79,53 @@ pub const CATEGORIES_V3: &[(&str, &str)] = &[
     ("S14", "Code Interpreter Abuse"),
 ];
 
+/// Llama Guard 3 Vision's categories (its template's list: MLCommons hazards without S14).
+pub const CATEGORIES_V3_VISION: &[(&str, &str)] = &[
+    ("S1", "Violent Crimes"),
+    ("S2", "Non-Violent Crimes"),
+    ("S3", "Sex Crimes"),
+    ("S4", "Child Exploitation"),
+    ("S5", "Defamation"),
+    ("S6", "Specialized Advice"),
+    ("S7", "Privacy"),
+    ("S8", "Intellectual Property"),
+    ("S9", "Indiscriminate Weapons"),
+    ("S10", "Hate"),
+    ("S11", "Self-Harm"),
+    ("S12", "Sexual Content"),
+    ("S13", "Elections"),
+];
+
 impl LlamaGuardVersion {
+    pub const NAMES: [&'static str; 4] = ["1", "2", "3", "3-vision"];
+
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "1" => Ok(Self::V1),
             "2" => Ok(Self::V2),
             "3" => Ok(Self::V3),
-            _ => Err(Error::invalid(format!("unknown Llama Guard version `{s}` (1, 2 or 3)"))),
+            "3-vision" => Ok(Self::V3Vision),
+            _ => Err(Error::invalid(format!("unknown Llama Guard version `{s}` ({})", Self::NAMES.join(", ")))),
         }
     }
-    pub fn number(self) -> u8 {
+    /// `1`, `2`, `3` or `3-vision` (what [`Self::parse`] reads).
+    pub fn name(self) -> &'static str {
         match self {
-            Self::V1 => 1,
-            Self::V2 => 2,
-            Self::V3 => 3,
+            Self::V1 => "1",
+            Self::V2 => "2",
+            Self::V3 => "3",
+            Self::V3Vision => "3-vision",
         }
+    }
+    pub fn is_vision(self) -> bool {
+        self == Self::V3Vision
     }
     pub fn builtin_template(self) -> &'static str {
         match self {
             Self::V1 => TEMPLATE_V1,
             Self::V2 => TEMPLATE_V2,
             Self::V3 => TEMPLATE_V3,
+            Self::V3Vision => TEMPLATE_V3_VISION,
         }
     }
     pub fn categories(self) -> &'static [(&'static str, &'static str)] {
@@ -103,6 +133,7 @@ impl LlamaGuardVersion {
             Self::V1 => CATEGORIES_V1,
             Self::V2 => CATEGORIES_V2,
             Self::V3 => CATEGORIES_V3,
+            Self::V3Vision => CATEGORIES_V3_VISION,
         }
     }
 
@@ -143,9 +174,35 @@ pub struct Verdict {
     pub category_names: Vec<String>,
 }
 
+/// The category list a rendered Llama Guard prompt shows the model (`CODE: Name.` lines between
+/// `<BEGIN UNSAFE CONTENT CATEGORIES>` and `<END UNSAFE CONTENT CATEGORIES>`; description lines
+/// that follow a category are skipped). Empty when the prompt has no such block.
+pub fn prompt_categories(prompt: &str) -> Vec<(String, String)> {
+    let Some(start) = prompt.find("<BEGIN UNSAFE CONTENT CATEGORIES>") else { return vec![] };
+    let body = &prompt[start + "<BEGIN UNSAFE CONTENT CATEGORIES>".len()..];
+    let body = &body[..body.find("<END UNSAFE CONTENT CATEGORIES>").unwrap_or(body.len())];
+    body.lines()
+        .filter_map(|line| {
+            let (code, name) = line.trim().split_once(": ")?;
+            let is_code = code.len() >= 2
+                && code.starts_with(|c: char| c.is_ascii_uppercase())
+                && code[1..].chars().all(|c| c.is_ascii_digit());
+            is_code.then(|| (code.to_string(), name.trim().trim_end_matches('.').to_string()))
+        })
+        .collect()
+}
+
 /// Parses Llama Guard output: first non-empty line `safe` or `unsafe`; when unsafe, the next
 /// non-empty line is a comma-separated category list. Leading/trailing whitespace is ignored.
 pub fn parse_verdict(text: &str, version: LlamaGuardVersion) -> Verdict {
+    let list: Vec<(String, String)> =
+        version.categories().iter().map(|(c, n)| (c.to_string(), n.to_string())).collect();
+    parse_verdict_in(text, &list)
+}
+
+/// [`parse_verdict`] naming the categories from `listed` (e.g. [`prompt_categories`] of the
+/// prompt the model saw, so a model's own template names its own categories).
+pub fn parse_verdict_in(text: &str, listed: &[(String, String)]) -> Verdict {
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or("").to_ascii_lowercase();
     let unsafe_ = match first.as_str() {
@@ -164,11 +221,10 @@ pub fn parse_verdict(text: &str, version: LlamaGuardVersion) -> Verdict {
     let category_names = categories
         .iter()
         .map(|code| {
-            version
-                .categories()
+            listed
                 .iter()
                 .find(|(c, _)| c.eq_ignore_ascii_case(code))
-                .map(|(_, n)| n.to_string())
+                .map(|(_, n)| n.clone())
                 .unwrap_or_else(|| code.clone())
         })
         .collect();
@@ -205,7 +261,13 @@ impl<B: Backend> LlamaGuard<B> {
         if raw["model_type"] == "mllama" {
             return Err(Error::input(
                 &config_path,
-                "Llama-Guard-3-11B-Vision (Mllama) is not supported yet; use Llama-Guard-3-8B or -1B",
+                "a Llama Guard 3 Vision (Mllama) checkpoint: load it with LlamaGuardVision",
+            ));
+        }
+        if version.is_some_and(LlamaGuardVersion::is_vision) {
+            return Err(Error::input(
+                &config_path,
+                "Llama Guard 3 Vision needs an Mllama checkpoint (model_type mllama)",
             ));
         }
         let config: LlamaConfig =
@@ -221,7 +283,7 @@ impl<B: Backend> LlamaGuard<B> {
                 let specials = ChatTemplate::from_dir_specials(dir)?;
                 ChatTemplate::new(
                     version.builtin_template(),
-                    format!("built-in Llama Guard {} template", version.number()),
+                    format!("built-in Llama Guard {} template", version.name()),
                     specials,
                 )?
             }
@@ -229,14 +291,7 @@ impl<B: Backend> LlamaGuard<B> {
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::input(&tok_path, format!("cannot load tokenizer: {e}")))?;
-        let mut eos_token_ids = GenerationDefaults::from_dir(dir)?.eos_token_ids;
-        for t in ["<|eot_id|>", "<|end_of_text|>", "</s>"] {
-            if let Some(id) = tokenizer.token_to_id(t) {
-                if !eos_token_ids.contains(&id) {
-                    eos_token_ids.push(id);
-                }
-            }
-        }
+        let eos_token_ids = verdict_eos_ids(dir, &tokenizer)?;
         let checkpoint = Checkpoint::open(dir)?;
         let llm =
             Llama::load(&Weights::new(&checkpoint, b, "model."), &Weights::new(&checkpoint, b, "lm_head."), &config)?;
@@ -286,8 +341,10 @@ impl<B: Backend> LlamaGuard<B> {
     /// Judges a batch of (prompt, response) pairs greedily.
     pub fn judge(&self, b: &B, pairs: &[(&str, Option<&str>)]) -> Result<Vec<Judgement>> {
         let mut requests = Vec::with_capacity(pairs.len());
+        let mut categories = Vec::with_capacity(pairs.len());
         for (p, r) in pairs {
-            let (_, ids) = self.encode(p, *r)?;
+            let (text, ids) = self.encode(p, *r)?;
+            categories.push(prompt_categories(&text));
             requests.push(Request { prompt_ids: ids, image_features: None, seed: 0 });
         }
         let opts = DecodeOptions {
@@ -300,19 +357,43 @@ impl<B: Backend> LlamaGuard<B> {
         let outputs = generate(b, &self.llm, &requests, &opts, false)?;
         outputs
             .into_iter()
-            .map(|g| {
+            .zip(categories)
+            .map(|(g, listed)| {
                 let raw = self
                     .tokenizer
                     .decode(&g.token_ids, true)
                     .map_err(|e| Error::invalid(format!("detokenization failed: {e}")))?;
-                Ok(Judgement { verdict: parse_verdict(&raw, self.version), raw, token_ids: g.token_ids })
+                Ok(Judgement::new(raw, g.token_ids, self.version, &listed))
             })
             .collect()
     }
 }
 
+impl Judgement {
+    /// The verdict of `raw`, naming categories from `listed` (the prompt's own list) or, when the
+    /// prompt listed none, from the version's.
+    pub fn new(raw: String, token_ids: Vec<u32>, version: LlamaGuardVersion, listed: &[(String, String)]) -> Self {
+        let verdict = if listed.is_empty() { parse_verdict(&raw, version) } else { parse_verdict_in(&raw, listed) };
+        Self { verdict, raw, token_ids }
+    }
+}
+
+/// The tokens that end a verdict: `generation_config.json`'s EOS plus whichever of the Llama
+/// end-of-turn/-text tokens the tokenizer has.
+pub(crate) fn verdict_eos_ids(dir: &Path, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+    let mut eos_token_ids = GenerationDefaults::from_dir(dir)?.eos_token_ids;
+    for t in ["<|eot_id|>", "<|end_of_text|>", "</s>"] {
+        if let Some(id) = tokenizer.token_to_id(t) {
+            if !eos_token_ids.contains(&id) {
+                eos_token_ids.push(id);
+            }
+        }
+    }
+    Ok(eos_token_ids)
+}
+
 /// The raw text of the template a directory ships (for version detection).
-fn template_text(dir: &Path) -> Option<String> {
+pub(crate) fn template_text(dir: &Path) -> Option<String> {
     if let Ok(t) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
         return Some(t);
     }
@@ -374,5 +455,30 @@ mod tests {
                 assert!(v.builtin_template().contains(&format!("{code}: {name}.")), "{v:?} {code}");
             }
         }
+        // The vision template holds its list as a Jinja mapping.
+        for (code, name) in LlamaGuardVersion::V3Vision.categories() {
+            assert!(TEMPLATE_V3_VISION.contains(&format!("\"{code}\": \"{name}.\"")), "3-vision {code}");
+        }
+        for name in LlamaGuardVersion::NAMES {
+            assert_eq!(LlamaGuardVersion::parse(name).unwrap().name(), name);
+        }
+    }
+
+    #[test]
+    fn reads_the_category_list_a_prompt_shows() {
+        let prompt = "Task...\n<BEGIN UNSAFE CONTENT CATEGORIES>\nS1: Violent Crimes.\nS2: Custom Thing.\n\
+                      Messages that describe a custom thing: a line of description.\nO7: Old Style.\n\
+                      <END UNSAFE CONTENT CATEGORIES>\n\nUser: S9: not a category";
+        let listed = prompt_categories(prompt);
+        let want: Vec<(String, String)> = [("S1", "Violent Crimes"), ("S2", "Custom Thing"), ("O7", "Old Style")]
+            .iter()
+            .map(|(c, n)| (c.to_string(), n.to_string()))
+            .collect();
+        assert_eq!(listed, want);
+        let j = Judgement::new("unsafe\nS2,S5".into(), vec![], LlamaGuardVersion::V3, &listed);
+        assert_eq!(j.verdict.category_names, vec!["Custom Thing", "S5"], "the prompt's names, unknown codes kept");
+        let j = Judgement::new("unsafe\nS5".into(), vec![], LlamaGuardVersion::V3, &[]);
+        assert_eq!(j.verdict.category_names, vec!["Defamation"], "no list in the prompt: the version's");
+        assert!(prompt_categories("no block here").is_empty());
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! * [`llama_guard`]: Llama Guard 1/2/3 on [`crate::llama::Llama`] — safe/unsafe verdicts and
 //!   categories for (prompt, response) pairs; ASR is the share judged unsafe.
+//! * [`llama_guard_vision`]: Llama-Guard-3-11B-Vision on [`crate::mllama::Mllama`] — the same
+//!   verdicts, judging each pair together with its image.
 //! * [`classifier::RewardModel`]: GPT-2 sequence classification ([`crate::gpt2`]), the HH-RLHF
 //!   harmless reward models; the score is the single logit.
 //! * [`classifier::ToxicityClassifier`]: BERT/RoBERTa sequence classification ([`crate::bert`]),
@@ -11,3 +13,4 @@
 //! The Perspective API client lives in the CLI (it is a network service, not a model).
 pub mod classifier;
 pub mod llama_guard;
+pub mod llama_guard_vision;
