@@ -3,7 +3,10 @@
 //! which the layers listed in `cross_attention_layers` are *cross-attention* layers instead of
 //! self-attention layers (`MllamaCrossAttentionDecoderLayer`): queries from the text (with a
 //! per-head `q_norm`), keys/values from the projected vision states (per-head `k_norm`),
-//! `tanh`-gated attention and MLP residuals.
+//! `tanh`-gated attention and MLP residuals. The self-attention layers
+//! (`MllamaSelfAttentionDecoderLayer`) are Llama's `LlamaDecoderLayer`, weight names included:
+//! [`crate::llama::text::LlamaDecoderLayer`] runs them; this module adds the cross-attention
+//! layers and their interleaving.
 //!
 //! `cross_attention_mask` semantics (`_prepare_cross_attention_mask` and the processor's
 //! `get_cross_attention_token_mask`, one image per prompt): text from the `<|image|>` token on
@@ -20,36 +23,12 @@ use super::config::MllamaTextConfig;
 use crate::backend::{AttentionShape, Backend, SeqChunk};
 use crate::error::{Error, Result};
 use crate::generation::{step_seed, DecodeOptions, FinishReason, Generated};
+use crate::llama::text::{attention_shape, check_config, norm_last_rows, LlamaDecoderLayer, LlamaMlp, RotaryPositions};
+use crate::llama::LlamaConfig;
 use crate::nn::{Linear, RmsNorm};
 use crate::weights::Weights;
 
-struct Mlp<B: Backend> {
-    gate_proj: Linear<B>,
-    up_proj: Linear<B>,
-    /// In cross-attention layers, pre-multiplied by `tanh(cross_attn_mlp_gate)`.
-    down_proj: Linear<B>,
-}
-
-impl<B: Backend> Mlp<B> {
-    fn forward(&self, b: &B, h: &B::Tensor) -> Result<B::Tensor> {
-        let g = self.gate_proj.forward(b, h)?;
-        let u = self.up_proj.forward(b, h)?;
-        self.down_proj.forward(b, &b.silu_mul(&g, &u)?)
-    }
-}
-
-struct SelfLayer<B: Backend> {
-    input_layernorm: RmsNorm<B>,
-    q_proj: Linear<B>,
-    k_proj: Linear<B>,
-    v_proj: Linear<B>,
-    o_proj: Linear<B>,
-    post_attention_layernorm: RmsNorm<B>,
-    mlp: Mlp<B>,
-    /// Index of this layer in the self-attention KV cache.
-    cache_layer: usize,
-}
-
+/// `MllamaCrossAttentionDecoderLayer`.
 struct CrossLayer<B: Backend> {
     input_layernorm: RmsNorm<B>,
     q_proj: Linear<B>,
@@ -60,11 +39,16 @@ struct CrossLayer<B: Backend> {
     q_norm: RmsNorm<B>,
     k_norm: RmsNorm<B>,
     post_attention_layernorm: RmsNorm<B>,
-    mlp: Mlp<B>,
+    /// `down_proj` pre-multiplied by `tanh(cross_attn_mlp_gate)`.
+    mlp: LlamaMlp<B>,
 }
 
 enum Layer<B: Backend> {
-    SelfAttn(SelfLayer<B>),
+    /// `MllamaSelfAttentionDecoderLayer`, with its index in the self-attention KV cache.
+    SelfAttn {
+        layer: LlamaDecoderLayer<B>,
+        cache_layer: usize,
+    },
     Cross(CrossLayer<B>),
 }
 
@@ -198,16 +182,9 @@ impl<B: Backend> MllamaText<B> {
         let c = &config.llama;
         let (d, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
         let (qw, kw) = (c.num_attention_heads * hd, c.kv_heads() * hd);
-        if c.hidden_act != "silu" {
-            return Err(Error::invalid(format!("unsupported text hidden_act `{}`", c.hidden_act)));
-        }
-        if c.kv_heads() == 0 || !c.num_attention_heads.is_multiple_of(c.kv_heads()) {
-            return Err(Error::invalid(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                c.num_attention_heads,
-                c.kv_heads()
-            )));
-        }
+        check_config(c)?;
+        // `MllamaTextSelfAttention` and `MllamaTextMLP` have no biases, whatever the config says.
+        let self_config = LlamaConfig { attention_bias: false, mlp_bias: false, ..c.clone() };
         let eps = c.rms_norm_eps;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         let mut self_layers = 0;
@@ -227,28 +204,15 @@ impl<B: Backend> MllamaText<B> {
                     q_norm: RmsNorm::load(&a, "q_norm", hd, eps)?,
                     k_norm: RmsNorm::load(&a, "k_norm", hd, eps)?,
                     post_attention_layernorm: RmsNorm::load(&l, "post_attention_layernorm", d, eps)?,
-                    mlp: Mlp {
+                    mlp: LlamaMlp {
                         gate_proj: Linear::load(&m, "gate_proj", f, d, false)?,
                         up_proj: Linear::load(&m, "up_proj", f, d, false)?,
                         down_proj: linear_gated(&m, "down_proj", d, f, mlp_gate)?,
                     },
                 }));
             } else {
-                let a = l.sub("self_attn");
-                layers.push(Layer::SelfAttn(SelfLayer {
-                    input_layernorm: RmsNorm::load(&l, "input_layernorm", d, eps)?,
-                    q_proj: Linear::load(&a, "q_proj", qw, d, false)?,
-                    k_proj: Linear::load(&a, "k_proj", kw, d, false)?,
-                    v_proj: Linear::load(&a, "v_proj", kw, d, false)?,
-                    o_proj: Linear::load(&a, "o_proj", d, qw, false)?,
-                    post_attention_layernorm: RmsNorm::load(&l, "post_attention_layernorm", d, eps)?,
-                    mlp: Mlp {
-                        gate_proj: Linear::load(&m, "gate_proj", f, d, false)?,
-                        up_proj: Linear::load(&m, "up_proj", f, d, false)?,
-                        down_proj: Linear::load(&m, "down_proj", d, f, false)?,
-                    },
-                    cache_layer: self_layers,
-                }));
+                let layer = LlamaDecoderLayer::load(&l, &self_config)?;
+                layers.push(Layer::SelfAttn { layer, cache_layer: self_layers });
                 self_layers += 1;
             }
         }
@@ -265,8 +229,7 @@ impl<B: Backend> MllamaText<B> {
     }
 
     fn shape(&self) -> AttentionShape {
-        let c = &self.config.llama;
-        AttentionShape::new(c.num_attention_heads, c.kv_heads(), c.head_dim())
+        attention_shape(&self.config.llama)
     }
 
     /// RMSNorm over each head of `x` = `[rows, heads*hd]` (`MllamaTextRMSNorm` on
@@ -377,8 +340,7 @@ impl<B: Backend> MllamaText<B> {
         kv: Option<&CrossKv<B>>,
         cache: &mut B::KvCache,
     ) -> Result<B::Tensor> {
-        let positions: Vec<usize> = chunks.iter().flat_map(|c| c.start..c.start + c.len).collect();
-        let shape = self.shape();
+        let rope = RotaryPositions::new(chunks, &self.inv_freq);
         // How the rows meet the cross-attention K/V, and the rows whose MLP output is zeroed.
         let plan = kv.map(|kv| CrossPlan::new(chunks, cross, kv));
         let masked_rows: &[usize] = plan.as_ref().map(|p| p.masked_q_rows.as_slice()).unwrap_or(&[]);
@@ -392,17 +354,8 @@ impl<B: Backend> MllamaText<B> {
         let mut cross_index = 0;
         for layer in &self.layers {
             match layer {
-                Layer::SelfAttn(l) => {
-                    let h = l.input_layernorm.forward(b, &x)?;
-                    let mut q = l.q_proj.forward(b, &h)?;
-                    let mut k = l.k_proj.forward(b, &h)?;
-                    let v = l.v_proj.forward(b, &h)?;
-                    b.rotary(&mut q, &positions, shape.head_dim, &self.inv_freq)?;
-                    b.rotary(&mut k, &positions, shape.head_dim, &self.inv_freq)?;
-                    let a = b.cached_attention(cache, l.cache_layer, &q, &k, &v, chunks, shape)?;
-                    b.add_assign(&mut x, &l.o_proj.forward(b, &a)?)?;
-                    let h = l.post_attention_layernorm.forward(b, &x)?;
-                    b.add_assign(&mut x, &l.mlp.forward(b, &h)?)?;
+                Layer::SelfAttn { layer, cache_layer } => {
+                    layer.forward(b, &mut x, &rope, chunks, cache, *cache_layer)?
                 }
                 Layer::Cross(_) if kv.is_none() => {}
                 Layer::Cross(l) => {
@@ -421,13 +374,7 @@ impl<B: Backend> MllamaText<B> {
                 }
             }
         }
-        let mut last = Vec::with_capacity(chunks.len());
-        let mut end = 0;
-        for c in chunks {
-            end += c.len;
-            last.push(end - 1);
-        }
-        self.norm.forward(b, &b.gather_rows(&x, &last)?)
+        norm_last_rows(b, &self.norm, &x, chunks)
     }
 
     pub fn logits(&self, b: &B, hidden: &B::Tensor) -> Result<B::Tensor> {
