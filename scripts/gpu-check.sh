@@ -10,9 +10,11 @@
 #                                      bundle, run the GPU kernel tests, the conformance suite
 #                                      and the LLaVA fixture parity under CUDA (ICET_REQUIRE_GPU=1:
 #                                      a skip is a failure), a short bench pass, the demo sweep on
-#                                      the GPU, and torch's scaled_dot_product_attention at the
-#                                      ViT and prefill shapes for comparison; write everything and
-#                                      a summary.md under $OUT (default ./gpu-check-out).
+#                                      the GPU, `icet bench` beside transformers on a random
+#                                      LLaVA-1.5-7B-shaped model (tools/bench/), and torch's
+#                                      scaled_dot_product_attention at the ViT and prefill shapes
+#                                      for comparison; write everything and a summary.md under
+#                                      $OUT (default ./gpu-check-out).
 #
 # Every step has its own timeout; the whole run stays well inside 10 minutes. The device call:
 #   run(command="bash scripts/gpu-check.sh", carry=["gpu-bundle"], timeout_s=600)
@@ -152,6 +154,20 @@ device() {
   say "## Kernel benches (bf16; achieved vs H100 roofline)"
   step kernels_bench 180 "$bin/kernels_bench" --bench
   grep -h '^ROOFLINE' "$out/kernels_bench.log" 2>/dev/null | sed 's/^/    /' | tee -a "$summary"
+
+  say ""
+  say "## End to end at LLaVA-1.5-7B shapes (random bf16 weights, 4 of 32 text layers): icet bench vs transformers"
+  local synth="$work/llava7b-4l" stages=(--vision-batches 1,8 --batch-sizes 1,8,32,128 --new-tokens 32)
+  step synth_model 180 python3 tools/bench/llava_reference_bench.py make "$synth" --shape llava-7b --text-layers 4
+  step icet_bench 180 "$bin/icet" bench --model "$synth" --device cuda --dtype bf16 --image demo/images/checker.png \
+    "${stages[@]}" --out "$out/icet-bench.json"
+  grep -h -A12 '^stage' "$out/icet_bench.log" 2>/dev/null | sed 's/^/    /' | tee -a "$summary"
+  step reference_bench 240 python3 tools/bench/llava_reference_bench.py bench "$synth" --device cuda --dtype bf16 \
+    "${stages[@]}" --out "$out/reference-bench.json"
+  grep -h '^REF\|^transformers' "$out/reference_bench.log" 2>/dev/null | sed 's/^/    /' | tee -a "$summary"
+  step bench_ratio 30 python3 tools/bench/llava_reference_bench.py compare "$out/icet-bench.json" "$out/reference-bench.json"
+  grep -h '^RATIO' "$out/bench_ratio.log" 2>/dev/null | sed 's/^/    /' | tee -a "$summary"
+  rm -rf "$synth"
 
   say ""
   say "## torch scaled_dot_product_attention at the same shapes"

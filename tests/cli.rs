@@ -278,3 +278,59 @@ fn template_auto_uses_the_models_chat_template() {
         .unwrap();
     assert_eq!(ids("auto"), ids("llava-hf"), "the model's template renders llava-hf's prompt");
 }
+
+#[test]
+fn bench_reports_every_stage_with_its_work() {
+    let d = scratch("bench");
+    let out_file = d.join("bench.json");
+    let out = icet(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--model",
+        fixture("llava-tiny").to_str().unwrap(),
+        "--image",
+        fixture("images/square.png").to_str().unwrap(),
+        "--vision-batches",
+        "1,2",
+        "--batch-sizes",
+        "1,3",
+        "--new-tokens",
+        "4",
+        "--repeat",
+        "1",
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    let rows = report["measurements"].as_array().unwrap();
+    let stages: Vec<(&str, u64)> =
+        rows.iter().map(|r| (r["stage"].as_str().unwrap(), r["batch"].as_u64().unwrap())).collect();
+    assert_eq!(
+        stages,
+        [("vision", 1), ("vision", 2), ("prefill", 1), ("decode", 1), ("prefill", 3), ("decode", 3)],
+        "one row per stage and batch, in order"
+    );
+    for r in rows {
+        let (s, t) = (r["seconds"].as_f64().unwrap(), r["throughput"].as_f64().unwrap());
+        assert!(s > 0.0 && t > 0.0 && r["tflops"].as_f64().unwrap() > 0.0, "{r}");
+        // Throughput is the batch's work over the measured time.
+        let per_call = match r["stage"].as_str().unwrap() {
+            "prefill" => r["batch"].as_f64().unwrap() * report["prompt_tokens"].as_f64().unwrap(),
+            _ => r["batch"].as_f64().unwrap(),
+        };
+        assert!((t * s / per_call - 1.0).abs() < 1e-9, "{r}");
+    }
+    assert!(rows[3]["weight_gbps"].is_number(), "decode reports weight bandwidth");
+    // The llava-v1 prompt with the fixture's 16 image slots, as the sweep builds it.
+    assert!(report["prompt_tokens"].as_u64().unwrap() > 16);
+    assert_eq!(report["vision_layers_captured"], 7, "layers 0..=6 of the tiny tower");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("TFLOP/s") && table.lines().filter(|l| l.starts_with("decode")).count() == 2, "{table}");
+
+    assert_one_line_error(&icet(&["bench", "--device", "cpu", "--new-tokens", "1"]), "--new-tokens at least 2");
+    let mllama = fixture("mllama-tiny");
+    let out = icet(&["bench", "--device", "cpu", "--model", mllama.to_str().unwrap(), "--image", "x.png"]);
+    assert_one_line_error(&out, "Llama 3.2 Vision is not benchmarked yet");
+}

@@ -1,4 +1,5 @@
 //! `icet`: layer-wise safety sweeps of vision-language models by image-encoder early exit.
+mod bench;
 mod common;
 mod data;
 mod demo;
@@ -31,7 +32,8 @@ Start here:
   icet generate --model DIR --image cat.jpg --prompt 'What is this?' --layer 8
   icet sweep --model DIR --data prompts.jsonl --layers all --out runs/llava-all
   icet score runs/llava-all --judge llama-guard=GUARD_DIR --judge toxicity=DIR --judge reward=DIR
-  icet report runs/llava-all               per-layer tables with 95% intervals, plots";
+  icet report runs/llava-all               per-layer tables with 95% intervals, plots
+  icet bench --model DIR --device cuda     throughput of vision, prefill and decode, TFLOP/s";
 
 #[derive(Parser)]
 #[command(name = "icet", version, about = "Layer-wise safety sweeps of vision-language models (image-encoder early exit)", long_about = ABOUT)]
@@ -54,6 +56,8 @@ enum Command {
     Score(score::Args),
     /// Per-layer tables (CSV, JSON, Markdown) and plots of scored runs, with 95% intervals
     Report(report::Args),
+    /// Throughput of each stage (vision pass, prefill, decode by batch size) with achieved TFLOP/s
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -65,6 +69,7 @@ fn main() {
         Command::Info(a) => info::run(a),
         Command::Score(a) => score::run(a),
         Command::Report(a) => report::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         // One line, naming the input: the chain of contexts joined.

@@ -247,6 +247,10 @@ impl Backend for Cuda {
         }
     }
 
+    fn element_bytes(&self) -> usize {
+        self.dtype.size()
+    }
+
     fn from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
         if data.len() != rows * cols {
             return Err(Error::invalid(format!("tensor of {} values cannot be [{rows}, {cols}]", data.len())));

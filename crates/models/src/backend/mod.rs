@@ -82,6 +82,11 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> &'static str;
 
+    /// Bytes per stored tensor element (weights included): 4 for f32, 2 for bf16/f16.
+    fn element_bytes(&self) -> usize {
+        4
+    }
+
     // ---- data movement -------------------------------------------------------------------
     /// Uploads `data` (row-major, `rows * cols` values).
     // Device backends need `self` (their context) to upload, hence the `from_` with a receiver.
