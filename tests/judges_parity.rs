@@ -44,6 +44,12 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
+/// An f32 tensor of a reference safetensors file, flattened.
+fn tensor_f32(st: &safetensors::SafeTensors, name: &str) -> Vec<f32> {
+    let view = st.tensor(name).unwrap_or_else(|_| panic!("reference tensor {name}"));
+    view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
 fn messages(v: &Value) -> Vec<Message> {
     v.as_array()
         .unwrap()
@@ -207,9 +213,7 @@ fn llama_guard_prompts_logits_and_verdict_tokens_match() {
     let out = generate(&Cpu, &guard.llm, &requests, &opts, true).unwrap();
     let mut worst = 0.0f64;
     for (case, g) in cases.iter().zip(&out) {
-        let view = st.tensor(case["logits"].as_str().unwrap()).unwrap();
-        let reference: Vec<f32> =
-            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let reference = tensor_f32(&st, case["logits"].as_str().unwrap());
         worst = worst.max(rel_err(g.first_logits.as_ref().unwrap(), &reference));
         assert_eq!(g.token_ids, ids(&case["generated"]), "greedy verdict tokens of case {case}");
     }
@@ -246,9 +250,7 @@ fn llama_guard_vision_prompts_logits_and_verdict_tokens_match() {
     let judged = guard.judge_with_logits(&Cpu, &items, true).unwrap();
     let (mut worst, mut compared) = (0.0f64, 0);
     for (case, (j, logits)) in cases.iter().zip(&judged) {
-        let view = st.tensor(case["logits"].as_str().unwrap()).unwrap();
-        let reference: Vec<f32> =
-            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let reference = tensor_f32(&st, case["logits"].as_str().unwrap());
         worst = worst.max(rel_err(logits.as_ref().unwrap(), &reference));
         let want = ids(&case["generated"]);
         let margins = floats(&case["margins"]);

@@ -22,7 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args as ClapArgs, Parser};
 use icet_models::backend::Backend;
 use icet_models::judges::classifier::{RewardModel, ToxicityClassifier};
-use icet_models::judges::llama_guard::{LlamaGuard, LlamaGuardVersion};
+use icet_models::judges::llama_guard::{Judgement, LlamaGuard, LlamaGuardVersion};
 use icet_models::judges::llama_guard_vision::{GuardItem, LlamaGuardVision};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -362,6 +362,14 @@ pub fn score_run<B: Backend>(b: &B, run_dir: &Path, args: &JudgeArgs) -> Result<
             score,
             raw,
         };
+        // Llama Guard keeps its text as the raw output; the verdict fills `unsafe` and `categories`.
+        let verdict_rows = |batch: &[&ResponseRow], judged: Vec<Judgement>| -> Vec<ScoreRow> {
+            batch
+                .iter()
+                .zip(judged)
+                .map(|(r, j)| row(r, j.verdict.unsafe_, j.verdict.categories, None, serde_json::Value::String(j.raw)))
+                .collect()
+        };
         match spec.kind {
             JudgeKind::LlamaGuard if spec.is_vision()? => {
                 let images: Vec<Option<PathBuf>> = if args.judge_text_only {
@@ -390,15 +398,7 @@ pub fn score_run<B: Backend>(b: &B, run_dir: &Path, args: &JudgeArgs) -> Result<
                             image: image.as_deref(),
                         })
                         .collect();
-                    let judged = guard.judge(b, &items)?;
-                    let rows = batch
-                        .iter()
-                        .zip(judged)
-                        .map(|(r, j)| {
-                            row(r, j.verdict.unsafe_, j.verdict.categories, None, serde_json::Value::String(j.raw))
-                        })
-                        .collect();
-                    write(rows)?;
+                    write(verdict_rows(batch, guard.judge(b, &items)?))?;
                 }
             }
             JudgeKind::LlamaGuard => {
@@ -413,15 +413,7 @@ pub fn score_run<B: Backend>(b: &B, run_dir: &Path, args: &JudgeArgs) -> Result<
                 for batch in todo.chunks(args.judge_batch_size) {
                     let pairs: Vec<(&str, Option<&str>)> =
                         batch.iter().map(|r| (r.prompt.as_str(), Some(r.response.as_str()))).collect();
-                    let judged = guard.judge(b, &pairs)?;
-                    let rows = batch
-                        .iter()
-                        .zip(judged)
-                        .map(|(r, j)| {
-                            row(r, j.verdict.unsafe_, j.verdict.categories, None, serde_json::Value::String(j.raw))
-                        })
-                        .collect();
-                    write(rows)?;
+                    write(verdict_rows(batch, guard.judge(b, &pairs)?))?;
                 }
             }
             JudgeKind::Reward => {
