@@ -105,6 +105,9 @@ pub struct Gpu {
     name: String,
     capability: (i32, i32),
     pub(crate) sm_count: u32,
+    /// Most dynamic shared memory one block may opt into: 227 KiB on sm_90, 163 KiB on
+    /// sm_80/87, 99 KiB on sm_86/89/120 — where the flash kernel's head-dim-128 tile does not fit.
+    pub(crate) shared_optin: usize,
 }
 
 impl Gpu {
@@ -141,6 +144,9 @@ impl Gpu {
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| driver("device query", e))? as u32;
+        let shared_optin = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| driver("device query", e))? as usize;
         let stream = ctx.new_stream().map_err(|e| driver("stream creation", e))?;
         let mut modules = Vec::new();
         for (stem, fatbin) in crate::modules() {
@@ -150,12 +156,28 @@ impl Gpu {
             modules.push(module);
         }
         let blas = Blas::new(&stream)?;
-        Ok(Gpu { ctx, stream, modules, functions: Mutex::new(HashMap::new()), blas, name, capability, sm_count })
+        Ok(Gpu {
+            ctx,
+            stream,
+            modules,
+            functions: Mutex::new(HashMap::new()),
+            blas,
+            name,
+            capability,
+            sm_count,
+            shared_optin,
+        })
     }
 
     /// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)".
     pub fn describe(&self) -> String {
         format!("{} (sm_{}{}, {} SMs)", self.name, self.capability.0, self.capability.1, self.sm_count)
+    }
+
+    /// Whether the fused attention kernel's tile for `head_dim` fits this GPU's shared memory
+    /// (callers fall back to the row kernel where it does not).
+    pub fn flash_fits(&self, dtype: DType, head_dim: usize) -> bool {
+        crate::launch::flash_smem_bytes(dtype, head_dim) <= self.shared_optin
     }
 
     /// `(free, total)` device memory in bytes.

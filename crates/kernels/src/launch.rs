@@ -625,6 +625,12 @@ impl Gpu {
         let dev_desc = self.upload_i32(&desc)?;
         let f = self.function(&format!("flash_attention_{}_hd{head_dim}", d.suffix()))?;
         let smem = flash_smem_bytes(d, head_dim);
+        if smem > self.shared_optin {
+            return Err(err(format!(
+                "flash_attention: head dim {head_dim} needs {smem} bytes of shared memory per block, this GPU allows {}",
+                self.shared_optin
+            )));
+        }
         f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
             .map_err(|e| driver("flash_attention shared-memory opt-in", e))?;
         let (po, pq, pk, pv) = (out.ptr(), q.ptr(), k.ptr(), v.ptr());

@@ -363,6 +363,18 @@ pub fn check_cached_attention<B: Backend>(b: &B, tol: f64) {
         s,
     );
     assert!(r.is_err(), "writing past the cache capacity must fail");
+    let twice = [SeqChunk { slot: 1, start: 0, len: 1 }, SeqChunk { slot: 1, start: 1, len: 1 }];
+    let r = b.cached_attention(
+        &mut cache,
+        0,
+        &upload(b, &q, 2, qw),
+        &upload(b, &k, 2, kw),
+        &upload(b, &k, 2, kw),
+        &twice,
+        s,
+    );
+    let e = r.err().expect("one slot twice in a call must fail").to_string();
+    assert!(e.contains("slot 1 appears twice"), "{e}");
 }
 
 pub fn check_token_choice<B: Backend>(b: &B) {

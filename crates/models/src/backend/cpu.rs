@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::{
-    argmax_row, check_attention, check_cols, same_dims, sample_row, Activation, AttentionShape, Backend,
+    argmax_row, check_attention, check_chunks, check_cols, same_dims, sample_row, Activation, AttentionShape, Backend,
     SamplingParams, SeqChunk,
 };
 use crate::error::{Error, Result};
@@ -572,16 +572,9 @@ impl Backend for Cpu {
             return Err(Error::invalid(format!("cached_attention: {} rows for chunks of {total}", q.rows)));
         }
         let (w, cap) = (cache.width, cache.capacity);
+        check_chunks(chunks, cache.slots, cap)?;
         let mut row = 0;
         for c in chunks {
-            if c.slot >= cache.slots || c.start + c.len > cap {
-                return Err(Error::invalid(format!(
-                    "KV cache overflow: slot {} positions {}..{} (capacity {cap})",
-                    c.slot,
-                    c.start,
-                    c.start + c.len
-                )));
-            }
             let dst = (c.slot * cap + c.start) * w;
             cache.k[layer][dst..dst + c.len * w].copy_from_slice(&k.data[row * w..(row + c.len) * w]);
             cache.v[layer][dst..dst + c.len * w].copy_from_slice(&v.data[row * w..(row + c.len) * w]);

@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock};
 use icet_kernels::{Act, AttnRow, DevBuf, Gpu, SeqDesc};
 
 use super::{
-    check_attention, check_cols, same_dims, uniform_from_seed, Activation, AttentionShape, Backend, SamplingParams,
-    SeqChunk,
+    check_attention, check_chunks, check_cols, same_dims, uniform_from_seed, Activation, AttentionShape, Backend,
+    SamplingParams, SeqChunk,
 };
 use crate::error::{Error, Result};
 
@@ -144,7 +144,10 @@ impl Cuda {
     }
 
     fn flash_ok(&self, head_dim: usize) -> bool {
-        self.dtype != DType::F32 && icet_kernels::FLASH_HEAD_DIMS.contains(&head_dim) && flash_enabled()
+        self.dtype != DType::F32
+            && icet_kernels::FLASH_HEAD_DIMS.contains(&head_dim)
+            && self.gpu.flash_fits(self.dtype, head_dim)
+            && flash_enabled()
     }
 
     /// Attention of packed query segments against key segments (`k_starts[i]`, `kv_lens[i]` rows
@@ -503,15 +506,8 @@ impl Backend for Cuda {
         }
         let cap = cache.capacity;
         let mut dst_rows = Vec::with_capacity(total);
+        check_chunks(chunks, cache.slots, cap)?;
         for c in chunks {
-            if c.slot >= cache.slots || c.start + c.len > cap {
-                return Err(Error::invalid(format!(
-                    "KV cache overflow: slot {} positions {}..{} (capacity {cap})",
-                    c.slot,
-                    c.start,
-                    c.start + c.len
-                )));
-            }
             dst_rows.extend((c.start..c.start + c.len).map(|p| c.slot * cap + p));
         }
         let cache_rows = cache.slots * cap;

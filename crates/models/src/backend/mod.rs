@@ -249,6 +249,27 @@ pub(crate) fn check_attention(
     Ok(())
 }
 
+/// The chunks of one [`Backend::cached_attention`] call: each within a slot of the cache and its
+/// capacity, and no slot twice (a call appends one contiguous run per sequence; two writers of one
+/// slot would make the result depend on write order).
+pub(crate) fn check_chunks(chunks: &[SeqChunk], slots: usize, capacity: usize) -> Result<()> {
+    let mut seen = vec![false; slots];
+    for c in chunks {
+        if c.slot >= slots || c.start + c.len > capacity {
+            return Err(crate::error::Error::invalid(format!(
+                "KV cache overflow: slot {} positions {}..{} (capacity {capacity})",
+                c.slot,
+                c.start,
+                c.start + c.len
+            )));
+        }
+        if std::mem::replace(&mut seen[c.slot], true) {
+            return Err(crate::error::Error::invalid(format!("cached_attention: slot {} appears twice", c.slot)));
+        }
+    }
+    Ok(())
+}
+
 /// SplitMix64: a tiny, well-studied generator that every backend can reproduce bit for bit, so a
 /// seeded run draws the same tokens on CPU and GPU.
 pub fn splitmix64(state: u64) -> u64 {
