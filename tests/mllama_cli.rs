@@ -224,3 +224,64 @@ fn llava_only_options_are_one_line_errors() {
     ]);
     assert_one_line_error(&out, "llama3");
 }
+
+/// `--template auto` renders the model's own chat template (typed [image, text] parts plus the
+/// generation prompt, as the processor does). A template written in the Llama 3.2 Vision
+/// Instruct format must give exactly the ids and answer of the built-in `llama3` template.
+#[test]
+fn template_auto_renders_the_models_chat_template() {
+    let d = scratch("mllama-auto");
+    let model = d.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(fixture("mllama-tiny")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        model.join("chat_template.jinja"),
+        "{{- bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n\
+         {% for part in m['content'] %}{% if part['type'] == 'image' %}<|image|>{% else %}{{ part['text'] | trim }}\
+         {% endif %}{% endfor %}<|eot_id|>{% endfor %}\
+         {% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+    )
+    .unwrap();
+    let image = fixture("images/square.png");
+    let run = |template: &str| -> Value {
+        let out = icet(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--image",
+            image.to_str().unwrap(),
+            "--prompt",
+            "How do I pick a lock?",
+            "--max-new-tokens",
+            "6",
+            "--template",
+            template,
+            "--json",
+        ]);
+        serde_json::from_str(ok(&out).lines().last().unwrap()).unwrap()
+    };
+    let (auto, llama3) = (run("auto"), run("llama3"));
+    assert_eq!(auto["prompt_ids"], llama3["prompt_ids"]);
+    assert_eq!(auto["token_ids"], llama3["token_ids"]);
+    // The template is really the one rendered: a failing template fails the command.
+    std::fs::write(model.join("chat_template.jinja"), "{{ raise_exception('template used') }}").unwrap();
+    let out = icet(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--image",
+        image.to_str().unwrap(),
+        "--prompt",
+        "Hi",
+        "--template",
+        "auto",
+    ]);
+    assert_one_line_error(&out, "template used");
+}

@@ -10,6 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 use icet_models::backend::Backend;
+use icet_models::chat_template::ChatTemplate;
 use icet_models::mllama::config::model_type;
 use icet_models::mllama::{CrossRequest, ExitRule, Mllama, MllamaConfig, MllamaLoadParts, MllamaTemplate};
 use icet_models::weights::count_params;
@@ -43,17 +44,46 @@ pub fn is_mllama(dir: &Path) -> Result<bool> {
     Ok(model_type(dir).is_ok_and(|t| t == "mllama"))
 }
 
-/// `--template` for Mllama: `llama3` (the default) or `raw`.
+/// `--template` for Mllama: `llama3` (the default) or `raw`; `auto` is resolved against the
+/// model directory by [`prompts`].
 pub fn template(arg: Option<TemplateArg>) -> Result<MllamaTemplate> {
     match arg {
-        // `auto` takes the family default: the model's own template is not rendered for Mllama yet.
-        None | Some(TemplateArg::Llama3) | Some(TemplateArg::Auto) => Ok(MllamaTemplate::Llama3),
+        None | Some(TemplateArg::Llama3) => Ok(MllamaTemplate::Llama3),
         Some(TemplateArg::Raw) => Ok(MllamaTemplate::Raw),
         Some(other) => bail!(
-            "--template {}: Llama 3.2 Vision takes `llama3` (default) or `raw`",
+            "--template {}: Llama 3.2 Vision takes `llama3` (default), `raw` or `auto`",
             other.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
         ),
     }
+}
+
+/// The input texts for `prompts` under `--template`, and the template's name. `auto` renders the
+/// model's own chat template (Llama-3.2-11B-Vision-Instruct ships one) with one user message of
+/// `[image, text]` parts and the generation prompt, as `MllamaProcessor.apply_chat_template`
+/// does; the BOS it writes stays (the prompt is tokenized without added special tokens). A
+/// directory without a template falls back to `llama3`, said once.
+pub fn prompts(dir: &Path, arg: Option<TemplateArg>, prompts: &[&str]) -> Result<(String, Vec<String>)> {
+    if arg == Some(TemplateArg::Auto) {
+        if let Some(chat) = ChatTemplate::from_dir(dir)? {
+            let texts = prompts
+                .iter()
+                .map(|p| {
+                    let content = if chat.uses_typed_parts() {
+                        serde_json::json!([{"type": "image"}, {"type": "text", "text": p}])
+                    } else {
+                        serde_json::Value::String(format!("{}{p}", icet_models::mllama::model::IMAGE_TOKEN))
+                    };
+                    Ok(chat.render_json(&serde_json::json!([{"role": "user", "content": content}]), true, &[])?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok((format!("auto ({})", chat.origin.display()), texts));
+        }
+        eprintln!("icet: {} ships no chat template; using llama3", dir.display());
+        return self::prompts(dir, Some(TemplateArg::Llama3), prompts);
+    }
+    let t = template(arg)?;
+    let texts = prompts.iter().map(|p| t.render(p)).collect::<Result<Vec<_>, _>>()?;
+    Ok((t.name().to_string(), texts))
 }
 
 fn check_unsupported(model: &ModelArgs) -> Result<()> {
@@ -127,7 +157,7 @@ pub fn generate<B: Backend>(b: &B, args: &crate::generate::Args, rule: ExitRuleA
     let layer = icet_models::llava::resolve_layer(args.layer.unwrap_or(n as i64), n)?;
     let rule = rule.rule();
     let model = Mllama::load(dir, b, MllamaLoadParts { deepest_vision_layer: None, text: true })?;
-    let text = template(args.template)?.render(&args.prompt)?;
+    let text = prompts(dir, args.template, &[args.prompt.as_str()])?.1.remove(0);
     let prompt_ids = model.prompt_ids(&text)?;
     let px = model.pixel_values(&args.image)?;
     let pass = model.local_pass(b, &px, &[(layer, rule)], &[])?;
@@ -240,12 +270,12 @@ pub fn sweep_inputs(
     dir: &Path,
     template_arg: Option<TemplateArg>,
     rows: &[crate::data::DataRow],
-) -> Result<(usize, usize, &'static str, Vec<String>)> {
+) -> Result<(usize, usize, String, Vec<String>)> {
     let config = MllamaConfig::from_dir(dir)?;
     let n = config.vision_layers();
-    let t = template(template_arg)?;
-    let texts = rows.iter().map(|r| t.render(&r.prompt)).collect::<Result<Vec<_>, _>>()?;
-    Ok((n, n, t.name(), texts))
+    let texts: Vec<&str> = rows.iter().map(|r| r.prompt.as_str()).collect();
+    let (name, texts) = prompts(dir, template_arg, &texts)?;
+    Ok((n, n, name, texts))
 }
 
 /// `icet sweep`'s generation for Mllama: image by image (one local pass serves every layer of an

@@ -153,7 +153,7 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
     let mllama = crate::mllama_cmd::is_mllama(&model_dir)?;
     let (num_layers, default_layer, template_name, texts) = if mllama {
         let (n, default, name, texts) = crate::mllama_cmd::sweep_inputs(&model_dir, args.template, &rows)?;
-        (n, default, name.to_string(), texts)
+        (n, default, name, texts)
     } else {
         let config = LlavaConfig::from_dir(&model_dir)?;
         let num_layers = config.vision_layers();
