@@ -10,12 +10,14 @@
 //! - greedy tokens: equal at every step whose recorded top-2 margin is >= 2e-3 (after a step with
 //!   a smaller margin, later tokens are not compared).
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use icet_models::backend::cpu::Cpu;
 use icet_models::backend::cuda::DType;
 use icet_models::backend::Backend;
+use icet_models::generation::{Generated, Stream};
 use icet_models::mllama::model::{build_string_from_input, llama3_text_only};
-use icet_models::mllama::{CrossRequest, ExitRule, Mllama, MllamaLoadParts, MllamaTemplate};
+use icet_models::mllama::{CrossRequest, ExitRule, Mllama, MllamaLoadParts, MllamaTemplate, OwnedCrossRequest};
 use serde_json::Value;
 
 mod common;
@@ -154,27 +156,76 @@ fn check_generation<B: Backend>(b: &B, name: &str, tol: Tolerance) {
     opts.max_new_tokens = r.json["max_new_tokens"].as_u64().unwrap() as usize;
     assert_eq!(opts.eos_token_ids, vec![r.json["eos_token_id"].as_u64().unwrap() as u32]);
     let out = model.generate(b, &requests, &opts, true).unwrap();
+    let (worst, compared) = check_against_reference(name, "batch", cases, &out, &r, tol);
+    eprintln!("{name}: {} cases, {compared} tokens compared, worst first-step logits error {worst:.3e}", cases.len());
+
+    // Continuous batching: fewer slots than requests, so slots are refilled mid-run; requests of
+    // the same (image, layer, rule) share one states tensor and thus one key/value region.
+    let mut shared: Vec<(String, Arc<B::Tensor>, usize)> = Vec::new();
+    let mut owned = Vec::new();
+    for ((case, p), (s, &real)) in cases.iter().zip(&prompts).zip(states.into_iter().zip(&reals)) {
+        let key = format!("{}/{}/{}", case["image"], case["layer"], case["rule"]);
+        let states = match shared.iter().find(|(k, _, _)| *k == key) {
+            Some((_, s, _)) => s.clone(),
+            None => {
+                let s = Arc::new(s);
+                shared.push((key, s.clone(), real));
+                s
+            }
+        };
+        owned.push(OwnedCrossRequest { prompt_ids: p.clone(), cross_states: states, real_rows: real, seed: 0 });
+    }
+    assert!(shared.len() < owned.len(), "{name}: some requests share states");
+    let longest = prompts.iter().map(Vec::len).max().unwrap();
+    let stream = Stream { slots: 3, capacity: longest + opts.max_new_tokens, keep_first_logits: true };
+    let mut streamed: Vec<Option<Generated>> = vec![None; owned.len()];
+    let text = model.text().unwrap();
+    text.generate_stream(b, owned.into_iter().map(Ok), &opts, stream, |i, g| {
+        streamed[i] = Some(g);
+        Ok(())
+    })
+    .unwrap();
+    let streamed: Vec<Generated> = streamed.into_iter().map(Option::unwrap).collect();
+    let (worst, compared) = check_against_reference(name, "stream", cases, &streamed, &r, tol);
+    eprintln!("{name}: continuous batching (3 slots): {compared} tokens compared, worst logits error {worst:.3e}");
+    if tol.tensor <= CPU.tensor {
+        let batch: Vec<&Vec<u32>> = out.iter().map(|g| &g.token_ids).collect();
+        let stream: Vec<&Vec<u32>> = streamed.iter().map(|g| &g.token_ids).collect();
+        assert_eq!(batch, stream, "{name}: the stream and the batch agree token for token");
+    }
+}
+
+/// First-step logits within `tol.tensor` and greedy tokens equal while the recorded margin allows.
+/// Returns the worst logits error and the number of tokens compared.
+fn check_against_reference(
+    name: &str,
+    how: &str,
+    cases: &[Value],
+    out: &[Generated],
+    r: &Reference,
+    tol: Tolerance,
+) -> (f64, usize) {
     let (mut worst, mut compared) = (0.0f64, 0);
-    for (case, got) in cases.iter().zip(&out) {
+    for (case, got) in cases.iter().zip(out) {
         let i = case["index"].as_u64().unwrap();
         let e = rel_err(got.first_logits.as_ref().unwrap(), &r.get(&format!("logits.{i}")).1);
         worst = worst.max(e);
-        assert!(e <= tol.tensor, "{name} case {i}: first-step logits relative error {e}");
+        assert!(e <= tol.tensor, "{name} {how} case {i}: first-step logits relative error {e}");
         let want: Vec<u32> = case["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let margins: Vec<f64> = case["margins"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         for (step, (&w, &m)) in want.iter().zip(&margins).enumerate() {
-            assert_eq!(got.token_ids.get(step), Some(&w), "{name} case {i}: token {step} (margin {m})");
+            assert_eq!(got.token_ids.get(step), Some(&w), "{name} {how} case {i}: token {step} (margin {m})");
             compared += 1;
             if m < tol.margin_for_equal_tokens {
                 break;
             }
         }
         if margins.iter().all(|&m| m >= tol.margin_for_equal_tokens) {
-            assert_eq!(got.token_ids, want, "{name} case {i}: whole generation");
+            assert_eq!(got.token_ids, want, "{name} {how} case {i}: whole generation");
             assert_eq!(got.finish_reason.as_str(), case["finish_reason"].as_str().unwrap());
         }
     }
-    eprintln!("{name}: {} cases, {compared} tokens compared, worst first-step logits error {worst:.3e}", cases.len());
+    (worst, compared)
 }
 
 /// Text-only prompts (no image): the cross-attention layers are skipped, as in transformers.

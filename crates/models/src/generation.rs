@@ -140,6 +140,35 @@ pub struct Stream {
     pub keep_first_logits: bool,
 }
 
+/// One sequence of a continuous-batching step, as a [`StreamModel`] sees it.
+pub struct StreamSeq<'a, R> {
+    /// Its KV-cache slot.
+    pub slot: usize,
+    pub request: &'a R,
+    /// Prefilled in this step (its whole prompt is in the step); else it decodes its last token.
+    pub fresh: bool,
+    /// Tokens generated so far.
+    pub tokens: &'a [u32],
+}
+
+/// What the continuous-batching scheduler ([`run_stream`]) needs of a model: the requests' prompts
+/// and seeds, hooks when a request takes and leaves a slot, and one packed forward pass from the
+/// step's sequences to their next-token logits (`[sequences, vocab]`, in the given order).
+pub trait StreamModel<B: Backend, R> {
+    fn prompt_ids<'r>(&self, request: &'r R) -> &'r [u32];
+    fn seed(&self, request: &R) -> u64;
+    /// The model's position limit.
+    fn max_positions(&self) -> usize;
+    fn new_cache(&self, b: &B, slots: usize, capacity: usize) -> Result<B::KvCache>;
+    /// `request` takes `slot`; it is prefilled in the next step.
+    fn admit(&mut self, _b: &B, _slot: usize, _request: &R) -> Result<()> {
+        Ok(())
+    }
+    /// The sequence in `slot` finished.
+    fn release(&mut self, _slot: usize) {}
+    fn step(&mut self, b: &B, seqs: &[StreamSeq<R>], cache: &mut B::KvCache) -> Result<B::Tensor>;
+}
+
 struct Active<R> {
     index: usize,
     slot: usize,
@@ -154,9 +183,10 @@ struct Active<R> {
 /// next request takes its KV-cache slot and is prefilled in the same forward pass in which the
 /// others decode (a packed batch of prefill chunks and one-token decode chunks). `on_done(i, g)`
 /// gets request `i`'s result as soon as it finishes, so callers can write results as they go.
-pub fn generate_stream<B: Backend, R: Prompt<B>>(
+/// Requests are drawn from the iterator only when a slot is free, so they can be made lazily.
+pub fn run_stream<B: Backend, R, M: StreamModel<B, R>>(
     b: &B,
-    llm: &Llama<B>,
+    model: &mut M,
     requests: impl Iterator<Item = Result<R>>,
     opts: &DecodeOptions,
     stream: Stream,
@@ -165,7 +195,7 @@ pub fn generate_stream<B: Backend, R: Prompt<B>>(
     if stream.slots == 0 {
         return Err(Error::invalid("generation needs at least one slot"));
     }
-    let limit = llm.config.max_position_embeddings;
+    let limit = model.max_positions();
     let mut cache = None;
     let mut pending = requests.enumerate().peekable();
     let mut active: Vec<Active<R>> = Vec::new();
@@ -175,7 +205,7 @@ pub fn generate_stream<B: Backend, R: Prompt<B>>(
         while let (Some(slot), Some(_)) = (free.last().copied(), pending.peek()) {
             let (index, request) = pending.next().expect("peeked");
             let request = request?;
-            let n = request.prompt_ids().len();
+            let n = model.prompt_ids(&request).len();
             if n == 0 {
                 return Err(Error::invalid("cannot generate from an empty prompt"));
             }
@@ -198,6 +228,7 @@ pub fn generate_stream<B: Backend, R: Prompt<B>>(
                 )?;
                 continue;
             }
+            model.admit(b, slot, &request)?;
             free.pop();
             active.push(Active { index, slot, request, fresh: true, tokens: vec![], first_logits: None });
         }
@@ -206,32 +237,15 @@ pub fn generate_stream<B: Backend, R: Prompt<B>>(
         }
         let cache = match &mut cache {
             Some(c) => c,
-            None => cache.insert(llm.new_cache(b, stream.slots, stream.capacity)?),
+            None => cache.insert(model.new_cache(b, stream.slots, stream.capacity)?),
         };
 
         // One packed forward: prompts of the fresh sequences, the last token of the others.
-        let mut ids = Vec::new();
-        let mut chunks = Vec::with_capacity(active.len());
-        for a in &active {
-            if a.fresh {
-                ids.extend_from_slice(a.request.prompt_ids());
-                chunks.push(SeqChunk { slot: a.slot, start: 0, len: a.request.prompt_ids().len() });
-            } else {
-                ids.push(*a.tokens.last().expect("decoding sequences have a token"));
-                let start = a.request.prompt_ids().len() + a.tokens.len() - 1;
-                chunks.push(SeqChunk { slot: a.slot, start, len: 1 });
-            }
-        }
-        let mut embeds = llm.embed(b, &ids)?;
-        let mut offset = 0;
-        for (a, c) in active.iter().zip(&chunks) {
-            if a.fresh {
-                splice_image(b, &mut embeds, offset, a.request.prompt_ids(), a.request.image_features(), opts)?;
-            }
-            offset += c.len;
-        }
-        let hidden = llm.forward(b, embeds, &chunks, cache)?;
-        let logits = llm.logits(b, &hidden)?;
+        let seqs: Vec<StreamSeq<R>> = active
+            .iter()
+            .map(|a| StreamSeq { slot: a.slot, request: &a.request, fresh: a.fresh, tokens: &a.tokens })
+            .collect();
+        let logits = model.step(b, &seqs, cache)?;
         if stream.keep_first_logits && active.iter().any(|a| a.fresh) {
             let host = b.to_host(&logits)?;
             let vocab = b.dims(&logits).1;
@@ -242,7 +256,8 @@ pub fn generate_stream<B: Backend, R: Prompt<B>>(
         let next = match opts.sampling {
             None => b.argmax(&logits)?,
             Some(p) => {
-                let seeds: Vec<u64> = active.iter().map(|a| step_seed(a.request.seed(), a.tokens.len())).collect();
+                let seeds: Vec<u64> =
+                    active.iter().map(|a| step_seed(model.seed(&a.request), a.tokens.len())).collect();
                 b.sample(&logits, p, &seeds)?
             }
         };
@@ -260,6 +275,7 @@ pub fn generate_stream<B: Backend, R: Prompt<B>>(
             match finish {
                 Some(finish_reason) => {
                     free.push(a.slot);
+                    model.release(a.slot);
                     on_done(a.index, Generated { token_ids: a.tokens, finish_reason, first_logits: a.first_logits })?;
                 }
                 None => still.push(a),
@@ -267,6 +283,71 @@ pub fn generate_stream<B: Backend, R: Prompt<B>>(
         }
         active = still;
     }
+}
+
+/// The Llama language model of LLaVA under [`run_stream`]: image-token rows of a fresh prompt's
+/// embeddings are replaced by its image features.
+struct LlavaStream<'a, B: Backend> {
+    llm: &'a Llama<B>,
+    opts: &'a DecodeOptions,
+}
+
+impl<B: Backend, R: Prompt<B>> StreamModel<B, R> for LlavaStream<'_, B> {
+    fn prompt_ids<'r>(&self, request: &'r R) -> &'r [u32] {
+        request.prompt_ids()
+    }
+    fn seed(&self, request: &R) -> u64 {
+        request.seed()
+    }
+    fn max_positions(&self) -> usize {
+        self.llm.config.max_position_embeddings
+    }
+    fn new_cache(&self, b: &B, slots: usize, capacity: usize) -> Result<B::KvCache> {
+        self.llm.new_cache(b, slots, capacity)
+    }
+    fn step(&mut self, b: &B, seqs: &[StreamSeq<R>], cache: &mut B::KvCache) -> Result<B::Tensor> {
+        let (ids, chunks) = step_chunks(seqs, |r| r.prompt_ids());
+        let mut embeds = self.llm.embed(b, &ids)?;
+        let mut offset = 0;
+        for (s, c) in seqs.iter().zip(&chunks) {
+            if s.fresh {
+                splice_image(b, &mut embeds, offset, s.request.prompt_ids(), s.request.image_features(), self.opts)?;
+            }
+            offset += c.len;
+        }
+        let hidden = self.llm.forward(b, embeds, &chunks, cache)?;
+        self.llm.logits(b, &hidden)
+    }
+}
+
+/// The ids and KV-cache chunks of one step: the whole prompt of a fresh sequence, the last
+/// generated token of the others (at the position after everything before it).
+pub fn step_chunks<R>(seqs: &[StreamSeq<R>], prompt_ids: impl Fn(&R) -> &[u32]) -> (Vec<u32>, Vec<SeqChunk>) {
+    let mut ids = Vec::new();
+    let mut chunks = Vec::with_capacity(seqs.len());
+    for s in seqs {
+        let prompt = prompt_ids(s.request);
+        if s.fresh {
+            ids.extend_from_slice(prompt);
+            chunks.push(SeqChunk { slot: s.slot, start: 0, len: prompt.len() });
+        } else {
+            ids.push(*s.tokens.last().expect("decoding sequences have a token"));
+            chunks.push(SeqChunk { slot: s.slot, start: prompt.len() + s.tokens.len() - 1, len: 1 });
+        }
+    }
+    (ids, chunks)
+}
+
+/// [`run_stream`] on LLaVA's language model (see [`Request`] for the image splice).
+pub fn generate_stream<B: Backend, R: Prompt<B>>(
+    b: &B,
+    llm: &Llama<B>,
+    requests: impl Iterator<Item = Result<R>>,
+    opts: &DecodeOptions,
+    stream: Stream,
+    on_done: impl FnMut(usize, Generated) -> Result<()>,
+) -> Result<()> {
+    run_stream(b, &mut LlavaStream { llm, opts }, requests, opts, stream, on_done)
 }
 
 /// Replaces the image-token rows of one prompt (starting at row `offset` of `embeds`) by the

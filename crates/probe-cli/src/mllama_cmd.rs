@@ -278,9 +278,11 @@ pub fn sweep_inputs(
     Ok((n, n, name, texts))
 }
 
-/// `icet sweep`'s generation for Mllama: image by image (one local pass serves every layer of an
-/// image), answers generated in batches of `--batch-size`, each appended to `responses.jsonl` as
-/// soon as its batch finishes (so an interrupted run resumes as LLaVA's does).
+/// `icet sweep`'s generation for Mllama, with continuous batching as LLaVA's: `--batch-size`
+/// sequences in flight, a finished one's slot refilled at once. Work goes image by image (one
+/// local pass serves every layer of an image, made lazily when a slot needs the image's first
+/// request) and layer-major within an image, so that sequences in flight share their states'
+/// cross-attention keys/values. Each answer is appended to `responses.jsonl` as it finishes.
 pub fn sweep_answers<B: Backend>(
     b: &B,
     args: &crate::sweep::Args,
@@ -291,85 +293,74 @@ pub fn sweep_answers<B: Backend>(
     all_rows: &mut Vec<crate::summary::ResponseRow>,
 ) -> Result<()> {
     use std::collections::HashMap;
-    use std::io::Write;
+    use std::sync::Arc;
 
     use anyhow::Context;
+    use icet_models::generation::Stream;
+    use icet_models::mllama::OwnedCrossRequest;
 
     check_unsupported(&args.model)?;
     let dir = args.model.model_dir()?;
     let rule = args.exit_rule.rule();
     let model = Mllama::load(dir, b, MllamaLoadParts { deepest_vision_layer: None, text: true })?;
     let opts = args.decode.options(model.generation.eos_token_ids.clone(), model.config.image_token_index)?;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(responses_path)
-        .with_context(|| format!("cannot open {}", responses_path.display()))?;
     let mut prompt_ids: HashMap<usize, Vec<u32>> = HashMap::new();
     for &(i, _) in pending {
         if let std::collections::hash_map::Entry::Vacant(e) = prompt_ids.entry(i) {
             e.insert(model.prompt_ids(&texts[i]).with_context(|| format!("data row `{}`", rows[i].id))?);
         }
     }
-    // Group the work by image, in order of first appearance.
-    let mut images: Vec<&Path> = Vec::new();
+    // Image by image in order of first appearance, layer-major within an image.
+    let mut first_seen: HashMap<&Path, usize> = HashMap::new();
     for &(i, _) in pending {
-        if !images.contains(&rows[i].image_path.as_path()) {
-            images.push(rows[i].image_path.as_path());
-        }
+        let n = first_seen.len();
+        first_seen.entry(rows[i].image_path.as_path()).or_insert(n);
     }
-    let bar = indicatif::ProgressBar::new(pending.len() as u64);
-    let started = std::time::Instant::now();
-    let mut tokens = 0usize;
-    for image in images {
-        // Layer-major within an image: a batch then holds few distinct layers, and the prompts of
-        // one layer share its cross-attention keys/values (computed once per distinct states).
-        let mut work: Vec<(usize, usize)> =
-            pending.iter().copied().filter(|&(i, _)| rows[i].image_path == image).collect();
-        work.sort_by_key(|&(i, l)| (l, i));
-        let mut layers: Vec<usize> = work.iter().map(|&(_, l)| l).collect();
-        layers.sort_unstable();
-        layers.dedup();
-        let px = model.pixel_values(image)?;
-        let exits: Vec<(usize, ExitRule)> = layers.iter().map(|&l| (l, rule)).collect();
-        let pass = model.local_pass(b, &px, &exits, &[])?;
-        let mut states = HashMap::new();
-        for &l in &layers {
-            states.insert(l, model.project(b, &pass, l, rule)?);
-        }
-        let real = model.real_rows(&pass);
-        drop(pass);
-        for batch in work.chunks(args.batch_size.max(1)) {
-            let requests: Vec<CrossRequest<B>> = batch
-                .iter()
-                .map(|&(i, l)| CrossRequest {
-                    prompt_ids: prompt_ids[&i].clone(),
-                    cross_states: Some(&states[&l]),
-                    real_rows: real,
-                    seed: crate::sweep::answer_seed(args.decode.seed, &rows[i].id, l),
-                })
-                .collect();
-            for (&(i, l), g) in batch.iter().zip(model.generate(b, &requests, &opts, false)?) {
-                let response = model.decode(&g.token_ids)?;
-                tokens += g.token_ids.len();
-                let row = crate::sweep::response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str());
-                let mut line = serde_json::to_string(&row)?;
-                line.push('\n');
-                file.write_all(line.as_bytes())
-                    .and_then(|_| file.flush())
-                    .with_context(|| format!("cannot write {}", responses_path.display()))?;
-                all_rows.push(row);
-                bar.inc(1);
+    let mut work = pending.to_vec();
+    work.sort_by_key(|&(i, l)| (first_seen[rows[i].image_path.as_path()], l, i));
+    let longest = prompt_ids.values().map(Vec::len).max().unwrap_or(0);
+    let stream =
+        Stream { slots: args.batch_size.max(1), capacity: longest + opts.max_new_tokens, keep_first_logits: false };
+
+    // The image at hand: its projected states per layer and its real-tile rows.
+    type LayerStates<T> = HashMap<usize, Arc<T>>;
+    let mut current: Option<(&Path, LayerStates<B::Tensor>, usize)> = None;
+    let mut next = 0;
+    let requests = std::iter::from_fn(|| {
+        let &(i, l) = work.get(next)?;
+        next += 1;
+        let image = rows[i].image_path.as_path();
+        let states = (|| -> icet_models::Result<(Arc<B::Tensor>, usize)> {
+            if current.as_ref().is_none_or(|(p, _, _)| *p != image) {
+                current = None; // the previous image's states go once its sequences finish
+                let mut layers: Vec<usize> =
+                    work.iter().filter(|&&(j, _)| rows[j].image_path == image).map(|&(_, l)| l).collect();
+                layers.dedup();
+                let px = model.pixel_values(image)?;
+                let exits: Vec<(usize, ExitRule)> = layers.iter().map(|&l| (l, rule)).collect();
+                let pass = model.local_pass(b, &px, &exits, &[])?;
+                let mut map = HashMap::new();
+                for &l in &layers {
+                    map.insert(l, Arc::new(model.project(b, &pass, l, rule)?));
+                }
+                current = Some((image, map, model.real_rows(&pass)));
             }
-        }
-    }
-    bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "icet: {} answers, {tokens} tokens in {secs:.1} s ({:.2} answers/s, exit rule {})",
-        pending.len(),
-        pending.len() as f64 / secs.max(1e-9),
-        rule.name()
-    );
+            let (_, map, real) = current.as_ref().expect("just set");
+            Ok((map[&l].clone(), *real))
+        })();
+        Some(states.map(|(cross_states, real_rows)| OwnedCrossRequest {
+            prompt_ids: prompt_ids[&i].clone(),
+            cross_states,
+            real_rows,
+            seed: crate::sweep::answer_seed(args.decode.seed, &rows[i].id, l),
+        }))
+    });
+    let mut writer = crate::sweep::AnswerWriter::open(responses_path, work.len())?;
+    model.text()?.generate_stream(b, requests, &opts, stream, |index, g| {
+        let (i, l) = work[index];
+        let response = model.decode(&g.token_ids)?;
+        writer.push(crate::sweep::response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str()), all_rows)
+    })?;
+    writer.finish(&format!(", exit rule {}", rule.name()));
     Ok(())
 }

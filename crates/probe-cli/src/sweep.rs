@@ -232,11 +232,7 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
         let llm = model.llm()?;
         let opts = args.decode.options(model.generation.eos_token_ids.clone(), model.config.image_token_index)?;
         let slots = model.config.image_slots(strategy);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&responses_path)
-            .with_context(|| format!("cannot open {}", responses_path.display()))?;
+        let mut writer = AnswerWriter::open(&responses_path, pending.len())?;
 
         // Work image by image: one vision pass per image serves all its prompts and layers.
         let mut work = pending.clone();
@@ -288,37 +284,12 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
                 seed: answer_seed(args.decode.seed, &rows[i].id, l),
             }))
         });
-        let bar = ProgressBar::new(work.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} answers  {per_sec}  {msg}  eta {eta}")
-                .expect("valid template"),
-        );
-        let started = Instant::now();
-        let mut tokens = 0usize;
         generate_stream(b, llm, requests, &opts, stream, |index, g| {
             let (i, l) = work[index];
             let response = tokenizer.decode(&g.token_ids)?;
-            tokens += g.token_ids.len();
-            let row = response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str());
-            let mut line = serde_json::to_string(&row).map_err(icet_models::Error::invalid)?;
-            line.push('\n');
-            // One write per answer, flushed: an interruption loses only answers in flight.
-            file.write_all(line.as_bytes())
-                .and_then(|_| file.flush())
-                .map_err(|e| icet_models::Error::input(&responses_path, format!("cannot write: {e}")))?;
-            all_rows.push(row);
-            bar.inc(1);
-            bar.set_message(format!("{:.1} tok/s", tokens as f64 / started.elapsed().as_secs_f64().max(1e-9)));
-            Ok(())
+            writer.push(response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str()), &mut all_rows)
         })?;
-        bar.finish_and_clear();
-        let secs = started.elapsed().as_secs_f64();
-        eprintln!(
-            "icet: {} answers, {tokens} tokens in {secs:.1} s ({:.2} answers/s, {:.1} tokens/s)",
-            pending.len(),
-            pending.len() as f64 / secs.max(1e-9),
-            tokens as f64 / secs.max(1e-9)
-        );
+        writer.finish("");
     }
 
     // The summary covers the requested layers of this data file, resumed rows included.
@@ -333,6 +304,62 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
         crate::score::score_run(b, &out, &args.judges)?;
     }
     Ok(())
+}
+
+/// Appends answers to `responses.jsonl` as they finish — one line each, flushed, so an
+/// interruption loses only the answers in flight — and shows progress (answers/s, tokens/s).
+pub(crate) struct AnswerWriter {
+    file: File,
+    path: PathBuf,
+    bar: ProgressBar,
+    started: Instant,
+    answers: usize,
+    tokens: usize,
+}
+
+impl AnswerWriter {
+    pub(crate) fn open(path: &Path, total: usize) -> Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let bar = ProgressBar::new(total as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} answers  {per_sec}  {msg}  eta {eta}")
+                .expect("valid template"),
+        );
+        Ok(Self { file, path: path.to_path_buf(), bar, started: Instant::now(), answers: 0, tokens: 0 })
+    }
+
+    pub(crate) fn push(&mut self, row: ResponseRow, all_rows: &mut Vec<ResponseRow>) -> icet_models::Result<()> {
+        let mut line = serde_json::to_string(&row).map_err(icet_models::Error::invalid)?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| icet_models::Error::input(&self.path, format!("cannot write: {e}")))?;
+        self.answers += 1;
+        self.tokens += row.token_ids.len();
+        all_rows.push(row);
+        self.bar.inc(1);
+        let rate = self.tokens as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        self.bar.set_message(format!("{rate:.1} tok/s"));
+        Ok(())
+    }
+
+    /// Clears the bar and says how fast it went (`note` is appended, e.g. the exit rule).
+    pub(crate) fn finish(self, note: &str) {
+        self.bar.finish_and_clear();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        eprintln!(
+            "icet: {} answers, {} tokens in {secs:.1} s ({:.2} answers/s, {:.1} tokens/s{note})",
+            self.answers,
+            self.tokens,
+            self.answers as f64 / secs,
+            self.tokens as f64 / secs
+        );
+    }
 }
 
 pub(crate) fn response_row(

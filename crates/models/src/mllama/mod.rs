@@ -15,5 +15,5 @@ pub mod vision;
 pub use config::{MllamaConfig, MllamaTextConfig, MllamaVisionConfig};
 pub use model::{Mllama, MllamaLayout, MllamaLoadParts, MllamaProjector, MllamaTemplate};
 pub use preprocessing::{MllamaImageProcessor, TiledPixels};
-pub use text::{CrossRequest, MllamaText};
+pub use text::{CrossRequest, MllamaText, OwnedCrossRequest};
 pub use vision::{ExitRule, LocalPass, MllamaVision};

@@ -22,7 +22,11 @@
 use super::config::MllamaTextConfig;
 use crate::backend::{AttentionShape, Backend, SeqChunk};
 use crate::error::{Error, Result};
-use crate::generation::{step_seed, DecodeOptions, FinishReason, Generated};
+use std::sync::Arc;
+
+use crate::generation::{
+    run_stream, step_chunks, step_seed, DecodeOptions, FinishReason, Generated, Stream, StreamModel, StreamSeq,
+};
 use crate::llama::text::{attention_shape, check_config, norm_last_rows, LlamaDecoderLayer, LlamaMlp, RotaryPositions};
 use crate::llama::LlamaConfig;
 use crate::nn::{Linear, RmsNorm};
@@ -76,12 +80,24 @@ pub struct CrossKv<B: Backend> {
     real_rows: Vec<usize>,
     all_offsets: Vec<usize>,
     all_rows: Vec<usize>,
+    /// A stream's pool ([`MllamaText::generate_stream`]): image `d` owns a fixed region of `real`
+    /// holding all its rows, real tiles first, so `all` is not kept and real rows are gathered.
+    pooled: bool,
 }
 
 impl<B: Backend> CrossKv<B> {
     /// Frees the keys/values that only text before the image reads (once the prefill is done).
     pub fn release_prefill_only(&mut self) {
         self.all.clear();
+    }
+
+    /// Keys/values of every row of the images, for text before an image.
+    fn all_rows_of(&self, layer: usize) -> Option<&(B::Tensor, B::Tensor)> {
+        if self.pooled {
+            self.real.get(layer)
+        } else {
+            self.all.get(layer)
+        }
     }
 }
 
@@ -136,7 +152,7 @@ impl CrossPlan {
             plan.real_kv_lens.push(kv.real_rows[d]);
             kv_rows.extend(kv.real_offsets[d]..kv.real_offsets[d] + kv.real_rows[d]);
         }
-        if !every_image {
+        if !every_image || kv.pooled {
             plan.real_kv_rows = Some(kv_rows);
         }
         for (d, rows) in masked_by_image.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
@@ -265,14 +281,73 @@ impl<B: Backend> MllamaText<B> {
             let mut v_all = b.from_host(&vec![0.0; total * kw], total, kw)?;
             for (i, s) in states.iter().enumerate() {
                 let rows: Vec<usize> = (all_offsets[i]..all_offsets[i] + all_rows[i]).collect();
-                let k = self.per_head_norm(b, &l.k_norm, l.k_proj.forward(b, s)?)?;
+                let (k, v) = self.project_kv(b, l, s)?;
                 b.scatter_rows(&mut k_all, &rows, &k)?;
-                b.scatter_rows(&mut v_all, &rows, &l.v_proj.forward(b, s)?)?;
+                b.scatter_rows(&mut v_all, &rows, &v)?;
             }
             real.push((b.gather_rows(&k_all, &real_index)?, b.gather_rows(&v_all, &real_index)?));
             all.push((k_all, v_all));
         }
-        Ok(CrossKv { real, all, real_offsets, real_rows: real_rows.to_vec(), all_offsets, all_rows })
+        Ok(CrossKv { real, all, real_offsets, real_rows: real_rows.to_vec(), all_offsets, all_rows, pooled: false })
+    }
+
+    /// One cross layer's keys (`k_proj`, per-head `k_norm`) and values (`v_proj`) of `states`.
+    fn project_kv(&self, b: &B, l: &CrossLayer<B>, states: &B::Tensor) -> Result<(B::Tensor, B::Tensor)> {
+        Ok((self.per_head_norm(b, &l.k_norm, l.k_proj.forward(b, states)?)?, l.v_proj.forward(b, states)?))
+    }
+
+    /// An empty stream pool: `regions` blocks of `region_rows` rows per cross layer.
+    fn cross_kv_pool(&self, b: &B, regions: usize, region_rows: usize) -> Result<CrossKv<B>> {
+        let kw = self.shape().kv_heads * self.shape().head_dim;
+        let mut real = Vec::new();
+        for layer in &self.layers {
+            if let Layer::Cross(_) = layer {
+                let zeros = vec![0.0; regions * region_rows * kw];
+                real.push((
+                    b.from_host(&zeros, regions * region_rows, kw)?,
+                    b.from_host(&zeros, regions * region_rows, kw)?,
+                ));
+            }
+        }
+        let offsets: Vec<usize> = (0..regions).map(|r| r * region_rows).collect();
+        Ok(CrossKv {
+            real,
+            all: vec![],
+            real_offsets: offsets.clone(),
+            real_rows: vec![0; regions],
+            all_offsets: offsets,
+            all_rows: vec![0; regions],
+            pooled: true,
+        })
+    }
+
+    /// Writes the keys/values of `states` (first `real_rows` rows real) into pool region `region`.
+    fn write_region(
+        &self,
+        b: &B,
+        kv: &mut CrossKv<B>,
+        region: usize,
+        states: &B::Tensor,
+        real_rows: usize,
+    ) -> Result<()> {
+        let n = b.dims(states).0;
+        let pool_rows = kv.real.first().map_or(0, |(k, _)| b.dims(k).0);
+        let capacity = pool_rows / kv.all_offsets.len().max(1);
+        if real_rows == 0 || real_rows > n || n > capacity {
+            return Err(Error::invalid(format!("cross states: {real_rows} real rows of {n} (region of {capacity})")));
+        }
+        let rows: Vec<usize> = (kv.all_offsets[region]..kv.all_offsets[region] + n).collect();
+        let mut pool = kv.real.iter_mut();
+        for layer in &self.layers {
+            let Layer::Cross(l) = layer else { continue };
+            let (k_pool, v_pool) = pool.next().expect("one pool entry per cross layer");
+            let (k, v) = self.project_kv(b, l, states)?;
+            b.scatter_rows(k_pool, &rows, &k)?;
+            b.scatter_rows(v_pool, &rows, &v)?;
+        }
+        kv.all_rows[region] = n;
+        kv.real_rows[region] = real_rows;
+        Ok(())
     }
 
     /// Cross-attention of the rows of one call (`q` = `[rows, heads*hd]`) under `plan`.
@@ -306,8 +381,7 @@ impl<B: Backend> MllamaText<B> {
         }
         if !plan.masked_q_rows.is_empty() {
             let (k_all, v_all) = kv
-                .all
-                .get(layer)
+                .all_rows_of(layer)
                 .ok_or_else(|| Error::invalid("text before the image after the prefill keys were released"))?;
             let k = b.gather_rows(k_all, &plan.masked_kv_rows)?;
             let v = b.gather_rows(v_all, &plan.masked_kv_rows)?;
@@ -402,21 +476,8 @@ impl<B: Backend> MllamaText<B> {
         if !text_only && requests.iter().any(|r| r.cross_states.is_none()) {
             return Err(Error::invalid("a batch must be all text-only or all with an image"));
         }
-        let mut image_pos = Vec::with_capacity(requests.len());
-        for r in requests {
-            let found: Vec<usize> =
-                r.prompt_ids.iter().enumerate().filter(|(_, &t)| t == opts.image_token_id).map(|(i, _)| i).collect();
-            match (text_only, found.len()) {
-                (true, 0) => image_pos.push(0),
-                (false, 1) => image_pos.push(found[0]),
-                (true, n) => return Err(Error::invalid(format!("a text-only prompt has {n} <|image|> tokens"))),
-                (false, n) => {
-                    return Err(Error::invalid(format!(
-                        "the prompt has {n} <|image|> tokens; exactly one is supported"
-                    )))
-                }
-            }
-        }
+        let image_pos: Vec<usize> =
+            requests.iter().map(|r| image_position(&r.prompt_ids, opts, !text_only)).collect::<Result<_>>()?;
         let longest = requests.iter().map(|r| r.prompt_ids.len()).max().unwrap_or(0);
         let capacity = longest + opts.max_new_tokens;
         let limit = self.config.llama.max_position_embeddings;
@@ -505,5 +566,133 @@ impl<B: Backend> MllamaText<B> {
             hidden = self.forward(b, self.embed(b, &ids)?, &chunks, &cross, kv.as_ref(), &mut cache)?;
         }
         Ok(out)
+    }
+}
+
+/// Where `<|image|>` is in a prompt (0 for a text-only one): exactly one with an image, none without.
+fn image_position(prompt_ids: &[u32], opts: &DecodeOptions, with_image: bool) -> Result<usize> {
+    let found: Vec<usize> =
+        prompt_ids.iter().enumerate().filter(|(_, &t)| t == opts.image_token_id).map(|(i, _)| i).collect();
+    match (with_image, found.len()) {
+        (false, 0) => Ok(0),
+        (true, 1) => Ok(found[0]),
+        (false, n) => Err(Error::invalid(format!("a text-only prompt has {n} <|image|> tokens"))),
+        (true, n) => Err(Error::invalid(format!("the prompt has {n} <|image|> tokens; exactly one is supported"))),
+    }
+}
+
+/// A request of a stream ([`MllamaText::generate_stream`]): as [`CrossRequest`], owning a share of
+/// its states so that they are freed once no sequence in flight reads them.
+pub struct OwnedCrossRequest<B: Backend> {
+    pub prompt_ids: Vec<u32>,
+    pub cross_states: Arc<B::Tensor>,
+    pub real_rows: usize,
+    pub seed: u64,
+}
+
+/// A pool region in use: the states whose keys/values it holds and how many slots read it.
+struct Region<B: Backend> {
+    states: Arc<B::Tensor>,
+    real_rows: usize,
+    readers: usize,
+}
+
+/// Mllama's text model under [`run_stream`]: cross-attention keys/values live in a pool of one
+/// region per slot; sequences reading the same states (same image and layer) share a region, and
+/// a region is rewritten only when its last reader has finished.
+struct MllamaStream<'a, B: Backend> {
+    text: &'a MllamaText<B>,
+    opts: &'a DecodeOptions,
+    slots: usize,
+    kv: Option<CrossKv<B>>,
+    regions: Vec<Option<Region<B>>>,
+    /// Per slot: its region and where its `<|image|>` is.
+    slot_region: Vec<usize>,
+    image_pos: Vec<usize>,
+}
+
+impl<B: Backend> StreamModel<B, OwnedCrossRequest<B>> for MllamaStream<'_, B> {
+    fn prompt_ids<'r>(&self, request: &'r OwnedCrossRequest<B>) -> &'r [u32] {
+        &request.prompt_ids
+    }
+    fn seed(&self, request: &OwnedCrossRequest<B>) -> u64 {
+        request.seed
+    }
+    fn max_positions(&self) -> usize {
+        self.text.config.llama.max_position_embeddings
+    }
+    fn new_cache(&self, b: &B, slots: usize, capacity: usize) -> Result<B::KvCache> {
+        self.text.new_cache(b, slots, capacity)
+    }
+    fn admit(&mut self, b: &B, slot: usize, r: &OwnedCrossRequest<B>) -> Result<()> {
+        self.image_pos[slot] = image_position(&r.prompt_ids, self.opts, true)?;
+        let shared = self.regions.iter().position(|g| {
+            g.as_ref().is_some_and(|g| Arc::ptr_eq(&g.states, &r.cross_states) && g.real_rows == r.real_rows)
+        });
+        let region = match shared {
+            Some(i) => i,
+            None => {
+                if self.kv.is_none() {
+                    // Every image's states have the same padded shape: size the regions by the first.
+                    let rows = b.dims(&r.cross_states).0;
+                    self.kv = Some(self.text.cross_kv_pool(b, self.slots, rows)?);
+                }
+                let i = self.regions.iter().position(Option::is_none).expect("at most one region per slot in use");
+                let kv = self.kv.as_mut().expect("made above");
+                self.text.write_region(b, kv, i, &r.cross_states, r.real_rows)?;
+                self.regions[i] = Some(Region { states: r.cross_states.clone(), real_rows: r.real_rows, readers: 0 });
+                i
+            }
+        };
+        self.regions[region].as_mut().expect("in use").readers += 1;
+        self.slot_region[slot] = region;
+        Ok(())
+    }
+    fn release(&mut self, slot: usize) {
+        let region = &mut self.regions[self.slot_region[slot]];
+        if let Some(g) = region.as_mut() {
+            g.readers -= 1;
+            if g.readers == 0 {
+                *region = None;
+            }
+        }
+    }
+    fn step(&mut self, b: &B, seqs: &[StreamSeq<OwnedCrossRequest<B>>], cache: &mut B::KvCache) -> Result<B::Tensor> {
+        let (ids, chunks) = step_chunks(seqs, |r| &r.prompt_ids);
+        // A fresh prompt's text before `<|image|>` reads every row; generated tokens come after it.
+        let cross: Vec<CrossRows> = seqs
+            .iter()
+            .map(|s| CrossRows {
+                image: self.slot_region[s.slot],
+                masked: if s.fresh { self.image_pos[s.slot] } else { 0 },
+            })
+            .collect();
+        let hidden = self.text.forward(b, self.text.embed(b, &ids)?, &chunks, &cross, self.kv.as_ref(), cache)?;
+        self.text.logits(b, &hidden)
+    }
+}
+
+impl<B: Backend> MllamaText<B> {
+    /// Continuous batching (as [`crate::generation::generate_stream`] for LLaVA): up to
+    /// `stream.slots` sequences in flight, a finished one's slot refilled at once by the next
+    /// request, `on_done(i, g)` called as each finishes. Every request has an image.
+    pub fn generate_stream(
+        &self,
+        b: &B,
+        requests: impl Iterator<Item = Result<OwnedCrossRequest<B>>>,
+        opts: &DecodeOptions,
+        stream: Stream,
+        on_done: impl FnMut(usize, Generated) -> Result<()>,
+    ) -> Result<()> {
+        let mut model = MllamaStream {
+            text: self,
+            opts,
+            slots: stream.slots,
+            kv: None,
+            regions: (0..stream.slots).map(|_| None).collect(),
+            slot_region: vec![0; stream.slots],
+            image_pos: vec![0; stream.slots],
+        };
+        run_stream(b, &mut model, requests, opts, stream, on_done)
     }
 }
