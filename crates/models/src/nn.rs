@@ -36,6 +36,10 @@ impl<B: Backend> LayerNorm<B> {
     pub fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
         b.layer_norm(x, &self.weight, &self.bias, self.eps)
     }
+    /// The residual step of a pre-norm block: `x += delta`, then this norm of `x`.
+    pub fn add_forward(&self, b: &B, x: &mut B::Tensor, delta: &B::Tensor) -> Result<B::Tensor> {
+        b.add_layer_norm(x, delta, &self.weight, &self.bias, self.eps)
+    }
 }
 
 /// `LlamaRMSNorm`.
@@ -50,5 +54,9 @@ impl<B: Backend> RmsNorm<B> {
     }
     pub fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
         b.rms_norm(x, &self.weight, self.eps)
+    }
+    /// The residual step of a pre-norm block: `x += delta`, then this norm of `x`.
+    pub fn add_forward(&self, b: &B, x: &mut B::Tensor, delta: &B::Tensor) -> Result<B::Tensor> {
+        b.add_rms_norm(x, delta, &self.weight, self.eps)
     }
 }

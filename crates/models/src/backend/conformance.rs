@@ -92,6 +92,29 @@ pub fn check_norms<B: Backend>(b: &B, tol: f64) {
         assert_close("layer_norm", &download(b, &out), &ln, tol);
         let out = b.rms_norm(&xt, &upload(b, &g, 1, cols), eps as f32).expect("rms");
         assert_close("rms_norm", &download(b, &out), &rms, tol);
+
+        // The fused residual steps: `x` becomes `x + delta`, the result is its norm.
+        let delta = rng.vec(rows * cols, 1.0);
+        let sum: Vec<f64> = x.iter().zip(&delta).map(|(&a, &d)| a as f64 + d as f64).collect();
+        let (mut ln_sum, mut rms_sum) = (Vec::new(), Vec::new());
+        for row in sum.chunks(cols) {
+            let mean = row.iter().sum::<f64>() / cols as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / cols as f64;
+            let ms = row.iter().map(|v| v.powi(2)).sum::<f64>() / cols as f64;
+            for c in 0..cols {
+                ln_sum.push((row[c] - mean) / (var + eps).sqrt() * g[c] as f64 + beta[c] as f64);
+                rms_sum.push(row[c] / (ms + eps).sqrt() * g[c] as f64);
+            }
+        }
+        let dt = upload(b, &delta, rows, cols);
+        let mut xs = upload(b, &x, rows, cols);
+        let out = b.add_layer_norm(&mut xs, &dt, &upload(b, &g, 1, cols), &upload(b, &beta, 1, cols), eps as f32);
+        assert_close("add_layer_norm", &download(b, &out.expect("add_layer_norm")), &ln_sum, tol);
+        assert_close("add_layer_norm residual", &download(b, &xs), &sum, tol);
+        let mut xs = upload(b, &x, rows, cols);
+        let out = b.add_rms_norm(&mut xs, &dt, &upload(b, &g, 1, cols), eps as f32).expect("add_rms_norm");
+        assert_close("add_rms_norm", &download(b, &out), &rms_sum, tol);
+        assert_close("add_rms_norm residual", &download(b, &xs), &sum, tol);
     }
 }
 

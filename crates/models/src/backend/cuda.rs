@@ -110,39 +110,6 @@ impl Cuda {
         Ok(())
     }
 
-    /// `x += delta; layer_norm(x)` in one kernel (a pre-norm block's residual step).
-    pub fn add_layer_norm(
-        &self,
-        x: &mut CudaTensor,
-        delta: &CudaTensor,
-        weight: &CudaTensor,
-        bias: &CudaTensor,
-        eps: f32,
-    ) -> Result<CudaTensor> {
-        same_dims(x, delta, "add_layer_norm")?;
-        let mut out = self.alloc(x.rows, x.cols)?;
-        let (rows, cols) = (x.rows, x.cols);
-        self.gpu
-            .add_layer_norm(&mut out.buf, &mut x.buf, &delta.buf, &weight.buf, &bias.buf, rows, cols, eps)
-            .map_err(kerr)?;
-        Ok(out)
-    }
-
-    /// `x += delta; rms_norm(x)` in one kernel.
-    pub fn add_rms_norm(
-        &self,
-        x: &mut CudaTensor,
-        delta: &CudaTensor,
-        weight: &CudaTensor,
-        eps: f32,
-    ) -> Result<CudaTensor> {
-        same_dims(x, delta, "add_rms_norm")?;
-        let mut out = self.alloc(x.rows, x.cols)?;
-        let (rows, cols) = (x.rows, x.cols);
-        self.gpu.add_rms_norm(&mut out.buf, &mut x.buf, &delta.buf, &weight.buf, rows, cols, eps).map_err(kerr)?;
-        Ok(out)
-    }
-
     fn flash_ok(&self, head_dim: usize) -> bool {
         self.dtype != DType::F32
             && icet_kernels::FLASH_HEAD_DIMS.contains(&head_dim)
@@ -346,6 +313,38 @@ impl Backend for Cuda {
         }
         let mut out = self.alloc(x.rows, c)?;
         self.gpu.rms_norm(&mut out.buf, &x.buf, &weight.buf, x.rows, c, eps).map_err(kerr)?;
+        Ok(out)
+    }
+
+    /// One kernel: the sum is rounded to the storage dtype before the statistics, as the unfused pair.
+    fn add_layer_norm(
+        &self,
+        x: &mut CudaTensor,
+        delta: &CudaTensor,
+        weight: &CudaTensor,
+        bias: &CudaTensor,
+        eps: f32,
+    ) -> Result<CudaTensor> {
+        same_dims(x, delta, "add_layer_norm")?;
+        let mut out = self.alloc(x.rows, x.cols)?;
+        let (rows, cols) = (x.rows, x.cols);
+        self.gpu
+            .add_layer_norm(&mut out.buf, &mut x.buf, &delta.buf, &weight.buf, &bias.buf, rows, cols, eps)
+            .map_err(kerr)?;
+        Ok(out)
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &mut CudaTensor,
+        delta: &CudaTensor,
+        weight: &CudaTensor,
+        eps: f32,
+    ) -> Result<CudaTensor> {
+        same_dims(x, delta, "add_rms_norm")?;
+        let mut out = self.alloc(x.rows, x.cols)?;
+        let (rows, cols) = (x.rows, x.cols);
+        self.gpu.add_rms_norm(&mut out.buf, &mut x.buf, &delta.buf, &weight.buf, rows, cols, eps).map_err(kerr)?;
         Ok(out)
     }
 

@@ -125,6 +125,30 @@ pub trait Backend: Send + Sync {
         eps: f32,
     ) -> Result<Self::Tensor>;
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
+    /// A pre-norm block's residual step: `x += delta`, then `layer_norm(x)`. Backends with a
+    /// fused kernel override it (one pass over `x` instead of two).
+    fn add_layer_norm(
+        &self,
+        x: &mut Self::Tensor,
+        delta: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: &Self::Tensor,
+        eps: f32,
+    ) -> Result<Self::Tensor> {
+        self.add_assign(x, delta)?;
+        self.layer_norm(x, weight, bias, eps)
+    }
+    /// `x += delta`, then `rms_norm(x)` (see [`Self::add_layer_norm`]).
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Tensor,
+        delta: &Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+    ) -> Result<Self::Tensor> {
+        self.add_assign(x, delta)?;
+        self.rms_norm(x, weight, eps)
+    }
     fn activation(&self, x: &mut Self::Tensor, act: Activation) -> Result<()>;
     /// `silu(gate) * up`, the SwiGLU gate.
     fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;

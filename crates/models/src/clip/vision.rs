@@ -126,8 +126,7 @@ impl<B: Backend> ClipVision<B> {
         let v = layer.v_proj.forward(b, &h)?;
         let shape = AttentionShape::new(c.num_attention_heads, c.num_attention_heads, c.head_dim());
         let a = b.attention(&q, &k, &v, lens, shape)?;
-        b.add_assign(x, &layer.out_proj.forward(b, &a)?)?;
-        let h = layer.layer_norm2.forward(b, x)?;
+        let h = layer.layer_norm2.add_forward(b, x, &layer.out_proj.forward(b, &a)?)?;
         let mut h = layer.fc1.forward(b, &h)?;
         b.activation(&mut h, self.act)?;
         b.add_assign(x, &layer.fc2.forward(b, &h)?)

@@ -194,8 +194,7 @@ impl<B: Backend> Gpt2ForSequenceClassification<B> {
             let h = blk.ln_1.forward(b, &x)?;
             let (q, k, v) = (blk.q.forward(b, &h)?, blk.k.forward(b, &h)?, blk.v.forward(b, &h)?);
             let a = b.cached_attention(&mut cache, i, &q, &k, &v, &chunk, shape)?;
-            b.add_assign(&mut x, &blk.attn_proj.forward(b, &a)?)?;
-            let h = blk.ln_2.forward(b, &x)?;
+            let h = blk.ln_2.add_forward(b, &mut x, &blk.attn_proj.forward(b, &a)?)?;
             let mut m = blk.fc.forward(b, &h)?;
             b.activation(&mut m, self.act)?;
             b.add_assign(&mut x, &blk.mlp_proj.forward(b, &m)?)?;

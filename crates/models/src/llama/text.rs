@@ -132,8 +132,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         b.rotary(&mut q, &rope.positions, hd, rope.inv_freq)?;
         b.rotary(&mut k, &rope.positions, hd, rope.inv_freq)?;
         let a = b.cached_attention(cache, cache_layer, &q, &k, &v, chunks, self.shape)?;
-        b.add_assign(x, &self.o_proj.forward(b, &a)?)?;
-        let h = self.post_attention_layernorm.forward(b, x)?;
+        let h = self.post_attention_layernorm.add_forward(b, x, &self.o_proj.forward(b, &a)?)?;
         b.add_assign(x, &self.mlp.forward(b, &h)?)
     }
 }

@@ -438,8 +438,7 @@ impl<B: Backend> MllamaText<B> {
                     let q = self.per_head_norm(b, &l.q_norm, l.q_proj.forward(b, &h)?)?;
                     let a = self.cross_attention(b, &q, plan, kv, cross_index)?;
                     cross_index += 1;
-                    b.add_assign(&mut x, &l.o_proj.forward(b, &a)?)?;
-                    let h = l.post_attention_layernorm.forward(b, &x)?;
+                    let h = l.post_attention_layernorm.add_forward(b, &mut x, &l.o_proj.forward(b, &a)?)?;
                     let mut m = l.mlp.forward(b, &h)?;
                     if let Some(z) = &zeros {
                         b.scatter_rows(&mut m, masked_rows, z)?;

@@ -318,8 +318,7 @@ impl<B: Backend> MllamaVision<B> {
     fn layer_forward(&self, b: &B, layer: &EncoderLayer<B>, x: &mut B::Tensor, lay: &TileLayout) -> Result<()> {
         let h = layer.input_layernorm.forward(b, x)?;
         let a = self.attention(b, layer, &h, lay)?;
-        b.add_assign(x, &layer.o_proj.forward(b, &a)?)?;
-        let h = layer.post_attention_layernorm.forward(b, x)?;
+        let h = layer.post_attention_layernorm.add_forward(b, x, &layer.o_proj.forward(b, &a)?)?;
         let mut h = layer.fc1.forward(b, &h)?;
         b.activation(&mut h, self.act)?;
         b.add_assign(x, &layer.fc2.forward(b, &h)?)
