@@ -69,8 +69,10 @@ pub struct JudgeArgs {
   perspective_cache.jsonl Perspective answers by text (never asked twice)
 Rerunning skips what is scored. Then: icet report RUN_DIR
 
-Example: icet score runs/rt-llava --judge llama-guard-3=Llama-Guard-3-8B --judge toxicity=toxic-bert \\
-           --judge reward=gpt2-large-harmless-reward_model")]
+Examples:
+  icet score runs/rt-llava --judge llama-guard-3=Llama-Guard-3-8B --judge toxicity=toxic-bert \\
+    --judge reward=gpt2-large-harmless-reward_model
+  icet score runs/rt-llava --judge llama-guard-3-vision=Llama-Guard-3-11B-Vision  # judges with the images")]
 pub struct Args {
     /// A sweep's output folder (holds responses.jsonl)
     #[arg(value_name = "RUN_DIR")]
