@@ -329,8 +329,38 @@ fn bench_reports_every_stage_with_its_work() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("TFLOP/s") && table.lines().filter(|l| l.starts_with("decode")).count() == 2, "{table}");
 
-    assert_one_line_error(&icet(&["bench", "--device", "cpu", "--new-tokens", "1"]), "--new-tokens at least 2");
+    assert_one_line_error(&icet(&["bench", "--device", "cpu", "--new-tokens", "2"]), "--new-tokens at least 3");
     let mllama = fixture("mllama-tiny");
-    let out = icet(&["bench", "--device", "cpu", "--model", mllama.to_str().unwrap(), "--image", "x.png"]);
-    assert_one_line_error(&out, "Llama 3.2 Vision is not benchmarked yet");
+    let out = icet(&["bench", "--device", "cpu", "--model", mllama.to_str().unwrap(), "--image", "/no/such.png"]);
+    assert_one_line_error(&out, "/no/such.png");
+
+    // Llama 3.2 Vision: the same stages; its prefill also counts the image's cross keys/values.
+    let out_file = d.join("bench-mllama.json");
+    let out = icet(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--model",
+        mllama.to_str().unwrap(),
+        "--image",
+        fixture("images/square.png").to_str().unwrap(),
+        "--vision-batches",
+        "2",
+        "--batch-sizes",
+        "2",
+        "--new-tokens",
+        "3",
+        "--repeat",
+        "1",
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    assert_eq!(report["family"], "mllama");
+    assert_eq!(report["vision_layers_captured"], 9, "local layers 0..=8 of the tiny tower");
+    assert!(report["flops"]["cross_kv_per_image"].as_f64().unwrap() > 0.0);
+    let stages: Vec<&str> =
+        report["measurements"].as_array().unwrap().iter().map(|r| r["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["vision", "prefill", "decode"]);
 }

@@ -9,9 +9,12 @@ are compared in one run on one machine (the GPU check script runs both).
       download: the GPU machines have no network.
   bench DIR --device cuda|cpu [--dtype bf16] [--vision-batches 1,8] [--batch-sizes 1,8,32]
         [--new-tokens 32] [--repeat 3] [--out FILE]
-      vision: N images, every hidden state (output_hidden_states), projector on the default layer;
-      prefill: B copies of the llava-v1 prompt to the first logits (one forward, cache built);
-      decode: generate(min_new_tokens = max_new_tokens = --new-tokens) minus prefill, per step.
+      vision: N images, every hidden state (output_hidden_states), the projector on each (what a
+      sweep over every layer does per image);
+      prefill: B copies of the llava-v1 prompt to the first logits (one forward, cache built),
+      less the vision pass at the default layer that transformers runs inside it;
+      decode: generate(min_new_tokens = max_new_tokens = --new-tokens), each step timed by a
+      stopping criterion that synchronises; the median step from the third token on.
       Medians of --repeat after a warm-up, synchronised. Prints one row per stage like icet bench
       and writes JSON.
 
@@ -114,7 +117,7 @@ def flop_model(config) -> dict:
     layer_weights = h * (q + 2 * kv) + q * h + 3 * h * ti
     return {
         "vision_per_image": 2 * (tokens - 1) * 3 * v.patch_size ** 2 * d + v.num_hidden_layers * per_layer
-        + 2 * slots * (d * h + h * h),
+        + (v.num_hidden_layers + 1) * 2 * slots * (d * h + h * h),
         "text_linear_per_token": 2 * t.num_hidden_layers * layer_weights,
         "text_attention_per_pair": 4 * t.num_hidden_layers * q,
         "lm_head": 2 * h * t.vocab_size,
@@ -122,11 +125,30 @@ def flop_model(config) -> dict:
     }
 
 
+def step_clock_class():
+    from transformers import StoppingCriteria
+
+    class StepClock(StoppingCriteria):
+        """Called once per generated token, after its logits: the time between calls is one step."""
+
+        def __init__(self, device: str):
+            self.device = device
+            self.stamps = []
+
+        def __call__(self, input_ids, scores, **kwargs):
+            sync(self.device)
+            self.stamps.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StepClock
+
+
 @torch.no_grad()
 def bench(args) -> None:
     from PIL import Image
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, StoppingCriteriaList
 
+    StepClock = step_clock_class()
     dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[args.dtype]
     dev = args.device
     model = LlavaForConditionalGeneration.from_pretrained(args.dir, dtype=dtype, attn_implementation="sdpa").to(dev).eval()
@@ -134,13 +156,12 @@ def bench(args) -> None:
     image = Image.open(args.image).convert("RGB")
     flops = flop_model(model.config)
     rows = []
-    vision_layer = model.config.vision_feature_layer
     for n in args.vision_batches:
         px = processor.image_processor([image] * n, return_tensors="pt")["pixel_values"].to(dev, dtype)
 
         def vision():
             out = model.model.vision_tower(px, output_hidden_states=True)
-            return model.model.multi_modal_projector(out.hidden_states[vision_layer][:, 1:])
+            return [model.model.multi_modal_projector(h[:, 1:]) for h in out.hidden_states]
 
         s = timed(dev, args.repeat, vision)
         rows.append(dict(stage="vision", batch=n, seconds=s, throughput=n / s, unit="images/s",
@@ -159,13 +180,15 @@ def bench(args) -> None:
         def prefill():
             return model(**enc, use_cache=True, logits_to_keep=1)
 
-        def full():
-            return model.generate(**enc, do_sample=False, max_new_tokens=args.new_tokens,
-                                  min_new_tokens=args.new_tokens, pad_token_id=model.config.pad_token_id)
-
         p = max(timed(dev, args.repeat, prefill) - vis, 1e-9)
-        f = max(timed(dev, args.repeat, full) - vis, 1e-9)
-        step = max((f - p) / (args.new_tokens - 1), 1e-9)
+        steps = []
+        for _ in range(args.repeat + 1):
+            clock = StepClock(dev)
+            model.generate(**enc, do_sample=False, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                           pad_token_id=model.config.pad_token_id, stopping_criteria=StoppingCriteriaList([clock]))
+            # stamps[k] ends token k+1; decode steps are the gaps from token 2 on.
+            steps += [t1 - t0 for t0, t1 in zip(clock.stamps[1:], clock.stamps[2:])]
+        step = statistics.median(steps)
         pairs = length * (length + 1) // 2
         prefill_flops = b * (length * flops["text_linear_per_token"] + pairs * flops["text_attention_per_pair"]
                              + flops["lm_head"])

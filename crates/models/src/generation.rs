@@ -287,9 +287,15 @@ pub fn run_stream<B: Backend, R, M: StreamModel<B, R>>(
 
 /// The Llama language model of LLaVA under [`run_stream`]: image-token rows of a fresh prompt's
 /// embeddings are replaced by its image features.
-struct LlavaStream<'a, B: Backend> {
+pub struct LlavaStream<'a, B: Backend> {
     llm: &'a Llama<B>,
     opts: &'a DecodeOptions,
+}
+
+impl<'a, B: Backend> LlavaStream<'a, B> {
+    pub fn new(llm: &'a Llama<B>, opts: &'a DecodeOptions) -> Self {
+        Self { llm, opts }
+    }
 }
 
 impl<B: Backend, R: Prompt<B>> StreamModel<B, R> for LlavaStream<'_, B> {
@@ -347,7 +353,7 @@ pub fn generate_stream<B: Backend, R: Prompt<B>>(
     stream: Stream,
     on_done: impl FnMut(usize, Generated) -> Result<()>,
 ) -> Result<()> {
-    run_stream(b, &mut LlavaStream { llm, opts }, requests, opts, stream, on_done)
+    run_stream(b, &mut LlavaStream::new(llm, opts), requests, opts, stream, on_done)
 }
 
 /// Replaces the image-token rows of one prompt (starting at row `offset` of `embeds`) by the

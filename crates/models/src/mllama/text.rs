@@ -672,6 +672,24 @@ impl<B: Backend> StreamModel<B, OwnedCrossRequest<B>> for MllamaStream<'_, B> {
 }
 
 impl<B: Backend> MllamaText<B> {
+    /// This model under [`run_stream`] with `slots` sequences in flight (what
+    /// [`Self::generate_stream`] runs; exposed so callers can wrap it, e.g. to time steps).
+    pub fn stream_model<'a>(
+        &'a self,
+        opts: &'a DecodeOptions,
+        slots: usize,
+    ) -> impl StreamModel<B, OwnedCrossRequest<B>> + 'a {
+        MllamaStream {
+            text: self,
+            opts,
+            slots,
+            kv: None,
+            regions: (0..slots).map(|_| None).collect(),
+            slot_region: vec![0; slots],
+            image_pos: vec![0; slots],
+        }
+    }
+
     /// Continuous batching (as [`crate::generation::generate_stream`] for LLaVA): up to
     /// `stream.slots` sequences in flight, a finished one's slot refilled at once by the next
     /// request, `on_done(i, g)` called as each finishes. Every request has an image.
@@ -683,15 +701,6 @@ impl<B: Backend> MllamaText<B> {
         stream: Stream,
         on_done: impl FnMut(usize, Generated) -> Result<()>,
     ) -> Result<()> {
-        let mut model = MllamaStream {
-            text: self,
-            opts,
-            slots: stream.slots,
-            kv: None,
-            regions: (0..stream.slots).map(|_| None).collect(),
-            slot_region: vec![0; stream.slots],
-            image_pos: vec![0; stream.slots],
-        };
-        run_stream(b, &mut model, requests, opts, stream, on_done)
+        run_stream(b, &mut self.stream_model(opts, stream.slots), requests, opts, stream, on_done)
     }
 }
