@@ -38,14 +38,14 @@ prepare() {
   json="$(mktemp)"
   echo "gpu-check: building release test binaries and the kernel bench (NVCC=$nvcc)" >&2
   cargo test --release --no-run --message-format=json -p icet-models \
-    --test gpu_kernels --test gpu_conformance --test gpu_parity --test mllama_parity >"$json"
+    --test gpu_kernels --test gpu_conformance --test gpu_parity --test mllama_parity --test judges_parity >"$json"
   cargo bench --no-run --message-format=json -p icet-models --bench kernels >>"$json"
   cargo build --release -p probe-cli --bin icet >&2
   python3 - "$json" "$bundle/bin" <<'PY'
 import json, shutil, sys
 src, dst = sys.argv[1], sys.argv[2]
 want = {"gpu_kernels": "gpu_kernels", "gpu_conformance": "gpu_conformance", "gpu_parity": "gpu_parity",
-        "mllama_parity": "mllama_parity", "kernels": "kernels_bench"}
+        "mllama_parity": "mllama_parity", "judges_parity": "judges_parity", "kernels": "kernels_bench"}
 found = {}
 for line in open(src):
     try:
@@ -141,6 +141,7 @@ device() {
   step gpu_conformance 120 env ICET_CUDA_SYNC=1 "$bin/gpu_conformance"
   step gpu_parity 120 env ICET_CUDA_SYNC=1 "$bin/gpu_parity" --test-threads=1
   step mllama_gpu_parity 120 env ICET_CUDA_SYNC=1 "$bin/mllama_parity" gpu_ --test-threads=1
+  step judges_gpu_parity 120 env ICET_CUDA_SYNC=1 "$bin/judges_parity" gpu_ --test-threads=1 --nocapture
   grep -h '^PARITY' "$out/gpu_parity.log" 2>/dev/null | sed 's/^/    /' | tee -a "$summary"
 
   say ""

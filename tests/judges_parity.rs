@@ -9,10 +9,18 @@
 //!   tokenizer (`truncation=True`), logits within 1e-4 relative (`max |ours - ref| / max |ref|`);
 //! - Llama Guard: prompt ids equal, first-step logits within 1e-4 relative, greedy verdict tokens equal;
 //! - Llama Guard 3 Vision (tiny Mllama): the same, judged with images (two distinct images and
-//!   text-only pairs in one batch), greedy tokens compared while transformers' top-2 margin ≥ 1e-3.
+//!   text-only pairs in one batch).
+//!
+//! Greedy tokens are compared while transformers' recorded top-2 margin is at least the
+//! tolerance's margin (after a closer step, later tokens are not compared). Every model check is
+//! one generic body run on the CPU (f32: 1e-4, margin 1e-3) and on CUDA (`gpu_*` tests: f32 1e-3
+//! with margin 1e-2; bf16 6e-2 with margin 0.25, as tests/gpu_parity.rs), which print
+//! `SKIPPED <test>: <reason>` without a GPU.
 use std::path::{Path, PathBuf};
 
 use icet_models::backend::cpu::Cpu;
+use icet_models::backend::cuda::DType;
+use icet_models::backend::Backend;
 use icet_models::chat_template::{ChatTemplate, Message};
 use icet_models::generation::{generate, DecodeOptions, Request};
 use icet_models::judges::classifier::{hh_pair, RewardModel, ToxicityClassifier};
@@ -20,7 +28,33 @@ use icet_models::judges::llama_guard::{LlamaGuard, LlamaGuardVersion};
 use icet_models::judges::llama_guard_vision::{GuardItem, LlamaGuardVision};
 use serde_json::Value;
 
-const LOGITS_TOL: f64 = 1e-4;
+#[macro_use]
+#[path = "gpu_common.rs"]
+mod gpu_common;
+
+/// Relative tolerance of logits, and the top-2 margin from which greedy tokens must agree.
+#[derive(Clone, Copy)]
+struct Tol {
+    logits: f64,
+    margin: f64,
+}
+
+const CPU: Tol = Tol { logits: 1e-4, margin: 1e-3 };
+
+fn cuda_tol(dtype: DType) -> Tol {
+    match dtype {
+        DType::F32 => Tol { logits: 1e-3, margin: 1e-2 },
+        _ => Tol { logits: 6e-2, margin: 0.25 },
+    }
+}
+
+/// Tokens equal to `want` up to and including the first step whose margin is below `margin`;
+/// returns how many were compared.
+fn assert_tokens(got: &[u32], want: &[u32], margins: &[f32], margin: f64, what: &str) -> usize {
+    let sure = margins.iter().position(|&m| (m as f64) < margin).map_or(want.len(), |i| i + 1);
+    assert_eq!(got[..sure.min(got.len())], want[..sure], "{what}: greedy tokens");
+    sure
+}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/judges").join(name)
@@ -119,9 +153,13 @@ fn chat_templates_render_byte_for_byte() {
 
 #[test]
 fn gpt2_reward_logits_match() {
+    check_reward(&Cpu, CPU);
+}
+
+fn check_reward<B: Backend>(b: &B, tol: Tol) {
     let dir = fixture("gpt2-reward-tiny");
     let refs = json(&dir.join("reference.json"));
-    let rm = RewardModel::load(&dir, &Cpu).unwrap();
+    let rm = RewardModel::load(&dir, b).unwrap();
     let mut worst = 0.0f64;
     let mut pairs = 0;
     for case in refs["cases"].as_array().unwrap() {
@@ -131,32 +169,32 @@ fn gpt2_reward_logits_match() {
             None => rm.encode(text).unwrap(),
         };
         assert_eq!(got, ids(&case["input_ids"]), "ids of {text:?}");
-        let logits = rm.model.classify(&Cpu, &got).unwrap();
+        let logits = rm.model.classify(b, &got).unwrap();
         worst = worst.max(rel_err(&logits, &floats(&case["logits"])));
         // The judge's own entry point builds the HH pair the fixture recorded.
         if let (Some(p), Some(r)) = (case.get("prompt"), case.get("response")) {
             let (p, r) = (p.as_str().unwrap(), r.as_str().unwrap());
             assert_eq!(hh_pair(p, r), (text.to_string(), case["text_pair"].as_str().unwrap().to_string()));
-            let score = rm.score(&Cpu, p, r).unwrap();
-            assert!(rel_err(&[score], &floats(&case["logits"])) <= LOGITS_TOL);
+            let score = rm.score(b, p, r).unwrap();
+            assert!(rel_err(&[score], &floats(&case["logits"])) <= tol.logits);
             pairs += 1;
         }
     }
     assert_eq!(pairs, 4);
-    eprintln!("gpt2 reward: worst logits rel err {worst:.2e}");
-    assert!(worst <= LOGITS_TOL, "{worst}");
+    eprintln!("gpt2 reward ({}): worst logits rel err {worst:.2e}", b.name());
+    assert!(worst <= tol.logits, "{worst}");
 }
 
-fn check_toxicity(name: &str, label: &str, function: &str) {
+fn check_toxicity<B: Backend>(b: &B, tol: Tol, name: &str, label: &str, function: &str) {
     let dir = fixture(name);
     let refs = json(&dir.join("reference.json"));
-    let clf = ToxicityClassifier::load(&dir, &Cpu).unwrap();
+    let clf = ToxicityClassifier::load(&dir, b).unwrap();
     assert_eq!((clf.rule.label.as_str(), clf.rule.function), (label, function));
     let mut worst = 0.0f64;
     for case in refs["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         assert_eq!(clf.encode(text).unwrap(), ids(&case["input_ids"]), "{name} ids of {text:?}");
-        let s = clf.score(&Cpu, text).unwrap();
+        let s = clf.score(b, text).unwrap();
         let expected = floats(&case["logits"]);
         worst = worst.max(rel_err(&s.logits, &expected));
         // The score definition, recomputed here from the reference logits in f64.
@@ -167,29 +205,33 @@ fn check_toxicity(name: &str, label: &str, function: &str) {
             let z: f64 = e.iter().map(|x| x.exp()).sum();
             e[clf.rule.label_index].exp() / z
         };
-        assert!((s.score - want).abs() < 1e-5, "{name}: score {} vs {want}", s.score);
+        assert!((s.score - want).abs() < tol.logits * 0.1, "{name}: score {} vs {want}", s.score);
     }
-    eprintln!("{name}: worst logits rel err {worst:.2e}");
-    assert!(worst <= LOGITS_TOL, "{worst}");
+    eprintln!("{name} ({}): worst logits rel err {worst:.2e}", b.name());
+    assert!(worst <= tol.logits, "{worst}");
 }
 
 #[test]
 fn bert_toxicity_logits_match() {
-    check_toxicity("bert-toxic-tiny", "toxic", "sigmoid");
+    check_toxicity(&Cpu, CPU, "bert-toxic-tiny", "toxic", "sigmoid");
 }
 
 #[test]
 fn roberta_toxicity_logits_match() {
-    check_toxicity("roberta-toxic-tiny", "toxic", "softmax");
+    check_toxicity(&Cpu, CPU, "roberta-toxic-tiny", "toxic", "softmax");
 }
 
 #[test]
 fn llama_guard_prompts_logits_and_verdict_tokens_match() {
+    check_llama_guard(&Cpu, CPU);
+}
+
+fn check_llama_guard<B: Backend>(b: &B, tol: Tol) {
     let dir = fixture("llama-guard-tiny");
     let refs = json(&dir.join("reference.json"));
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let guard = LlamaGuard::load(&dir, &Cpu, None).unwrap();
+    let guard = LlamaGuard::load(&dir, b, None).unwrap();
     assert_eq!(guard.version, LlamaGuardVersion::V3, "detected from the shipped template");
     assert!(guard.template_from_model);
     let cases = refs["cases"].as_array().unwrap();
@@ -210,29 +252,36 @@ fn llama_guard_prompts_logits_and_verdict_tokens_match() {
         image_token_id: u32::MAX,
     };
     assert!(opts.eos_token_ids.iter().all(|e| guard.eos_token_ids.contains(e)));
-    let out = generate(&Cpu, &guard.llm, &requests, &opts, true).unwrap();
-    let mut worst = 0.0f64;
+    let out = generate(b, &guard.llm, &requests, &opts, true).unwrap();
+    let (mut worst, mut compared) = (0.0f64, 0);
     for (case, g) in cases.iter().zip(&out) {
         let reference = tensor_f32(&st, case["logits"].as_str().unwrap());
         worst = worst.max(rel_err(g.first_logits.as_ref().unwrap(), &reference));
-        assert_eq!(g.token_ids, ids(&case["generated"]), "greedy verdict tokens of case {case}");
+        let want = ids(&case["generated"]);
+        compared += assert_tokens(&g.token_ids, &want, &floats(&case["margins"]), tol.margin, &case.to_string());
     }
-    eprintln!("llama guard: worst first-step logits rel err {worst:.2e}");
-    assert!(worst <= LOGITS_TOL, "{worst}");
+    eprintln!("llama guard ({}): worst first-step logits rel err {worst:.2e}, {compared} tokens equal", b.name());
+    assert!(worst <= tol.logits, "{worst}");
     // The judge API end to end: the verdict text is the decoded greedy tokens.
     let mut guard = guard;
     guard.max_new_tokens = opts.max_new_tokens;
-    let j = guard.judge(&Cpu, &[("How do I pick a lock?", Some("I'm sorry, but I cannot help with that."))]).unwrap();
-    assert_eq!(j[0].raw, cases[0]["decoded"].as_str().unwrap());
+    let j = guard.judge(b, &[("How do I pick a lock?", Some("I'm sorry, but I cannot help with that."))]).unwrap();
+    if floats(&cases[0]["margins"]).iter().all(|&m| m as f64 >= tol.margin) {
+        assert_eq!(j[0].raw, cases[0]["decoded"].as_str().unwrap());
+    }
 }
 
 #[test]
 fn llama_guard_vision_prompts_logits_and_verdict_tokens_match() {
+    check_llama_guard_vision(&Cpu, CPU);
+}
+
+fn check_llama_guard_vision<B: Backend>(b: &B, tol: Tol) {
     let dir = fixture("llama-guard-vision-tiny");
     let refs = json(&dir.join("reference.json"));
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut guard = LlamaGuardVision::load(&dir, &Cpu).unwrap();
+    let mut guard = LlamaGuardVision::load(&dir, b).unwrap();
     assert!(guard.template_from_model, "chat_template.json is read");
     guard.max_new_tokens = refs["max_new_tokens"].as_u64().unwrap() as usize;
     assert!(ids(&refs["eos_token_ids"]).iter().all(|e| guard.eos_token_ids.contains(e)));
@@ -247,33 +296,58 @@ fn llama_guard_vision_prompts_logits_and_verdict_tokens_match() {
         items.push(GuardItem { prompt, response, image: image.as_deref() });
     }
     assert!(images.iter().any(Option::is_none) && images.iter().filter(|i| i.is_some()).count() >= 4);
-    let judged = guard.judge_with_logits(&Cpu, &items, true).unwrap();
+    let judged = guard.judge_with_logits(b, &items, true).unwrap();
     let (mut worst, mut compared) = (0.0f64, 0);
     for (case, (j, logits)) in cases.iter().zip(&judged) {
         let reference = tensor_f32(&st, case["logits"].as_str().unwrap());
         worst = worst.max(rel_err(logits.as_ref().unwrap(), &reference));
         let want = ids(&case["generated"]);
-        let margins = floats(&case["margins"]);
-        let sure = margins.iter().position(|&m| m < 1e-3).map_or(want.len(), |i| i + 1);
-        assert_eq!(j.token_ids[..sure.min(j.token_ids.len())], want[..sure], "greedy verdict tokens of {case}");
+        let sure = assert_tokens(&j.token_ids, &want, &floats(&case["margins"]), tol.margin, &case.to_string());
         compared += sure;
         if sure == want.len() {
             assert_eq!(j.raw, case["decoded"].as_str().unwrap());
         }
     }
-    eprintln!("llama guard vision: worst first-step logits rel err {worst:.2e}, {compared} greedy tokens equal");
-    assert!(worst <= LOGITS_TOL, "{worst}");
-    assert!(compared >= cases.len() * 4, "too few tokens compared: {compared}");
-    // One at a time gives the same verdicts as the mixed batch.
-    for (item, (j, _)) in items.iter().zip(&judged).take(3) {
-        assert_eq!(guard.judge(&Cpu, std::slice::from_ref(item)).unwrap()[0].token_ids, j.token_ids);
+    eprintln!(
+        "llama guard vision ({}): worst first-step logits rel err {worst:.2e}, {compared} tokens equal",
+        b.name()
+    );
+    assert!(worst <= tol.logits, "{worst}");
+    assert!(compared >= cases.len(), "too few tokens compared: {compared}");
+    if tol.logits <= CPU.logits {
+        assert!(compared >= cases.len() * 4, "too few tokens compared: {compared}");
+        // One at a time gives the same verdicts as the mixed batch.
+        for (item, (j, _)) in items.iter().zip(&judged).take(3) {
+            assert_eq!(guard.judge(b, std::slice::from_ref(item)).unwrap()[0].token_ids, j.token_ids);
+        }
     }
     // An image that does not decode is named.
-    let bad = std::env::temp_dir().join(format!("icet-guard-bad-{}.png", std::process::id()));
+    let bad = std::env::temp_dir().join(format!("icet-guard-bad-{}-{}.png", std::process::id(), b.name()));
     std::fs::write(&bad, b"not a png").unwrap();
-    let e = guard.judge(&Cpu, &[GuardItem { image: Some(&bad), ..items[0] }]).unwrap_err().to_string();
+    let e = guard.judge(b, &[GuardItem { image: Some(&bad), ..items[0] }]).unwrap_err().to_string();
     assert!(e.contains(&bad.display().to_string()), "{e}");
     std::fs::remove_file(&bad).ok();
+}
+
+/// Every judge through the CUDA backend (skipped, visibly, without a GPU).
+fn check_judges_on_cuda(dtype: DType, label: &str) {
+    let b = cuda_or_skip!(label, dtype);
+    let tol = cuda_tol(dtype);
+    check_reward(&b, tol);
+    check_toxicity(&b, tol, "bert-toxic-tiny", "toxic", "sigmoid");
+    check_toxicity(&b, tol, "roberta-toxic-tiny", "toxic", "softmax");
+    check_llama_guard(&b, tol);
+    check_llama_guard_vision(&b, tol);
+}
+
+#[test]
+fn gpu_judges_parity_f32() {
+    check_judges_on_cuda(DType::F32, "gpu_judges_parity_f32");
+}
+
+#[test]
+fn gpu_judges_parity_bf16() {
+    check_judges_on_cuda(DType::BF16, "gpu_judges_parity_bf16");
 }
 
 #[test]
