@@ -2,7 +2,7 @@
 """transformers' side of `icet bench`: the same stages, shapes and counting rules, so that the two
 are compared in one run on one machine (the GPU check script runs both).
 
-  make DIR [--shape llava-7b|tiny] [--text-layers N] [--dtype bf16|f32]
+  make DIR [--shape llava-7b|small|tiny] [--text-layers N] [--dtype bf16|f32]
       A random-weight LlavaForConditionalGeneration with LLaVA-1.5-7B's shapes (CLIP ViT-L/14-336,
       Llama-2-7B width) and N text layers (the full 32 need 14 GB; per-layer costs scale), saved as
       safetensors with the fixtures' tokenizer (its `<image>` id becomes image_token_index). No
@@ -44,6 +44,12 @@ SHAPES = {
                     image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu"),
         text=dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
                   vocab_size=32064, max_position_embeddings=4096),
+    ),
+    "small": dict(  # CPU-sized: the same structure at an eighth of the width
+        vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=4,
+                    image_size=224, patch_size=14, projection_dim=256, hidden_act="quick_gelu"),
+        text=dict(hidden_size=512, intermediate_size=1376, num_attention_heads=8, num_key_value_heads=8,
+                  vocab_size=32064, max_position_embeddings=2048),
     ),
     "tiny": dict(
         vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
