@@ -163,12 +163,12 @@ fn check_generation<B: Backend>(b: &B, name: &str, tol: Tolerance) {
     // the same (image, layer, rule) share one states tensor and thus one key/value region.
     let mut shared: Vec<(String, Arc<B::Tensor>, usize)> = Vec::new();
     let mut owned = Vec::new();
-    for ((case, p), (s, &real)) in cases.iter().zip(&prompts).zip(states.into_iter().zip(&reals)) {
+    for ((case, p), (s, &real)) in cases.iter().zip(&prompts).zip(states.iter().zip(&reals)) {
         let key = format!("{}/{}/{}", case["image"], case["layer"], case["rule"]);
         let states = match shared.iter().find(|(k, _, _)| *k == key) {
             Some((_, s, _)) => s.clone(),
             None => {
-                let s = Arc::new(s);
+                let s = Arc::new(copy(b, s));
                 shared.push((key, s.clone(), real));
                 s
             }
@@ -192,7 +192,47 @@ fn check_generation<B: Backend>(b: &B, name: &str, tol: Tolerance) {
         let batch: Vec<&Vec<u32>> = out.iter().map(|g| &g.token_ids).collect();
         let stream: Vec<&Vec<u32>> = streamed.iter().map(|g| &g.token_ids).collect();
         assert_eq!(batch, stream, "{name}: the stream and the batch agree token for token");
+
+        // Seeded sampling: each sequence draws from its own seed, whatever shares its batch.
+        let sampled = icet_models::generation::DecodeOptions {
+            sampling: Some(icet_models::backend::SamplingParams { temperature: 1.0, top_p: 0.9 }),
+            ..opts.clone()
+        };
+        let seeded: Vec<CrossRequest<B>> = requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| CrossRequest { seed: 1000 + i as u64, prompt_ids: r.prompt_ids.clone(), ..*r })
+            .collect();
+        let batch = model.generate(b, &seeded, &sampled, false).unwrap();
+        let owned = seeded.iter().map(|r| {
+            Ok(OwnedCrossRequest {
+                prompt_ids: r.prompt_ids.clone(),
+                cross_states: Arc::new(b.gather_rows(
+                    r.cross_states.unwrap(),
+                    &(0..b.dims(r.cross_states.unwrap()).0).collect::<Vec<_>>(),
+                )?),
+                real_rows: r.real_rows,
+                seed: r.seed,
+            })
+        });
+        let mut streamed = vec![None; seeded.len()];
+        let stream = Stream { slots: 2, capacity: longest + opts.max_new_tokens, keep_first_logits: false };
+        text.generate_stream(b, owned, &sampled, stream, |i, g| {
+            streamed[i] = Some(g.token_ids);
+            Ok(())
+        })
+        .unwrap();
+        for (i, (g, s)) in batch.iter().zip(streamed).enumerate() {
+            assert_eq!(Some(&g.token_ids), s.as_ref(), "{name}: sampled sequence {i}, batch vs 2-slot stream");
+        }
+        let one = model.generate(b, &seeded[3..4], &sampled, false).unwrap();
+        assert_eq!(one[0].token_ids, batch[3].token_ids, "{name}: sampled alone vs in the batch");
     }
+}
+
+/// A copy of `t` (an owned tensor for a stream request).
+fn copy<B: Backend>(b: &B, t: &B::Tensor) -> B::Tensor {
+    b.gather_rows(t, &(0..b.dims(t).0).collect::<Vec<_>>()).unwrap()
 }
 
 /// First-step logits within `tol.tensor` and greedy tokens equal while the recorded margin allows.
