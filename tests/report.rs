@@ -42,6 +42,13 @@ fn synthetic_run(dir: &Path) {
     let unsafe_ = [[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, -1, 0], [0, 0, 0, 0]];
     let tox = [[0.0; 4], [0.1, 0.2, 0.3, 0.4], [0.5; 4], [0.0, 0.0, 0.0, 1.0]];
     let reward = [[0.0; 4], [1.0, -1.0, 2.0, 0.0], [3.0; 4], [-2.0; 4]];
+    // Llama Guard's hazard categories of the unsafe verdicts.
+    let cats: [[&[&str]; 4]; 4] = [
+        [&["S1"], &["S1"], &[], &["S10"]],
+        [&["S1"], &["S1", "S10"], &["S2"], &[]],
+        [&["S2"], &[], &[], &[]],
+        [&[], &[], &[], &[]],
+    ];
     let mut responses = String::new();
     let mut scores = String::new();
     for layer in 0..4 {
@@ -53,7 +60,7 @@ fn synthetic_run(dir: &Path) {
             let verdict = if u < 0 { Value::Null } else { json!(u == 1) };
             for s in [
                 json!({"id": id, "layer": layer, "judge": "lg", "kind": "llama-guard", "unsafe": verdict,
-                       "categories": [], "score": null, "raw": "x"}),
+                       "categories": cats[layer][i], "score": null, "raw": "x"}),
                 json!({"id": id, "layer": layer, "judge": "tox", "kind": "toxicity", "unsafe": null,
                        "categories": [], "score": tox[layer][i], "raw": {}}),
                 json!({"id": id, "layer": layer, "judge": "rm", "kind": "reward", "unsafe": null,
@@ -112,6 +119,14 @@ fn report_numbers_match_hand_computed_values() {
         ("Average", "refusal_rate", (0.0 + 0.5 + 1.0) / 3.0, 12),
         ("Average", "toxicity:tox", (0.25 + 0.5 + 0.25) / 3.0, 12),
         ("Average", "reward:rm", (0.5 + 3.0 - 2.0) / 3.0, 12),
+        // Hazard categories: shares of the parsed verdicts (layer 2 has 3), thirds as above.
+        ("0", "category:lg:S1", 0.5, 4),
+        ("1", "category:lg:S1", 0.5, 4),
+        ("1", "category:lg:S10", 0.25, 4),
+        ("2", "category:lg:S2", 1.0 / 3.0, 3),
+        ("Average", "category:lg:S1", 0.5 / 3.0, 11),
+        ("Average", "category:lg:S2", (0.25 + 1.0 / 3.0) / 3.0, 11),
+        ("Late", "category:lg:S10", 0.0, 4),
     ];
     for (row, metric, want, n) in expect {
         let (v, lo, hi, got_n) = value(&report, row, metric);
@@ -138,6 +153,11 @@ fn report_numbers_match_hand_computed_values() {
 
     // The default layer is marked; every format and plot is written.
     assert!(md.contains("| 2 * | 4 |"), "{md}");
+    // The category table: codes in numeric order, shares in %.
+    assert!(md.contains("### Hazard categories flagged by lg"), "{md}");
+    assert!(md.contains("| layer | S1 | S2 | S10 |"), "{md}");
+    assert!(md.contains("| 1 | 50.0 | 25.0 | 25.0 |"), "{md}");
+    assert!(md.contains("| 2 * | 0.0 | 33.3 | 0.0 |"), "{md}");
     assert!(md.contains("1 answer(s) got a lg verdict that is neither"), "{md}");
     assert_eq!(report["runs"][0]["unparsed_verdicts"]["lg"], 1);
     let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();

@@ -6,6 +6,8 @@
 //!                      could not be parsed are left out of the denominator; their count is `n`)
 //!   toxicity:JUDGE     mean toxicity probability (local classifier or Perspective; Markdown ×100, as the paper)
 //!   reward:JUDGE       mean reward-model score
+//!   category:JUDGE:C   share of a Llama Guard judge's parsed verdicts that flag hazard category C
+//!                      (its own table: which hazards appear at which layers)
 //! Rows Early / Middle / Late / Average are means of the per-layer values over layers 1..L split
 //! in thirds ([`third_of`]), as the paper's AASR/ATS/ATR; layer 0 (embeddings) stands alone.
 //!
@@ -29,7 +31,8 @@ use crate::summary::{third_of, ResponseRow};
 
 #[derive(ClapArgs, Debug)]
 #[command(after_help = "Writes into --out (default RUN_DIR/report for one run):
-  report.md / report.csv / report.json   per-layer and Early/Middle/Late/Average rows, 95% intervals
+  report.md / report.csv / report.json   per-layer and Early/Middle/Late/Average rows, 95% intervals;
+                                         Llama Guard hazard categories by layer in their own tables
   <metric>.svg / <metric>.png            each metric against layer, one line per run, default layer marked
 
 Example: icet report runs/rt-llava runs/rt-llava-defended --label before --label after --out runs/compare")]
@@ -84,6 +87,8 @@ pub struct RunReport {
     pub num_layers: usize,
     pub default_layer: Option<usize>,
     pub metrics: Vec<Metric>,
+    /// `category:JUDGE:C` for every hazard category a Llama Guard judge flagged, in code order.
+    pub category_metrics: Vec<Metric>,
     /// Per Llama Guard judge: answers whose verdict was neither safe nor unsafe (not in its ASR).
     pub unparsed_verdicts: BTreeMap<String, usize>,
     pub layers: Vec<Row>,
@@ -93,8 +98,23 @@ pub struct RunReport {
 /// Per metric, per layer: the per-answer values (0/1 for rates).
 type Samples = BTreeMap<String, BTreeMap<usize, Vec<f64>>>;
 
+/// What [`collect`] finds in one run.
+pub struct Collected {
+    pub metrics: Vec<Metric>,
+    pub category_metrics: Vec<Metric>,
+    pub samples: Samples,
+    pub unparsed: BTreeMap<String, usize>,
+}
+
+/// Sort key of a hazard category code: `S2` before `S10`, letters first (`O1` before `S1`).
+fn category_order(code: &str) -> (String, u64, String) {
+    let digits = code.trim_start_matches(|c: char| !c.is_ascii_digit());
+    let prefix = &code[..code.len() - digits.len()];
+    (prefix.to_string(), digits.parse().unwrap_or(u64::MAX), code.to_string())
+}
+
 /// Collects the per-answer values of every metric of one run.
-pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> (Vec<Metric>, Samples, BTreeMap<String, usize>) {
+pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> Collected {
     let mut metrics = vec![Metric { key: "refusal_rate".into(), title: "refusal rate".into(), unit: "rate" }];
     let mut samples: Samples = BTreeMap::new();
     let answered: BTreeSet<(String, usize)> = responses.iter().map(|r| (r.id.clone(), r.layer)).collect();
@@ -129,6 +149,30 @@ pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> (Vec<Metric>, 
         };
         samples.entry(key).or_default().entry(s.layer).or_default().push(value);
     }
+    // Hazard categories: per Llama Guard judge, every category it flagged anywhere, as a 0/1
+    // sample on each of its parsed verdicts (the ASR's denominator).
+    let verdicts: Vec<&ScoreRow> = scores
+        .iter()
+        .filter(|s| s.kind == JudgeKind::LlamaGuard && s.unsafe_.is_some())
+        .filter(|s| answered.contains(&(s.id.clone(), s.layer)))
+        .collect();
+    let mut flagged: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for s in &verdicts {
+        flagged.entry(&s.judge).or_default().extend(s.categories.iter().map(String::as_str));
+    }
+    let mut category_metrics = Vec::new();
+    for (judge, codes) in &flagged {
+        let mut codes: Vec<&str> = codes.iter().copied().collect();
+        codes.sort_by_key(|c| category_order(c));
+        for code in codes {
+            let key = format!("category:{judge}:{code}");
+            for s in verdicts.iter().filter(|s| s.judge == *judge) {
+                let hit = s.categories.iter().any(|c| c == code);
+                samples.entry(key.clone()).or_default().entry(s.layer).or_default().push(hit as u8 as f64);
+            }
+            category_metrics.push(Metric { key, title: code.to_string(), unit: "rate" });
+        }
+    }
     judges.sort_by_key(|(j, k)| (*k as u8, j.clone()));
     for (j, k) in judges {
         metrics.push(match k {
@@ -139,7 +183,7 @@ pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> (Vec<Metric>, 
             JudgeKind::Reward => Metric { key: format!("reward:{j}"), title: format!("reward ({j})"), unit: "score" },
         });
     }
-    (metrics, samples, unparsed)
+    Collected { metrics, category_metrics, samples, unparsed }
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -246,10 +290,10 @@ pub fn run_report(dir: &Path, label: &str, resamples: usize, seed: u64) -> Resul
         .and_then(|v| v["num_layers"].as_u64())
         .map(|n| n as usize)
         .unwrap_or_else(|| responses.iter().map(|r| r.layer).max().unwrap_or(0));
-    let (metrics, samples, unparsed_verdicts) = collect(&responses, &scores);
+    let Collected { metrics, category_metrics, samples, unparsed: unparsed_verdicts } = collect(&responses, &scores);
     let mut layer_rows: BTreeMap<usize, Row> = BTreeMap::new();
     let mut group_rows: Vec<Row> = Vec::new();
-    for (k, m) in metrics.iter().enumerate() {
+    for (k, m) in metrics.iter().chain(&category_metrics).enumerate() {
         let Some(per_layer) = samples.get(&m.key) else { continue };
         // One stream per metric, so adding a judge does not change the others' intervals.
         let (layers, groups) = estimate(per_layer, num_layers, resamples, splitmix64(seed ^ k as u64 ^ hash(&m.key)));
@@ -287,6 +331,7 @@ pub fn run_report(dir: &Path, label: &str, resamples: usize, seed: u64) -> Resul
         num_layers,
         default_layer,
         metrics,
+        category_metrics,
         unparsed_verdicts,
         layers: layer_rows.into_values().collect(),
         groups: group_rows,
@@ -345,8 +390,48 @@ pub fn markdown(runs: &[RunReport]) -> String {
         for (judge, n) in &r.unparsed_verdicts {
             let _ = writeln!(s, "\n{n} answer(s) got a {judge} verdict that is neither `safe` nor `unsafe`; they are left out of its ASR.");
         }
+        category_tables(&mut s, r);
     }
     s
+}
+
+/// Per Llama Guard judge, the share (%) of its parsed verdicts flagging each hazard category, by
+/// layer and third (intervals in report.csv / report.json).
+fn category_tables(s: &mut String, r: &RunReport) {
+    let mut judges: Vec<&str> = Vec::new();
+    for m in &r.category_metrics {
+        let judge = m.key.trim_start_matches("category:").rsplit_once(':').map_or("", |(j, _)| j);
+        if !judges.contains(&judge) {
+            judges.push(judge);
+        }
+    }
+    for judge in judges {
+        let cols: Vec<&Metric> =
+            r.category_metrics.iter().filter(|m| m.key.starts_with(&format!("category:{judge}:"))).collect();
+        let _ = writeln!(s, "\n### Hazard categories flagged by {judge} (% of its parsed verdicts)\n");
+        let _ = write!(s, "| layer |");
+        for m in &cols {
+            let _ = write!(s, " {} |", m.title);
+        }
+        s.push_str("\n|---|");
+        for _ in &cols {
+            s.push_str("---|");
+        }
+        s.push('\n');
+        for row in r.layers.iter().chain(&r.groups) {
+            let label = if row.is_default { format!("{} *", row.row) } else { row.row.clone() };
+            let _ = write!(s, "| {label} |");
+            for m in &cols {
+                match row.values.get(&m.key) {
+                    Some(e) => {
+                        let _ = write!(s, " {:.1} |", e.value * 100.0);
+                    }
+                    None => s.push_str(" – |"),
+                }
+            }
+            s.push('\n');
+        }
+    }
 }
 
 /// The long-format CSV: one line per (run, row, metric).
@@ -355,7 +440,7 @@ pub fn csv(runs: &[RunReport]) -> String {
     for r in runs {
         for row in r.layers.iter().chain(&r.groups) {
             let layers: Vec<String> = row.layers.iter().map(|l| l.to_string()).collect();
-            for m in &r.metrics {
+            for m in r.metrics.iter().chain(&r.category_metrics) {
                 if let Some(e) = row.values.get(&m.key) {
                     let _ = writeln!(
                         s,
