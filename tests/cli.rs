@@ -364,3 +364,32 @@ fn bench_reports_every_stage_with_its_work() {
         report["measurements"].as_array().unwrap().iter().map(|r| r["stage"].as_str().unwrap()).collect();
     assert_eq!(stages, ["vision", "prefill", "decode"]);
 }
+
+#[test]
+fn batch_size_auto_sizes_the_stream_from_free_memory() {
+    let d = scratch("auto-batch");
+    let run = d.join("run");
+    let out = icet(&[
+        "sweep",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "auto",
+        "--layers",
+        "1,-2",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The demo's 12 answers cap the choice; the free memory (MemAvailable on Linux) is reported.
+    let said = stderr.lines().find(|l| l.contains("--batch-size auto:")).expect("the choice is said");
+    assert!(said.contains("12 sequences"), "{said}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["batch_size"], "auto");
+    let out = icet(&["sweep", "--device", "cpu", "--batch-size", "0", "--out", run.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("at least 1"));
+}

@@ -319,8 +319,18 @@ pub fn sweep_answers<B: Backend>(
     let mut work = pending.to_vec();
     work.sort_by_key(|&(i, l)| (first_seen[rows[i].image_path.as_path()], l, i));
     let longest = prompt_ids.values().map(Vec::len).max().unwrap_or(0);
-    let stream =
-        Stream { slots: args.batch_size.max(1), capacity: longest + opts.max_new_tokens, keep_first_logits: false };
+    let capacity = longest + opts.max_new_tokens;
+    let text_config = &model.config.text_config;
+    let mut cost = crate::sweep::SlotCost::decoder(&text_config.llama, capacity, longest, b.element_bytes());
+    // Only self-attention layers cache keys/values; each slot may also hold one image's
+    // cross-attention keys/values (its pool region) for every cross layer.
+    let (cross, layers) = (text_config.cross_attention_layers.len(), text_config.llama.num_hidden_layers);
+    let v = &model.config.vision_config;
+    let kv_width = text_config.llama.kv_heads() * text_config.llama.head_dim();
+    cost.cache_bytes = cost.cache_bytes / layers.max(1) * (layers - cross)
+        + v.max_num_tiles * v.tokens_per_tile() * 2 * kv_width * cross * b.element_bytes();
+    let slots = crate::sweep::choose_slots(args.batch_size, b.free_memory(), &cost, work.len());
+    let stream = Stream { slots, capacity, keep_first_logits: false };
 
     // The image at hand: its projected states per layer and its real-tile rows.
     type LayerStates<T> = HashMap<usize, Arc<T>>;

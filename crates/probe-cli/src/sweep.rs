@@ -58,9 +58,11 @@ pub struct Args {
     pub template: Option<TemplateArg>,
     #[command(flatten)]
     pub decode: DecodeArgs,
-    /// Sequences in flight at once (continuous batching: a finished answer's slot is refilled at once)
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
+    /// Sequences in flight at once (continuous batching: a finished answer's slot is refilled at
+    /// once), or `auto`: as many as the free device memory holds (KV cache and prefill estimated
+    /// from the config; at most 256), said on stderr
+    #[arg(long, default_value = "32", value_parser = parse_batch_size)]
+    pub batch_size: BatchSize,
     #[command(flatten)]
     pub data_opts: data::DataArgs,
     /// Judges to score the answers with once generated (as `icet score`; see `icet score --help`)
@@ -143,10 +145,6 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
         }
         (None, false) => bail!("--out DIR is required"),
     };
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-
     // Everything that can be wrong with the inputs is found before the model loads.
     let rows = data::load_with(&data_path, &args.data_opts)?;
     let judge_specs = crate::score::preflight(&args.judges)?;
@@ -202,7 +200,7 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
         "command": std::env::args().collect::<Vec<_>>(),
         "settings": settings,
         "backend": b.name(),
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size.to_string(),
         "default_layer": default_layer,
         "refusal_phrases": REFUSAL_PHRASES,
         "demo": demo,
@@ -246,8 +244,10 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
             }
         }
         let longest = prompt_ids.values().map(Vec::len).max().unwrap_or(0);
-        let stream =
-            Stream { slots: args.batch_size, capacity: longest + opts.max_new_tokens, keep_first_logits: false };
+        let capacity = longest + opts.max_new_tokens;
+        let cost = SlotCost::decoder(&model.config.text_config, capacity, longest, b.element_bytes());
+        let slots = choose_slots(args.batch_size, b.free_memory(), &cost, work.len());
+        let stream = Stream { slots, capacity, keep_first_logits: false };
 
         // Requests are made lazily: the next image's vision pass runs when a slot needs its
         // first request, and its features are freed once its last sequence finishes.
@@ -304,6 +304,84 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
         crate::score::score_run(b, &out, &args.judges)?;
     }
     Ok(())
+}
+
+/// `--batch-size`: a number of sequences, or `auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchSize {
+    Auto,
+    Fixed(usize),
+}
+
+impl std::fmt::Display for BatchSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+fn parse_batch_size(s: &str) -> std::result::Result<BatchSize, String> {
+    match s {
+        "auto" => Ok(BatchSize::Auto),
+        _ => match s.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(BatchSize::Fixed(n)),
+            _ => Err(format!("`{s}` is neither a number of sequences (at least 1) nor `auto`")),
+        },
+    }
+}
+
+/// What one sequence in flight costs in memory: its KV-cache slot (and, for Mllama, its
+/// cross-attention region) and its share of a full prefill's activations.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct SlotCost {
+    pub cache_bytes: usize,
+    pub prefill_bytes: usize,
+}
+
+impl SlotCost {
+    /// A decoder of `config`'s shape: `capacity` positions per slot over every layer, and a prompt
+    /// of `prompt` tokens prefilled — per token the residual stream, norms, q/k/v, attention
+    /// output and MLP intermediates alive at once (~8 × hidden + 3 × intermediate), plus one row
+    /// of f32 logits.
+    pub fn decoder(config: &icet_models::llama::LlamaConfig, capacity: usize, prompt: usize, elem: usize) -> Self {
+        let kv_width = config.kv_heads() * config.head_dim();
+        Self {
+            cache_bytes: capacity * config.num_hidden_layers * 2 * kv_width * elem,
+            prefill_bytes: prompt * (8 * config.hidden_size + 3 * config.intermediate_size) * elem
+                + config.vocab_size * 4,
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.cache_bytes + self.prefill_bytes
+    }
+}
+
+/// The slots of a stream: `Fixed` as given; `Auto` as many as 85% of `free` memory holds (at most
+/// 256 and the answers to make), or 32 (at most the answers) when free memory is unknown. Says the choice on stderr.
+pub(crate) fn choose_slots(arg: BatchSize, free: Option<usize>, cost: &SlotCost, answers: usize) -> usize {
+    let BatchSize::Fixed(n) = arg else {
+        let cap = answers.clamp(1, 256);
+        let Some(free) = free else {
+            let n = 32.min(cap);
+            eprintln!("icet: --batch-size auto: free memory unknown on this backend; {n} sequences");
+            return n;
+        };
+        let slots = (free as f64 * 0.85 / cost.total().max(1) as f64).floor() as usize;
+        let slots = slots.clamp(1, cap);
+        let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+        eprintln!(
+            "icet: --batch-size auto: {slots} sequences ({:.1} MiB each: KV cache {:.1} + prefill {:.1}; {:.2} GiB free)",
+            mib(cost.total()),
+            mib(cost.cache_bytes),
+            mib(cost.prefill_bytes),
+            free as f64 / (1u64 << 30) as f64
+        );
+        return slots;
+    };
+    n
 }
 
 /// Appends answers to `responses.jsonl` as they finish — one line each, flushed, so an
@@ -379,5 +457,41 @@ pub(crate) fn response_row(
         response,
         token_ids,
         finish_reason: finish.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_size_parses_numbers_and_auto() {
+        assert_eq!(parse_batch_size("auto"), Ok(BatchSize::Auto));
+        assert_eq!(parse_batch_size("12"), Ok(BatchSize::Fixed(12)));
+        assert!(parse_batch_size("0").unwrap_err().contains("at least 1"));
+        assert!(parse_batch_size("many").is_err());
+        assert_eq!(BatchSize::Auto.to_string(), "auto");
+    }
+
+    /// LLaVA-1.5-7B in bf16 with 600-token prompts and 256 new tokens, by hand: a slot's KV
+    /// cache is 856 positions × 32 layers × 2 × 4096 × 2 bytes = 428 MiB.
+    #[test]
+    fn auto_slots_fill_free_memory() {
+        let config: icet_models::llama::LlamaConfig = serde_json::from_value(serde_json::json!({
+            "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+            "num_attention_heads": 32, "vocab_size": 32064}))
+        .unwrap();
+        let cost = SlotCost::decoder(&config, 856, 600, 2);
+        assert_eq!(cost.cache_bytes, 856 * 32 * 2 * 4096 * 2);
+        assert_eq!(cost.prefill_bytes, 600 * (8 * 4096 + 3 * 11008) * 2 + 32064 * 4);
+        // 60 GiB free (an 80 GB H100 after 14 GB of weights): 85% over (428 + 77) MiB a slot.
+        let free = 60usize << 30;
+        let want = (free as f64 * 0.85 / cost.total() as f64).floor() as usize;
+        assert_eq!(choose_slots(BatchSize::Auto, Some(free), &cost, 100_000), want);
+        assert!((100..110).contains(&want), "{want}");
+        assert_eq!(choose_slots(BatchSize::Auto, Some(free), &cost, 40), 40, "never more than the answers");
+        assert_eq!(choose_slots(BatchSize::Auto, Some(1 << 20), &cost, 40), 1, "at least one");
+        assert_eq!(choose_slots(BatchSize::Auto, None, &cost, 40), 32);
+        assert_eq!(choose_slots(BatchSize::Fixed(7), Some(free), &cost, 3), 7);
     }
 }

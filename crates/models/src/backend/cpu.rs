@@ -242,6 +242,14 @@ impl Backend for Cpu {
         "cpu"
     }
 
+    /// `MemAvailable` of /proc/meminfo (Linux); `None` elsewhere.
+    fn free_memory(&self) -> Option<usize> {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     fn from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CpuTensor> {
         CpuTensor::new(data.to_vec(), rows, cols)
     }

@@ -221,6 +221,10 @@ impl Backend for Cuda {
         self.dtype.size()
     }
 
+    fn free_memory(&self) -> Option<usize> {
+        self.gpu.memory().ok().map(|(free, _)| free)
+    }
+
     fn from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
         if data.len() != rows * cols {
             return Err(Error::invalid(format!("tensor of {} values cannot be [{rows}, {cols}]", data.len())));

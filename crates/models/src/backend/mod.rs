@@ -87,6 +87,11 @@ pub trait Backend: Send + Sync {
         4
     }
 
+    /// Memory still free for tensors, in bytes, where the backend can tell (sizing batches).
+    fn free_memory(&self) -> Option<usize> {
+        None
+    }
+
     // ---- data movement -------------------------------------------------------------------
     /// Uploads `data` (row-major, `rows * cols` values).
     // Device backends need `self` (their context) to upload, hence the `from_` with a receiver.
