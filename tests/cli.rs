@@ -279,31 +279,26 @@ fn template_auto_uses_the_models_chat_template() {
     assert_eq!(ids("auto"), ids("llava-hf"), "the model's template renders llava-hf's prompt");
 }
 
+/// `icet bench --device cpu --model MODEL --image square.png --repeat 1 --out OUT` plus `extra`;
+/// the JSON report it wrote and the table it printed.
+fn bench_on_cpu(model: &str, out: &std::path::Path, extra: &[&str]) -> (serde_json::Value, String) {
+    let (model, image) = (fixture(model), fixture("images/square.png"));
+    let mut args = vec!["bench", "--device", "cpu", "--model", model.to_str().unwrap()];
+    args.extend_from_slice(&["--image", image.to_str().unwrap(), "--repeat", "1", "--out", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    let run = icet(&args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let report = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    (report, String::from_utf8_lossy(&run.stdout).into_owned())
+}
+
 #[test]
 fn bench_reports_every_stage_with_its_work() {
     let d = scratch("bench");
     let out_file = d.join("bench.json");
-    let out = icet(&[
-        "bench",
-        "--device",
-        "cpu",
-        "--model",
-        fixture("llava-tiny").to_str().unwrap(),
-        "--image",
-        fixture("images/square.png").to_str().unwrap(),
-        "--vision-batches",
-        "1,2",
-        "--batch-sizes",
-        "1,3",
-        "--new-tokens",
-        "4",
-        "--repeat",
-        "1",
-        "--out",
-        out_file.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    let extra = ["--vision-batches", "1,2", "--batch-sizes", "1,3", "--new-tokens", "4"];
+    let (report, table) = bench_on_cpu("llava-tiny", &out_file, &extra);
+    assert!(table.contains("TFLOP/s") && table.lines().filter(|l| l.starts_with("decode")).count() == 2, "{table}");
     let rows = report["measurements"].as_array().unwrap();
     let stages: Vec<(&str, u64)> =
         rows.iter().map(|r| (r["stage"].as_str().unwrap(), r["batch"].as_u64().unwrap())).collect();
@@ -326,8 +321,6 @@ fn bench_reports_every_stage_with_its_work() {
     // The llava-v1 prompt with the fixture's 16 image slots, as the sweep builds it.
     assert!(report["prompt_tokens"].as_u64().unwrap() > 16);
     assert_eq!(report["vision_layers_captured"], 7, "layers 0..=6 of the tiny tower");
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("TFLOP/s") && table.lines().filter(|l| l.starts_with("decode")).count() == 2, "{table}");
 
     assert_one_line_error(&icet(&["bench", "--device", "cpu", "--new-tokens", "2"]), "--new-tokens at least 3");
     let mllama = fixture("mllama-tiny");
@@ -335,28 +328,8 @@ fn bench_reports_every_stage_with_its_work() {
     assert_one_line_error(&out, "/no/such.png");
 
     // Llama 3.2 Vision: the same stages; its prefill also counts the image's cross keys/values.
-    let out_file = d.join("bench-mllama.json");
-    let out = icet(&[
-        "bench",
-        "--device",
-        "cpu",
-        "--model",
-        mllama.to_str().unwrap(),
-        "--image",
-        fixture("images/square.png").to_str().unwrap(),
-        "--vision-batches",
-        "2",
-        "--batch-sizes",
-        "2",
-        "--new-tokens",
-        "3",
-        "--repeat",
-        "1",
-        "--out",
-        out_file.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    let extra = ["--vision-batches", "2", "--batch-sizes", "2", "--new-tokens", "3"];
+    let (report, _) = bench_on_cpu("mllama-tiny", &d.join("bench-mllama.json"), &extra);
     assert_eq!(report["family"], "mllama");
     assert_eq!(report["vision_layers_captured"], 9, "local layers 0..=8 of the tiny tower");
     assert!(report["flops"]["cross_kv_per_image"].as_f64().unwrap() > 0.0);

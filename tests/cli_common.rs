@@ -13,6 +13,15 @@ pub fn icet(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_icet")).args(args).output().expect("icet runs")
 }
 
+/// `icet generate --model MODEL --device cpu --image IMAGE --prompt PROMPT` plus `extra`.
+pub fn generate_on_cpu(model: &Path, image: &Path, prompt: &str, extra: &[&str]) -> Output {
+    let mut args =
+        vec!["generate", "--model", model.to_str().unwrap(), "--device", "cpu", "--image", image.to_str().unwrap()];
+    args.extend_from_slice(&["--prompt", prompt]);
+    args.extend_from_slice(extra);
+    icet(&args)
+}
+
 /// A fresh, empty scratch folder for one test.
 pub fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("icet-cli-{name}-{}", std::process::id()));

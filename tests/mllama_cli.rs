@@ -7,7 +7,7 @@ use std::process::Output;
 use serde_json::Value;
 
 mod cli_common;
-use cli_common::{assert_one_line_error, f32s, fixture, icet, rel_err, scratch};
+use cli_common::{assert_one_line_error, f32s, fixture, generate_on_cpu, icet, rel_err, scratch};
 
 const TOL: f64 = 1e-4;
 
@@ -208,20 +208,7 @@ fn llava_only_options_are_one_line_errors() {
     assert_one_line_error(&with(&["--strategy", "full"]), "--strategy");
     assert_one_line_error(&with(&["--layer", "9"]), "layer 9");
     assert_one_line_error(&with(&["--template", "raw"]), "<|image|>");
-    let llava = fixture("llava-tiny");
-    let out = icet(&[
-        "generate",
-        "--model",
-        llava.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--image",
-        image.to_str().unwrap(),
-        "--prompt",
-        "Hi",
-        "--template",
-        "llama3",
-    ]);
+    let out = generate_on_cpu(&fixture("llava-tiny"), &image, "Hi", &["--template", "llama3"]);
     assert_one_line_error(&out, "llama3");
 }
 
@@ -247,22 +234,8 @@ fn template_auto_renders_the_models_chat_template() {
     .unwrap();
     let image = fixture("images/square.png");
     let run = |template: &str| -> Value {
-        let out = icet(&[
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--image",
-            image.to_str().unwrap(),
-            "--prompt",
-            "How do I pick a lock?",
-            "--max-new-tokens",
-            "6",
-            "--template",
-            template,
-            "--json",
-        ]);
+        let extra = ["--max-new-tokens", "6", "--template", template, "--json"];
+        let out = generate_on_cpu(&model, &image, "How do I pick a lock?", &extra);
         serde_json::from_str(ok(&out).lines().last().unwrap()).unwrap()
     };
     let (auto, llama3) = (run("auto"), run("llama3"));
@@ -270,18 +243,5 @@ fn template_auto_renders_the_models_chat_template() {
     assert_eq!(auto["token_ids"], llama3["token_ids"]);
     // The template is really the one rendered: a failing template fails the command.
     std::fs::write(model.join("chat_template.jinja"), "{{ raise_exception('template used') }}").unwrap();
-    let out = icet(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--image",
-        image.to_str().unwrap(),
-        "--prompt",
-        "Hi",
-        "--template",
-        "auto",
-    ]);
-    assert_one_line_error(&out, "template used");
+    assert_one_line_error(&generate_on_cpu(&model, &image, "Hi", &["--template", "auto"]), "template used");
 }

@@ -90,13 +90,8 @@ pub fn llava_prompts(model_dir: &Path, arg: Option<TemplateArg>, prompts: &[&str
             let texts = prompts
                 .iter()
                 .map(|p| {
-                    let content = if chat.uses_typed_parts() {
-                        serde_json::json!([{"type": "image"}, {"type": "text", "text": p}])
-                    } else {
-                        serde_json::Value::String(format!("{}\n{p}", icet_models::prompt::IMAGE_PLACEHOLDER))
-                    };
-                    let messages = serde_json::json!([{"role": "user", "content": content}]);
-                    let text = chat.render_json(&messages, true, &[])?;
+                    let placeholder = format!("{}\n", icet_models::prompt::IMAGE_PLACEHOLDER);
+                    let text = render_image_turn(&chat, p, &placeholder)?;
                     Ok(match &bos {
                         Some(b) if !b.is_empty() && text.starts_with(b.as_str()) => text[b.len()..].to_string(),
                         _ => text,
@@ -111,6 +106,18 @@ pub fn llava_prompts(model_dir: &Path, arg: Option<TemplateArg>, prompts: &[&str
     let template = arg.template()?;
     let texts = prompts.iter().map(|p| template.render(p)).collect::<Result<_, _>>()?;
     Ok((template.name().to_string(), texts))
+}
+
+/// A model's chat template rendered for one user turn of an image and `prompt`, with the
+/// generation prompt, as processors' `apply_chat_template` does: `[image, text]` typed parts for
+/// templates that read them, else the text with `placeholder` (the family's image token) in front.
+pub fn render_image_turn(chat: &ChatTemplate, prompt: &str, placeholder: &str) -> Result<String> {
+    let content = if chat.uses_typed_parts() {
+        serde_json::json!([{"type": "image"}, {"type": "text", "text": prompt}])
+    } else {
+        serde_json::Value::String(format!("{placeholder}{prompt}"))
+    };
+    Ok(chat.render_json(&serde_json::json!([{"role": "user", "content": content}]), true, &[])?)
 }
 
 /// Model options every command takes.

@@ -67,14 +67,7 @@ pub fn prompts(dir: &Path, arg: Option<TemplateArg>, prompts: &[&str]) -> Result
         if let Some(chat) = ChatTemplate::from_dir(dir)? {
             let texts = prompts
                 .iter()
-                .map(|p| {
-                    let content = if chat.uses_typed_parts() {
-                        serde_json::json!([{"type": "image"}, {"type": "text", "text": p}])
-                    } else {
-                        serde_json::Value::String(format!("{}{p}", icet_models::mllama::model::IMAGE_TOKEN))
-                    };
-                    Ok(chat.render_json(&serde_json::json!([{"role": "user", "content": content}]), true, &[])?)
-                })
+                .map(|p| crate::common::render_image_turn(&chat, p, icet_models::mllama::model::IMAGE_TOKEN))
                 .collect::<Result<Vec<_>>>()?;
             return Ok((format!("auto ({})", chat.origin.display()), texts));
         }
