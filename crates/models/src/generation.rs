@@ -261,6 +261,9 @@ pub fn run_stream<B: Backend, R, M: StreamModel<B, R>>(
                 b.sample(&logits, p, &seeds)?
             }
         };
+        if next.len() != active.len() {
+            return Err(Error::invalid(format!("{} tokens chosen for {} sequences", next.len(), active.len())));
+        }
         let mut still = Vec::with_capacity(active.len());
         for (mut a, tok) in active.into_iter().zip(next) {
             a.fresh = false;

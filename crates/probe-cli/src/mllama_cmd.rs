@@ -320,8 +320,15 @@ pub fn sweep_answers<B: Backend>(
     let (cross, layers) = (text_config.cross_attention_layers.len(), text_config.llama.num_hidden_layers);
     let v = &model.config.vision_config;
     let kv_width = text_config.llama.kv_heads() * text_config.llama.head_dim();
-    cost.cache_bytes = cost.cache_bytes / layers.max(1) * (layers - cross)
-        + v.max_num_tiles * v.tokens_per_tile() * 2 * kv_width * cross * b.element_bytes();
+    let states_rows = v.max_num_tiles * v.tokens_per_tile();
+    cost.cache_bytes =
+        cost.cache_bytes / layers.max(1) * (layers - cross) + states_rows * 2 * kv_width * cross * b.element_bytes();
+    // Per image: the local pass's kept hidden states (padded rows) and every requested layer's
+    // projected states, for the image at hand and the previous one.
+    let requested = work.iter().map(|&(_, l)| l).collect::<std::collections::BTreeSet<_>>().len();
+    let pass = (v.num_hidden_layers + 1) * v.max_num_tiles * v.padded_tokens_per_tile() * v.hidden_size;
+    let states = requested * states_rows * text_config.llama.hidden_size;
+    cost.reserve_bytes = (pass + 2 * states) * b.element_bytes();
     let slots = crate::sweep::choose_slots(args.batch_size, b.free_memory(), &cost, work.len());
     let stream = Stream { slots, capacity, keep_first_logits: false };
 

@@ -69,6 +69,15 @@ pub struct Metric {
     pub title: String,
     /// "rate" (shown as %), "toxicity" (shown ×100) or "score" (shown as is).
     pub unit: &'static str,
+    /// The judge a hazard-category metric belongs to (empty for the others).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub judge: String,
+}
+
+impl Metric {
+    fn new(key: String, title: String, unit: &'static str) -> Self {
+        Self { key, title, unit, judge: String::new() }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -115,7 +124,7 @@ fn category_order(code: &str) -> (String, u64, String) {
 
 /// Collects the per-answer values of every metric of one run.
 pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> Collected {
-    let mut metrics = vec![Metric { key: "refusal_rate".into(), title: "refusal rate".into(), unit: "rate" }];
+    let mut metrics = vec![Metric::new("refusal_rate".into(), "refusal rate".into(), "rate")];
     let mut samples: Samples = BTreeMap::new();
     let answered: BTreeSet<(String, usize)> = responses.iter().map(|r| (r.id.clone(), r.layer)).collect();
     for r in responses {
@@ -170,17 +179,17 @@ pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> Collected {
                 let hit = s.categories.iter().any(|c| c == code);
                 samples.entry(key.clone()).or_default().entry(s.layer).or_default().push(hit as u8 as f64);
             }
-            category_metrics.push(Metric { key, title: code.to_string(), unit: "rate" });
+            category_metrics.push(Metric { key, title: code.to_string(), unit: "rate", judge: judge.to_string() });
         }
     }
     judges.sort_by_key(|(j, k)| (*k as u8, j.clone()));
     for (j, k) in judges {
         metrics.push(match k {
-            JudgeKind::LlamaGuard => Metric { key: format!("asr:{j}"), title: format!("ASR ({j})"), unit: "rate" },
+            JudgeKind::LlamaGuard => Metric::new(format!("asr:{j}"), format!("ASR ({j})"), "rate"),
             JudgeKind::Toxicity | JudgeKind::Perspective => {
-                Metric { key: format!("toxicity:{j}"), title: format!("toxicity ({j})"), unit: "toxicity" }
+                Metric::new(format!("toxicity:{j}"), format!("toxicity ({j})"), "toxicity")
             }
-            JudgeKind::Reward => Metric { key: format!("reward:{j}"), title: format!("reward ({j})"), unit: "score" },
+            JudgeKind::Reward => Metric::new(format!("reward:{j}"), format!("reward ({j})"), "score"),
         });
     }
     Collected { metrics, category_metrics, samples, unparsed }
@@ -400,14 +409,12 @@ pub fn markdown(runs: &[RunReport]) -> String {
 fn category_tables(s: &mut String, r: &RunReport) {
     let mut judges: Vec<&str> = Vec::new();
     for m in &r.category_metrics {
-        let judge = m.key.trim_start_matches("category:").rsplit_once(':').map_or("", |(j, _)| j);
-        if !judges.contains(&judge) {
-            judges.push(judge);
+        if !judges.contains(&m.judge.as_str()) {
+            judges.push(&m.judge);
         }
     }
     for judge in judges {
-        let cols: Vec<&Metric> =
-            r.category_metrics.iter().filter(|m| m.key.starts_with(&format!("category:{judge}:"))).collect();
+        let cols: Vec<&Metric> = r.category_metrics.iter().filter(|m| m.judge == judge).collect();
         let _ = writeln!(s, "\n### Hazard categories flagged by {judge} (% of its parsed verdicts)\n");
         let _ = write!(s, "| layer |");
         for m in &cols {

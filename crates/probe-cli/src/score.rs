@@ -149,12 +149,23 @@ impl JudgeSpec {
         Ok(Self { name, kind, version, dir })
     }
 
-    fn identity(&self) -> serde_json::Value {
-        serde_json::json!({
+    /// What binds a judge name in `judges.json`: kind, version (Llama Guard 1-3 as numbers, as
+    /// runs scored before 3-vision existed recorded them), model directory, and for the vision
+    /// judge whether it looked at the images (`--judge-text-only`), so one name never mixes both.
+    fn identity(&self, text_only: bool) -> Result<serde_json::Value> {
+        let version = self.version.map(|v| match v {
+            LlamaGuardVersion::V3Vision => serde_json::json!(v.name()),
+            _ => serde_json::json!(v.name().parse::<u8>().expect("1, 2 or 3")),
+        });
+        let mut id = serde_json::json!({
             "kind": self.kind.as_str(),
-            "version": self.version.map(|v| v.name()),
+            "version": version,
             "dir": self.dir.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or(d.clone())),
-        })
+        });
+        if text_only && self.kind == JudgeKind::LlamaGuard && self.is_vision()? {
+            id["text_only"] = serde_json::json!(true);
+        }
+        Ok(id)
     }
 }
 
@@ -253,7 +264,7 @@ pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path, repair: bool) -> Re
 }
 
 /// Binds judge names to their identity in `judges.json`; a name reused for another model is an error.
-fn register_judges(run_dir: &Path, specs: &[JudgeSpec]) -> Result<()> {
+fn register_judges(run_dir: &Path, specs: &[JudgeSpec], text_only: bool) -> Result<()> {
     let path = run_dir.join(JUDGES_FILE);
     let mut known: BTreeMap<String, serde_json::Value> = match std::fs::read_to_string(&path) {
         Ok(t) => serde_json::from_str(&t).with_context(|| format!("{}: invalid JSON", path.display()))?,
@@ -264,7 +275,7 @@ fn register_judges(run_dir: &Path, specs: &[JudgeSpec]) -> Result<()> {
         if !seen.insert(&s.name) {
             bail!("--judge: the name `{}` is given twice; name them with KIND:NAME=DIR", s.name);
         }
-        let id = s.identity();
+        let id = s.identity(text_only)?;
         match known.get(&s.name) {
             Some(old) if *old != id => bail!(
                 "{}: judge `{}` was scored with {old}; to score with {id}, give it another name (KIND:NAME=DIR)",
@@ -322,7 +333,7 @@ pub fn score_run<B: Backend>(b: &B, run_dir: &Path, args: &JudgeArgs) -> Result<
     }
     let responses: Vec<ResponseRow> = read_jsonl(&responses_path, false)?;
     let specs = preflight(args)?;
-    register_judges(run_dir, &specs)?;
+    register_judges(run_dir, &specs, args.judge_text_only)?;
     let scores_path = run_dir.join(SCORES_FILE);
     let existing: Vec<ScoreRow> = read_jsonl(&scores_path, true)?;
     let done: HashSet<(String, String, usize)> =
@@ -468,9 +479,14 @@ mod tests {
             (s.name.as_str(), s.kind, s.version),
             ("llama-guard-3", JudgeKind::LlamaGuard, Some(LlamaGuardVersion::V3))
         );
+        // Runs scored before 3-vision existed recorded versions as numbers: identities keep them.
+        assert_eq!(s.identity(false).unwrap()["version"], 3);
         let s = JudgeSpec::parse(&format!("llama-guard-3-vision={}", d.display())).unwrap();
         assert_eq!(s.version, Some(LlamaGuardVersion::V3Vision));
         assert!(s.is_vision().unwrap());
+        assert_eq!(s.identity(false).unwrap()["version"], "3-vision");
+        assert_eq!(s.identity(true).unwrap()["text_only"], true, "text-only verdicts are another judge");
+        assert!(s.identity(false).unwrap().get("text_only").is_none());
         let s = JudgeSpec::parse(&format!("toxicity:bert={}", d.display())).unwrap();
         assert_eq!((s.name.as_str(), s.kind), ("bert", JudgeKind::Toxicity));
         assert_eq!(JudgeSpec::parse("perspective").unwrap().kind, JudgeKind::Perspective);

@@ -229,7 +229,7 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
         let tokenizer = model.tokenizer()?;
         let llm = model.llm()?;
         let opts = args.decode.options(model.generation.eos_token_ids.clone(), model.config.image_token_index)?;
-        let slots = model.config.image_slots(strategy);
+        let image_slots = model.config.image_slots(strategy);
         let mut writer = AnswerWriter::open(&responses_path, pending.len())?;
 
         // Work image by image: one vision pass per image serves all its prompts and layers.
@@ -240,12 +240,17 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
         let mut prompt_ids: HashMap<usize, Vec<u32>> = HashMap::new();
         for &(i, _) in &work {
             if let std::collections::hash_map::Entry::Vacant(e) = prompt_ids.entry(i) {
-                e.insert(tokenizer.encode_with_image(&texts[i], slots)?);
+                e.insert(tokenizer.encode_with_image(&texts[i], image_slots)?);
             }
         }
         let longest = prompt_ids.values().map(Vec::len).max().unwrap_or(0);
         let capacity = longest + opts.max_new_tokens;
-        let cost = SlotCost::decoder(&model.config.text_config, capacity, longest, b.element_bytes());
+        let mut cost = SlotCost::decoder(&model.config.text_config, capacity, longest, b.element_bytes());
+        // Per image: every requested layer's hidden states and projected features, for the image
+        // at hand and the previous one.
+        let v = &model.config.vision_config;
+        let per_layer = v.num_positions() * v.hidden_size + image_slots * model.config.text_config.hidden_size;
+        cost.reserve_bytes = 2 * layers.len() * per_layer * b.element_bytes();
         let slots = choose_slots(args.batch_size, b.free_memory(), &cost, work.len());
         let stream = Stream { slots, capacity, keep_first_logits: false };
 
@@ -338,6 +343,9 @@ fn parse_batch_size(s: &str) -> std::result::Result<BatchSize, String> {
 pub(crate) struct SlotCost {
     pub cache_bytes: usize,
     pub prefill_bytes: usize,
+    /// Memory the run needs whatever the slots: the vision work of the image at hand and of the
+    /// previous one, whose features sequences in flight may still read.
+    pub reserve_bytes: usize,
 }
 
 impl SlotCost {
@@ -351,6 +359,7 @@ impl SlotCost {
             cache_bytes: capacity * config.num_hidden_layers * 2 * kv_width * elem,
             prefill_bytes: prompt * (8 * config.hidden_size + 3 * config.intermediate_size) * elem
                 + config.vocab_size * 4,
+            reserve_bytes: 0,
         }
     }
 
@@ -359,8 +368,9 @@ impl SlotCost {
     }
 }
 
-/// The slots of a stream: `Fixed` as given; `Auto` as many as 85% of `free` memory holds (at most
-/// 256 and the answers to make), or 32 (at most the answers) when free memory is unknown. Says the choice on stderr.
+/// The slots of a stream, never more than the answers to make (a slot reserves its KV cache):
+/// `Fixed` as given; `Auto` as many as 85% of `free` memory less the reserve holds (at most 256),
+/// or 32 when free memory is unknown. `Auto` says its choice on stderr.
 pub(crate) fn choose_slots(arg: BatchSize, free: Option<usize>, cost: &SlotCost, answers: usize) -> usize {
     let BatchSize::Fixed(n) = arg else {
         let cap = answers.clamp(1, 256);
@@ -369,19 +379,21 @@ pub(crate) fn choose_slots(arg: BatchSize, free: Option<usize>, cost: &SlotCost,
             eprintln!("icet: --batch-size auto: free memory unknown on this backend; {n} sequences");
             return n;
         };
-        let slots = (free as f64 * 0.85 / cost.total().max(1) as f64).floor() as usize;
-        let slots = slots.clamp(1, cap);
+        let usable = (free as f64 * 0.85 - cost.reserve_bytes as f64).max(0.0);
+        let slots = ((usable / cost.total().max(1) as f64).floor() as usize).clamp(1, cap);
         let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
         eprintln!(
-            "icet: --batch-size auto: {slots} sequences ({:.1} MiB each: KV cache {:.1} + prefill {:.1}; {:.2} GiB free)",
+            "icet: --batch-size auto: {slots} sequences ({:.1} MiB each: KV cache {:.1} + prefill {:.1}; \
+             {:.1} MiB kept for the vision work; {:.2} GiB free)",
             mib(cost.total()),
             mib(cost.cache_bytes),
             mib(cost.prefill_bytes),
+            mib(cost.reserve_bytes),
             free as f64 / (1u64 << 30) as f64
         );
         return slots;
     };
-    n
+    n.min(answers.max(1))
 }
 
 /// Appends answers to `responses.jsonl` as they finish — one line each, flushed, so an
@@ -492,6 +504,11 @@ mod tests {
         assert_eq!(choose_slots(BatchSize::Auto, Some(free), &cost, 40), 40, "never more than the answers");
         assert_eq!(choose_slots(BatchSize::Auto, Some(1 << 20), &cost, 40), 1, "at least one");
         assert_eq!(choose_slots(BatchSize::Auto, None, &cost, 40), 32);
-        assert_eq!(choose_slots(BatchSize::Fixed(7), Some(free), &cost, 3), 7);
+        assert_eq!(choose_slots(BatchSize::Fixed(7), Some(free), &cost, 3), 3, "a slot per answer at most");
+        assert_eq!(choose_slots(BatchSize::Fixed(7), Some(free), &cost, 30), 7);
+        // The vision reserve comes off the top.
+        let reserved = SlotCost { reserve_bytes: 10 << 30, ..cost };
+        let want = ((free as f64 * 0.85 - (10u64 << 30) as f64) / cost.total() as f64).floor() as usize;
+        assert_eq!(choose_slots(BatchSize::Auto, Some(free), &reserved, 100_000), want);
     }
 }

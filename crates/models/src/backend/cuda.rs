@@ -221,6 +221,10 @@ impl Backend for Cuda {
         self.dtype.size()
     }
 
+    fn uninit(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+        self.alloc(rows, cols)
+    }
+
     fn free_memory(&self) -> Option<usize> {
         self.gpu.memory().ok().map(|(free, _)| free)
     }

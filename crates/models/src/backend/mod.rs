@@ -87,6 +87,12 @@ pub trait Backend: Send + Sync {
         4
     }
 
+    /// A `[rows, cols]` tensor whose contents are unspecified (zeros on the CPU): for buffers
+    /// that are written before they are read, so devices need not fill them.
+    fn uninit(&self, rows: usize, cols: usize) -> Result<Self::Tensor> {
+        self.from_host(&vec![0.0; rows * cols], rows, cols)
+    }
+
     /// Memory still free for tensors, in bytes, where the backend can tell (sizing batches).
     fn free_memory(&self) -> Option<usize> {
         None

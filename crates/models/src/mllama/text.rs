@@ -296,17 +296,14 @@ impl<B: Backend> MllamaText<B> {
         Ok((self.per_head_norm(b, &l.k_norm, l.k_proj.forward(b, states)?)?, l.v_proj.forward(b, states)?))
     }
 
-    /// An empty stream pool: `regions` blocks of `region_rows` rows per cross layer.
+    /// An empty stream pool: `regions` blocks of `region_rows` rows per cross layer (rows are
+    /// written before they are read, so the buffers are not filled).
     fn cross_kv_pool(&self, b: &B, regions: usize, region_rows: usize) -> Result<CrossKv<B>> {
         let kw = self.shape().kv_heads * self.shape().head_dim;
         let mut real = Vec::new();
         for layer in &self.layers {
             if let Layer::Cross(_) = layer {
-                let zeros = vec![0.0; regions * region_rows * kw];
-                real.push((
-                    b.from_host(&zeros, regions * region_rows, kw)?,
-                    b.from_host(&zeros, regions * region_rows, kw)?,
-                ));
+                real.push((b.uninit(regions * region_rows, kw)?, b.uninit(regions * region_rows, kw)?));
             }
         }
         let offsets: Vec<usize> = (0..regions).map(|r| r * region_rows).collect();
@@ -319,6 +316,22 @@ impl<B: Backend> MllamaText<B> {
             all_rows: vec![0; regions],
             pooled: true,
         })
+    }
+
+    /// Grows a stream pool to `regions` regions, keeping the regions it has.
+    fn grow_pool(&self, b: &B, kv: &mut CrossKv<B>, regions: usize) -> Result<()> {
+        let old = kv.all_offsets.len();
+        let region_rows = kv.real.first().map_or(0, |(k, _)| b.dims(k).0) / old.max(1);
+        let mut bigger = self.cross_kv_pool(b, regions, region_rows)?;
+        let kept: Vec<usize> = (0..old * region_rows).collect();
+        for ((k, v), (k_new, v_new)) in kv.real.iter().zip(bigger.real.iter_mut()) {
+            b.scatter_rows(k_new, &kept, k)?;
+            b.scatter_rows(v_new, &kept, v)?;
+        }
+        bigger.real_rows[..old].copy_from_slice(&kv.real_rows);
+        bigger.all_rows[..old].copy_from_slice(&kv.all_rows);
+        *kv = bigger;
+        Ok(())
     }
 
     /// Writes the keys/values of `states` (first `real_rows` rows real) into pool region `region`.
@@ -596,9 +609,9 @@ struct Region<B: Backend> {
     readers: usize,
 }
 
-/// Mllama's text model under [`run_stream`]: cross-attention keys/values live in a pool of one
-/// region per slot; sequences reading the same states (same image and layer) share a region, and
-/// a region is rewritten only when its last reader has finished.
+/// Mllama's text model under [`run_stream`]: cross-attention keys/values live in a pool of regions
+/// (grown on demand, at most one per slot); sequences reading the same states (same image and
+/// layer) share a region, and a region is rewritten only when its last reader has finished.
 struct MllamaStream<'a, B: Backend> {
     text: &'a MllamaText<B>,
     opts: &'a DecodeOptions,
@@ -633,11 +646,20 @@ impl<B: Backend> StreamModel<B, OwnedCrossRequest<B>> for MllamaStream<'_, B> {
             None => {
                 if self.kv.is_none() {
                     // Every image's states have the same padded shape: size the regions by the first.
+                    // Sequences in flight mostly share states (a sweep goes layer-major per image),
+                    // so the pool starts with two regions and doubles when it must (at most one a slot).
                     let rows = b.dims(&r.cross_states).0;
-                    self.kv = Some(self.text.cross_kv_pool(b, self.slots, rows)?);
+                    let regions = self.slots.min(2);
+                    self.kv = Some(self.text.cross_kv_pool(b, regions, rows)?);
+                    self.regions = (0..regions).map(|_| None).collect();
+                }
+                let kv = self.kv.as_mut().expect("made above");
+                if self.regions.iter().all(Option::is_some) {
+                    let regions = (self.regions.len() * 2).min(self.slots);
+                    self.text.grow_pool(b, kv, regions)?;
+                    self.regions.resize_with(regions, || None);
                 }
                 let i = self.regions.iter().position(Option::is_none).expect("at most one region per slot in use");
-                let kv = self.kv.as_mut().expect("made above");
                 self.text.write_region(b, kv, i, &r.cross_states, r.real_rows)?;
                 self.regions[i] = Some(Region { states: r.cross_states.clone(), real_rows: r.real_rows, readers: 0 });
                 i
@@ -684,7 +706,7 @@ impl<B: Backend> MllamaText<B> {
             opts,
             slots,
             kv: None,
-            regions: (0..slots).map(|_| None).collect(),
+            regions: vec![],
             slot_region: vec![0; slots],
             image_pos: vec![0; slots],
         }
