@@ -4,7 +4,7 @@
 //! stopped.
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -80,40 +80,6 @@ pub(crate) fn answer_seed(seed: u64, id: &str, layer: usize) -> u64 {
         h = (h ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
-}
-
-/// Reads the rows already in `responses.jsonl`; a torn last line (an interrupted write) is cut off.
-fn read_existing(path: &Path) -> Result<Vec<ResponseRow>> {
-    let Ok(file) = File::open(path) else { return Ok(vec![]) };
-    let mut rows = Vec::new();
-    let mut good_bytes = 0u64;
-    let mut reader = BufReader::new(file);
-    let mut line = String::new();
-    let mut n = 0;
-    loop {
-        line.clear();
-        let read = reader.read_line(&mut line).with_context(|| format!("cannot read {}", path.display()))?;
-        if read == 0 {
-            break;
-        }
-        n += 1;
-        match serde_json::from_str::<ResponseRow>(line.trim_end()) {
-            Ok(r) if line.ends_with('\n') => {
-                rows.push(r);
-                good_bytes += read as u64;
-            }
-            _ => {
-                // Only the last line may be torn; anything else is damage we must not paper over.
-                if reader.read_line(&mut String::new())? != 0 {
-                    bail!("{}:{n}: not a response row; move the file aside to start over", path.display());
-                }
-                eprintln!("icet: dropping a partly written last line of {}", path.display());
-                OpenOptions::new().write(true).open(path)?.set_len(good_bytes)?;
-                break;
-            }
-        }
-    }
-    Ok(rows)
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -209,7 +175,8 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
         .with_context(|| format!("cannot write {}", manifest_path.display()))?;
 
     let responses_path = out.join("responses.jsonl");
-    let mut all_rows = read_existing(&responses_path)?;
+    // A torn last line (an interrupted write) is cut off; any other bad line is an error.
+    let mut all_rows: Vec<ResponseRow> = crate::score::read_jsonl(&responses_path, true)?;
     let done: HashSet<(String, usize)> = all_rows.iter().map(|r| (r.id.clone(), r.layer)).collect();
     let pending: Vec<(usize, usize)> = rows
         .iter()

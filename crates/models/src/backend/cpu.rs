@@ -4,8 +4,8 @@
 use rayon::prelude::*;
 
 use super::{
-    argmax_row, check_attention, check_chunks, check_cols, same_dims, sample_row, Activation, AttentionShape, Backend,
-    SamplingParams, SeqChunk,
+    argmax_row, check_attention, check_cached_attention, check_cols, same_dims, sample_row, Activation, AttentionShape,
+    Backend, CacheShape, SamplingParams, SeqChunk,
 };
 use crate::error::{Error, Result};
 
@@ -572,15 +572,11 @@ impl Backend for Cpu {
         s: AttentionShape,
     ) -> Result<CpuTensor> {
         let hd = s.head_dim;
-        check_cols(q, s.heads * hd, "cached_attention q")?;
-        check_cols(k, cache.width, "cached_attention k")?;
-        same_dims(k, v, "cached_attention k/v")?;
+        let shape =
+            CacheShape { layers: cache.k.len(), slots: cache.slots, capacity: cache.capacity, width: cache.width };
+        check_cached_attention(q, k, v, chunks, s, shape, layer)?;
         let total: usize = chunks.iter().map(|c| c.len).sum();
-        if q.rows != total || k.rows != total || layer >= cache.k.len() || !s.heads.is_multiple_of(s.kv_heads) {
-            return Err(Error::invalid(format!("cached_attention: {} rows for chunks of {total}", q.rows)));
-        }
         let (w, cap) = (cache.width, cache.capacity);
-        check_chunks(chunks, cache.slots, cap)?;
         let mut row = 0;
         for c in chunks {
             let dst = (c.slot * cap + c.start) * w;

@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock};
 use icet_kernels::{Act, AttnRow, DevBuf, Gpu, SeqDesc};
 
 use super::{
-    check_attention, check_chunks, check_cols, same_dims, uniform_from_seed, Activation, AttentionShape, Backend,
-    SamplingParams, SeqChunk,
+    check_attention, check_cached_attention, check_cols, same_dims, uniform_from_seed, Activation, AttentionShape,
+    Backend, CacheShape, SamplingParams, SeqChunk,
 };
 use crate::error::{Error, Result};
 
@@ -499,21 +499,12 @@ impl Backend for Cuda {
         s: AttentionShape,
     ) -> Result<CudaTensor> {
         let hd = s.head_dim;
-        check_cols(q, s.heads * hd, "cached_attention q")?;
-        check_cols(k, cache.width, "cached_attention k")?;
-        same_dims(k, v, "cached_attention k/v")?;
+        let shape =
+            CacheShape { layers: cache.k.len(), slots: cache.slots, capacity: cache.capacity, width: cache.width };
+        check_cached_attention(q, k, v, chunks, s, shape, layer)?;
         let total: usize = chunks.iter().map(|c| c.len).sum();
-        if q.rows != total
-            || k.rows != total
-            || layer >= cache.k.len()
-            || s.kv_heads == 0
-            || !s.heads.is_multiple_of(s.kv_heads)
-        {
-            return Err(Error::invalid(format!("cached_attention: {} rows for chunks of {total}", q.rows)));
-        }
         let cap = cache.capacity;
         let mut dst_rows = Vec::with_capacity(total);
-        check_chunks(chunks, cache.slots, cap)?;
         for c in chunks {
             dst_rows.extend((c.start..c.start + c.len).map(|p| c.slot * cap + p));
         }

@@ -284,18 +284,51 @@ pub(crate) fn check_attention(
     Ok(())
 }
 
-/// The chunks of one [`Backend::cached_attention`] call: each within a slot of the cache and its
-/// capacity, and no slot twice (a call appends one contiguous run per sequence; two writers of one
-/// slot would make the result depend on write order).
-pub(crate) fn check_chunks(chunks: &[SeqChunk], slots: usize, capacity: usize) -> Result<()> {
-    let mut seen = vec![false; slots];
+/// A KV cache's shape, as [`check_cached_attention`] needs it.
+pub(crate) struct CacheShape {
+    pub layers: usize,
+    pub slots: usize,
+    pub capacity: usize,
+    /// `kv_heads * head_dim`.
+    pub width: usize,
+}
+
+/// The arguments of one [`Backend::cached_attention`] call: `q`/`k`/`v` widths, one row per
+/// chunk position, an existing layer, query heads grouping evenly over kv heads; each chunk within
+/// a slot of the cache and its capacity, and no slot twice (a call appends one contiguous run per
+/// sequence; two writers of one slot would make the result depend on write order).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_cached_attention(
+    q: &impl Matrix,
+    k: &impl Matrix,
+    v: &impl Matrix,
+    chunks: &[SeqChunk],
+    s: AttentionShape,
+    cache: CacheShape,
+    layer: usize,
+) -> Result<()> {
+    check_cols(q, s.heads * s.head_dim, "cached_attention q")?;
+    check_cols(k, cache.width, "cached_attention k")?;
+    same_dims(k, v, "cached_attention k/v")?;
+    let total: usize = chunks.iter().map(|c| c.len).sum();
+    let (q_rows, k_rows) = (q.rows_cols().0, k.rows_cols().0);
+    if q_rows != total
+        || k_rows != total
+        || layer >= cache.layers
+        || s.kv_heads == 0
+        || !s.heads.is_multiple_of(s.kv_heads)
+    {
+        return Err(crate::error::Error::invalid(format!("cached_attention: {q_rows} rows for chunks of {total}")));
+    }
+    let mut seen = vec![false; cache.slots];
     for c in chunks {
-        if c.slot >= slots || c.start + c.len > capacity {
+        if c.slot >= cache.slots || c.start + c.len > cache.capacity {
             return Err(crate::error::Error::invalid(format!(
-                "KV cache overflow: slot {} positions {}..{} (capacity {capacity})",
+                "KV cache overflow: slot {} positions {}..{} (capacity {})",
                 c.slot,
                 c.start,
-                c.start + c.len
+                c.start + c.len,
+                cache.capacity
             )));
         }
         if std::mem::replace(&mut seen[c.slot], true) {
