@@ -187,13 +187,7 @@ pub fn attention_kv_host(
         kv_start += kl;
     }
     let mut out = vec![0.0f32; q_total * qw];
-    let mut slices = Vec::with_capacity(blocks.len());
-    let mut rest = out.as_mut_slice();
-    for &(_, n, _, _) in &blocks {
-        let (head, tail) = rest.split_at_mut(n * qw);
-        slices.push(head);
-        rest = tail;
-    }
+    let slices = block_rows(&mut out, &blocks, qw);
     slices.into_par_iter().zip(blocks.par_iter()).for_each(|(orow, &(r0, n, st, len))| {
         let (mut qh, mut scores, mut oh) = (vec![0f32; n * hd], vec![0f32; n * len], vec![0f32; n * hd]);
         for h in 0..s.heads {
@@ -232,6 +226,19 @@ pub fn silu(x: f32) -> f32 {
 pub fn gelu_tanh(x: f32) -> f32 {
     let inner = (2.0f32 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
     0.5 * x * (1.0 + inner.tanh())
+}
+
+/// `out` split into the consecutive row ranges of attention blocks `(first row, rows, _, _)`,
+/// `width` values a row, so each block's rows can be written in parallel.
+fn block_rows<'a>(out: &'a mut [f32], blocks: &[(usize, usize, usize, usize)], width: usize) -> Vec<&'a mut [f32]> {
+    let mut slices = Vec::with_capacity(blocks.len());
+    let mut rest = out;
+    for &(_, n, _, _) in blocks {
+        let (head, tail) = rest.split_at_mut(n * width);
+        slices.push(head);
+        rest = tail;
+    }
+    slices
 }
 
 impl Backend for Cpu {
@@ -454,13 +461,7 @@ impl Backend for Cpu {
             start += len;
         }
         let mut out = vec![0.0f32; q.rows * qw];
-        let mut slices = Vec::with_capacity(blocks.len());
-        let mut rest = out.as_mut_slice();
-        for &(_, n, _, _) in &blocks {
-            let (head, tail) = rest.split_at_mut(n * qw);
-            slices.push(head);
-            rest = tail;
-        }
+        let slices = block_rows(&mut out, &blocks, qw);
         // Per block and head, two small GEMMs on strided views (no copies):
         // scores = scale · Q_h K_hᵀ, softmax per row, out_h = P V_h.
         slices.into_par_iter().zip(blocks.par_iter()).for_each(|(oblk, &(r0, n, st, len))| {
