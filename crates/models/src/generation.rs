@@ -117,13 +117,25 @@ pub fn generate<B: Backend>(
     opts: &DecodeOptions,
     keep_first_logits: bool,
 ) -> Result<Vec<Generated>> {
+    run_batch(b, &mut LlavaStream::new(llm, opts), requests, opts, keep_first_logits)
+}
+
+/// [`run_stream`] with a slot for every request (one packed prefill, then every unfinished
+/// sequence decodes together); results in request order.
+pub fn run_batch<'r, B: Backend, R, M: StreamModel<B, &'r R>>(
+    b: &B,
+    model: &mut M,
+    requests: &'r [R],
+    opts: &DecodeOptions,
+    keep_first_logits: bool,
+) -> Result<Vec<Generated>> {
     let mut out: Vec<Option<Generated>> = vec![None; requests.len()];
     if requests.is_empty() {
         return Ok(vec![]);
     }
-    let longest = requests.iter().map(|r| r.prompt_ids.len()).max().unwrap_or(0);
+    let longest = requests.iter().map(|r| model.prompt_ids(&r).len()).max().unwrap_or(0);
     let stream = Stream { slots: requests.len(), capacity: longest + opts.max_new_tokens, keep_first_logits };
-    generate_stream(b, llm, requests.iter().map(Ok), opts, stream, |i, g| {
+    run_stream(b, model, requests.iter().map(Ok), opts, stream, |i, g| {
         out[i] = Some(g);
         Ok(())
     })?;

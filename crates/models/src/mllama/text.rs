@@ -18,15 +18,14 @@
 //! Generated tokens repeat the last prompt row's mask (`_update_model_kwargs_for_generation`).
 //!
 //! The cross-attention keys/values are computed once per image ([`CrossKv`]) and reused for the
-//! prefill and every decoded token, as transformers' cache does.
+//! prefill and every decoded token, as transformers' cache does. Generation, one batch or a
+//! continuous stream, runs through [`run_stream`] with [`MllamaStream`].
 use super::config::MllamaTextConfig;
 use crate::backend::{AttentionShape, Backend, SeqChunk};
-use crate::error::{Error, Result};
 use std::sync::Arc;
 
-use crate::generation::{
-    run_stream, step_chunks, step_seed, DecodeOptions, FinishReason, Generated, Stream, StreamModel, StreamSeq,
-};
+use crate::error::{Error, Result};
+use crate::generation::{run_batch, run_stream, step_chunks, DecodeOptions, Generated, Stream, StreamModel, StreamSeq};
 use crate::llama::text::{attention_shape, check_config, norm_last_rows, LlamaDecoderLayer, LlamaMlp, RotaryPositions};
 use crate::llama::LlamaConfig;
 use crate::nn::{Linear, RmsNorm};
@@ -68,49 +67,34 @@ pub struct CrossRequest<'a, B: Backend> {
     pub seed: u64,
 }
 
-/// Cross-attention keys/values of a batch of distinct images for every cross layer, packed image
-/// after image, twice: `real` holds each image's real-tile rows (what text from `<|image|>` on and
-/// every generated token reads — used as is, without a gather, whenever a call's rows go image by
-/// image), `all` every row, padded tiles included (read only by text before the image, i.e. at
-/// prefill; [`CrossKv::release_prefill_only`] frees it afterwards).
+/// Cross-attention keys/values of the images in flight, for every cross layer: a pool of regions
+/// of `region_rows` rows, region `d` holding one states tensor's rows (real tiles first). Text
+/// from `<|image|>` on and every generated token read a region's real rows; text before the
+/// image (prefill only) reads all of them, padded tiles included.
 pub struct CrossKv<B: Backend> {
-    real: Vec<(B::Tensor, B::Tensor)>,
-    all: Vec<(B::Tensor, B::Tensor)>,
-    real_offsets: Vec<usize>,
+    /// Per cross layer: keys and values, `regions * region_rows` rows.
+    kv: Vec<(B::Tensor, B::Tensor)>,
+    region_rows: usize,
+    /// Per region: the rows written, and the real-tile rows among them.
+    rows: Vec<usize>,
     real_rows: Vec<usize>,
-    all_offsets: Vec<usize>,
-    all_rows: Vec<usize>,
-    /// A stream's pool ([`MllamaText::generate_stream`]): image `d` owns a fixed region of `real`
-    /// holding all its rows, real tiles first, so `all` is not kept and real rows are gathered.
-    pooled: bool,
 }
 
 impl<B: Backend> CrossKv<B> {
-    /// Frees the keys/values that only text before the image reads (once the prefill is done).
-    pub fn release_prefill_only(&mut self) {
-        self.all.clear();
-    }
-
-    /// Keys/values of every row of the images, for text before an image.
-    fn all_rows_of(&self, layer: usize) -> Option<&(B::Tensor, B::Tensor)> {
-        if self.pooled {
-            self.real.get(layer)
-        } else {
-            self.all.get(layer)
-        }
+    fn regions(&self) -> usize {
+        self.rows.len()
     }
 }
 
 /// How one forward call's rows meet the cross-attention keys/values (the same for every cross
-/// layer): queries grouped by image, attending to real tiles, and (prefill only) the text before
-/// the image, attending to every row of its image.
+/// layer): queries grouped by image, attending to its real tiles, and (prefill only) the text
+/// before the image, attending to every row of its image.
 struct CrossPlan {
     real_q_rows: Vec<usize>,
     real_q_lens: Vec<usize>,
-    /// `None`: the groups are exactly the images in order, so `CrossKv::real` is used as is.
-    real_kv_rows: Option<Vec<usize>>,
+    real_kv_rows: Vec<usize>,
     real_kv_lens: Vec<usize>,
-    /// `real_q_rows` is `0..rows` and there is no text before an image: no gather or scatter.
+    /// `real_q_rows` is `0..rows` and there is no text before an image: no gather or scatter of queries.
     identity: bool,
     masked_q_rows: Vec<usize>,
     masked_q_lens: Vec<usize>,
@@ -120,7 +104,7 @@ struct CrossPlan {
 
 impl CrossPlan {
     fn new<B: Backend>(chunks: &[SeqChunk], cross: &[CrossRows], kv: &CrossKv<B>) -> Self {
-        let images = kv.real_rows.len();
+        let images = kv.regions();
         let (mut real_by_image, mut masked_by_image) = (vec![vec![]; images], vec![vec![]; images]);
         let mut row = 0;
         for (c, x) in chunks.iter().zip(cross) {
@@ -132,7 +116,7 @@ impl CrossPlan {
         let mut plan = CrossPlan {
             real_q_rows: vec![],
             real_q_lens: vec![],
-            real_kv_rows: None,
+            real_kv_rows: vec![],
             real_kv_lens: vec![],
             identity: false,
             masked_q_rows: vec![],
@@ -140,26 +124,19 @@ impl CrossPlan {
             masked_kv_rows: vec![],
             masked_kv_lens: vec![],
         };
-        let mut every_image = true;
-        let mut kv_rows = vec![];
-        for (d, rows) in real_by_image.iter().enumerate() {
-            if rows.is_empty() {
-                every_image = false;
-                continue;
-            }
+        for (d, rows) in real_by_image.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+            let start = d * kv.region_rows;
             plan.real_q_rows.extend(rows);
             plan.real_q_lens.push(rows.len());
             plan.real_kv_lens.push(kv.real_rows[d]);
-            kv_rows.extend(kv.real_offsets[d]..kv.real_offsets[d] + kv.real_rows[d]);
-        }
-        if !every_image || kv.pooled {
-            plan.real_kv_rows = Some(kv_rows);
+            plan.real_kv_rows.extend(start..start + kv.real_rows[d]);
         }
         for (d, rows) in masked_by_image.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+            let start = d * kv.region_rows;
             plan.masked_q_rows.extend(rows);
             plan.masked_q_lens.push(rows.len());
-            plan.masked_kv_lens.push(kv.all_rows[d]);
-            plan.masked_kv_rows.extend(kv.all_offsets[d]..kv.all_offsets[d] + kv.all_rows[d]);
+            plan.masked_kv_lens.push(kv.rows[d]);
+            plan.masked_kv_rows.extend(start..start + kv.rows[d]);
         }
         plan.identity = plan.masked_q_rows.is_empty() && plan.real_q_rows.iter().enumerate().all(|(i, &r)| i == r);
         plan
@@ -257,109 +234,66 @@ impl<B: Backend> MllamaText<B> {
         b.reshape(norm.forward(b, &x)?, rows, cols)
     }
 
-    /// Cross-attention keys/values of every image in `states` (each `[rows_i, hidden]`, the first
-    /// `real_rows[i]` rows from real tiles), for every cross layer.
-    pub fn cross_kv(&self, b: &B, states: &[&B::Tensor], real_rows: &[usize]) -> Result<CrossKv<B>> {
-        let all_rows: Vec<usize> = states.iter().map(|s| b.dims(s).0).collect();
-        let (mut all_offsets, mut real_offsets) = (vec![], vec![]);
-        let (mut total, mut total_real) = (0, 0);
-        for (&n, &r) in all_rows.iter().zip(real_rows) {
-            if r == 0 || r > n {
-                return Err(Error::invalid(format!("cross states: {r} real rows of {n}")));
-            }
-            all_offsets.push(total);
-            real_offsets.push(total_real);
-            total += n;
-            total_real += r;
-        }
-        let real_index: Vec<usize> = all_offsets.iter().zip(real_rows).flat_map(|(&off, &r)| off..off + r).collect();
-        let kw = self.shape().kv_heads * self.shape().head_dim;
-        let (mut all, mut real) = (Vec::new(), Vec::new());
-        for layer in &self.layers {
-            let Layer::Cross(l) = layer else { continue };
-            let mut k_all = b.from_host(&vec![0.0; total * kw], total, kw)?;
-            let mut v_all = b.from_host(&vec![0.0; total * kw], total, kw)?;
-            for (i, s) in states.iter().enumerate() {
-                let rows: Vec<usize> = (all_offsets[i]..all_offsets[i] + all_rows[i]).collect();
-                let (k, v) = self.project_kv(b, l, s)?;
-                b.scatter_rows(&mut k_all, &rows, &k)?;
-                b.scatter_rows(&mut v_all, &rows, &v)?;
-            }
-            real.push((b.gather_rows(&k_all, &real_index)?, b.gather_rows(&v_all, &real_index)?));
-            all.push((k_all, v_all));
-        }
-        Ok(CrossKv { real, all, real_offsets, real_rows: real_rows.to_vec(), all_offsets, all_rows, pooled: false })
-    }
-
     /// One cross layer's keys (`k_proj`, per-head `k_norm`) and values (`v_proj`) of `states`.
     fn project_kv(&self, b: &B, l: &CrossLayer<B>, states: &B::Tensor) -> Result<(B::Tensor, B::Tensor)> {
         Ok((self.per_head_norm(b, &l.k_norm, l.k_proj.forward(b, states)?)?, l.v_proj.forward(b, states)?))
     }
 
-    /// An empty stream pool: `regions` blocks of `region_rows` rows per cross layer (rows are
-    /// written before they are read, so the buffers are not filled).
+    /// An empty pool of `regions` regions of `region_rows` rows (rows are written before they
+    /// are read, so the buffers are not filled).
     fn cross_kv_pool(&self, b: &B, regions: usize, region_rows: usize) -> Result<CrossKv<B>> {
         let kw = self.shape().kv_heads * self.shape().head_dim;
-        let mut real = Vec::new();
+        let mut kv = Vec::new();
         for layer in &self.layers {
             if let Layer::Cross(_) = layer {
-                real.push((b.uninit(regions * region_rows, kw)?, b.uninit(regions * region_rows, kw)?));
+                kv.push((b.uninit(regions * region_rows, kw)?, b.uninit(regions * region_rows, kw)?));
             }
         }
-        let offsets: Vec<usize> = (0..regions).map(|r| r * region_rows).collect();
-        Ok(CrossKv {
-            real,
-            all: vec![],
-            real_offsets: offsets.clone(),
-            real_rows: vec![0; regions],
-            all_offsets: offsets,
-            all_rows: vec![0; regions],
-            pooled: true,
-        })
+        Ok(CrossKv { kv, region_rows, rows: vec![0; regions], real_rows: vec![0; regions] })
     }
 
-    /// Grows a stream pool to `regions` regions, keeping the regions it has.
-    fn grow_pool(&self, b: &B, kv: &mut CrossKv<B>, regions: usize) -> Result<()> {
-        let old = kv.all_offsets.len();
-        let region_rows = kv.real.first().map_or(0, |(k, _)| b.dims(k).0) / old.max(1);
-        let mut bigger = self.cross_kv_pool(b, regions, region_rows)?;
-        let kept: Vec<usize> = (0..old * region_rows).collect();
-        for ((k, v), (k_new, v_new)) in kv.real.iter().zip(bigger.real.iter_mut()) {
+    /// Grows a pool to `regions` regions, keeping the regions it has.
+    fn grow_pool(&self, b: &B, pool: &mut CrossKv<B>, regions: usize) -> Result<()> {
+        let old = pool.regions();
+        let mut bigger = self.cross_kv_pool(b, regions, pool.region_rows)?;
+        let kept: Vec<usize> = (0..old * pool.region_rows).collect();
+        for ((k, v), (k_new, v_new)) in pool.kv.iter().zip(bigger.kv.iter_mut()) {
             b.scatter_rows(k_new, &kept, k)?;
             b.scatter_rows(v_new, &kept, v)?;
         }
-        bigger.real_rows[..old].copy_from_slice(&kv.real_rows);
-        bigger.all_rows[..old].copy_from_slice(&kv.all_rows);
-        *kv = bigger;
+        bigger.rows[..old].copy_from_slice(&pool.rows);
+        bigger.real_rows[..old].copy_from_slice(&pool.real_rows);
+        *pool = bigger;
         Ok(())
     }
 
-    /// Writes the keys/values of `states` (first `real_rows` rows real) into pool region `region`.
+    /// Writes the keys/values of `states` (first `real_rows` rows real) into region `region`.
     fn write_region(
         &self,
         b: &B,
-        kv: &mut CrossKv<B>,
+        pool: &mut CrossKv<B>,
         region: usize,
         states: &B::Tensor,
         real_rows: usize,
     ) -> Result<()> {
         let n = b.dims(states).0;
-        let pool_rows = kv.real.first().map_or(0, |(k, _)| b.dims(k).0);
-        let capacity = pool_rows / kv.all_offsets.len().max(1);
-        if real_rows == 0 || real_rows > n || n > capacity {
-            return Err(Error::invalid(format!("cross states: {real_rows} real rows of {n} (region of {capacity})")));
+        if real_rows == 0 || real_rows > n || n > pool.region_rows {
+            return Err(Error::invalid(format!(
+                "cross states: {real_rows} real rows of {n} (region of {})",
+                pool.region_rows
+            )));
         }
-        let rows: Vec<usize> = (kv.all_offsets[region]..kv.all_offsets[region] + n).collect();
-        let mut pool = kv.real.iter_mut();
+        let rows: Vec<usize> = (region * pool.region_rows..region * pool.region_rows + n).collect();
+        let mut entries = pool.kv.iter_mut();
         for layer in &self.layers {
             let Layer::Cross(l) = layer else { continue };
-            let (k_pool, v_pool) = pool.next().expect("one pool entry per cross layer");
+            let (k_pool, v_pool) = entries.next().expect("one pool entry per cross layer");
             let (k, v) = self.project_kv(b, l, states)?;
             b.scatter_rows(k_pool, &rows, &k)?;
             b.scatter_rows(v_pool, &rows, &v)?;
         }
-        kv.all_rows[region] = n;
-        kv.real_rows[region] = real_rows;
+        pool.rows[region] = n;
+        pool.real_rows[region] = real_rows;
         Ok(())
     }
 
@@ -373,15 +307,10 @@ impl<B: Backend> MllamaText<B> {
         layer: usize,
     ) -> Result<B::Tensor> {
         let shape = self.shape();
-        let (k_real, v_real) = &kv.real[layer];
+        let (k_pool, v_pool) = &kv.kv[layer];
         let real = |q: &B::Tensor| -> Result<B::Tensor> {
-            match &plan.real_kv_rows {
-                None => b.attention_kv(q, k_real, v_real, &plan.real_q_lens, &plan.real_kv_lens, shape),
-                Some(rows) => {
-                    let (k, v) = (b.gather_rows(k_real, rows)?, b.gather_rows(v_real, rows)?);
-                    b.attention_kv(q, &k, &v, &plan.real_q_lens, &plan.real_kv_lens, shape)
-                }
-            }
+            let (k, v) = (b.gather_rows(k_pool, &plan.real_kv_rows)?, b.gather_rows(v_pool, &plan.real_kv_rows)?);
+            b.attention_kv(q, &k, &v, &plan.real_q_lens, &plan.real_kv_lens, shape)
         };
         if plan.identity {
             return real(q);
@@ -393,11 +322,8 @@ impl<B: Backend> MllamaText<B> {
             b.scatter_rows(&mut out, &plan.real_q_rows, &a)?;
         }
         if !plan.masked_q_rows.is_empty() {
-            let (k_all, v_all) = kv
-                .all_rows_of(layer)
-                .ok_or_else(|| Error::invalid("text before the image after the prefill keys were released"))?;
-            let k = b.gather_rows(k_all, &plan.masked_kv_rows)?;
-            let v = b.gather_rows(v_all, &plan.masked_kv_rows)?;
+            let k = b.gather_rows(k_pool, &plan.masked_kv_rows)?;
+            let v = b.gather_rows(v_pool, &plan.masked_kv_rows)?;
             let qm = b.gather_rows(q, &plan.masked_q_rows)?;
             let a = b.attention_kv(&qm, &k, &v, &plan.masked_q_lens, &plan.masked_kv_lens, shape)?;
             b.scatter_rows(&mut out, &plan.masked_q_rows, &a)?;
@@ -469,7 +395,7 @@ impl<B: Backend> MllamaText<B> {
 
     /// Runs `requests` to completion as one batch: one packed prefill, then every unfinished
     /// sequence decodes one token per step (greedy or seeded sampling, as
-    /// [`crate::generation::generate`]).
+    /// [`crate::generation::generate`]); results in request order.
     pub fn generate(
         &self,
         b: &B,
@@ -477,107 +403,7 @@ impl<B: Backend> MllamaText<B> {
         opts: &DecodeOptions,
         keep_first_logits: bool,
     ) -> Result<Vec<Generated>> {
-        let mut out: Vec<Generated> = requests
-            .iter()
-            .map(|_| Generated { token_ids: vec![], finish_reason: FinishReason::Length, first_logits: None })
-            .collect();
-        if requests.is_empty() || opts.max_new_tokens == 0 {
-            return Ok(out);
-        }
-        let text_only = requests.iter().all(|r| r.cross_states.is_none());
-        if !text_only && requests.iter().any(|r| r.cross_states.is_none()) {
-            return Err(Error::invalid("a batch must be all text-only or all with an image"));
-        }
-        let image_pos: Vec<usize> =
-            requests.iter().map(|r| image_position(&r.prompt_ids, opts, !text_only)).collect::<Result<_>>()?;
-        let longest = requests.iter().map(|r| r.prompt_ids.len()).max().unwrap_or(0);
-        let capacity = longest + opts.max_new_tokens;
-        let limit = self.config.llama.max_position_embeddings;
-        if capacity > limit {
-            return Err(Error::invalid(format!(
-                "prompt of {longest} tokens + {} new tokens exceeds the model's {limit} positions",
-                opts.max_new_tokens
-            )));
-        }
-        // Requests that share one states tensor (same image and layer) share its keys/values:
-        // they are computed once per distinct tensor.
-        let mut distinct: Vec<(&B::Tensor, usize)> = Vec::new();
-        let mut image_of = Vec::with_capacity(requests.len());
-        for r in requests {
-            let Some(s) = r.cross_states else {
-                image_of.push(0);
-                continue;
-            };
-            match distinct.iter().position(|(t, real)| std::ptr::eq(*t, s) && *real == r.real_rows) {
-                Some(i) => image_of.push(i),
-                None => {
-                    image_of.push(distinct.len());
-                    distinct.push((s, r.real_rows));
-                }
-            }
-        }
-        let kv = if text_only {
-            None
-        } else {
-            let states: Vec<&B::Tensor> = distinct.iter().map(|d| d.0).collect();
-            let real: Vec<usize> = distinct.iter().map(|d| d.1).collect();
-            Some(self.cross_kv(b, &states, &real)?)
-        };
-        let mut cache = self.new_cache(b, requests.len(), capacity)?;
-        let all_ids: Vec<u32> = requests.iter().flat_map(|r| r.prompt_ids.iter().copied()).collect();
-        let chunks: Vec<SeqChunk> =
-            requests.iter().enumerate().map(|(slot, r)| SeqChunk { slot, start: 0, len: r.prompt_ids.len() }).collect();
-        let cross: Vec<CrossRows> =
-            image_pos.iter().enumerate().map(|(i, &p)| CrossRows { image: image_of[i], masked: p }).collect();
-        let mut live: Vec<usize> = (0..requests.len()).collect();
-        let mut kv = kv;
-        let mut hidden = self.forward(b, self.embed(b, &all_ids)?, &chunks, &cross, kv.as_ref(), &mut cache)?;
-        if let Some(kv) = kv.as_mut() {
-            kv.release_prefill_only();
-        }
-        for step in 0..opts.max_new_tokens {
-            let logits = self.logits(b, &hidden)?;
-            if step == 0 && keep_first_logits {
-                let host = b.to_host(&logits)?;
-                let vocab = b.dims(&logits).1;
-                for (row, &i) in live.iter().enumerate() {
-                    out[i].first_logits = Some(host[row * vocab..(row + 1) * vocab].to_vec());
-                }
-            }
-            let next = match opts.sampling {
-                None => b.argmax(&logits)?,
-                Some(p) => {
-                    let seeds: Vec<u64> = live.iter().map(|&i| step_seed(requests[i].seed, step)).collect();
-                    b.sample(&logits, p, &seeds)?
-                }
-            };
-            let mut still = Vec::with_capacity(live.len());
-            for (&i, &tok) in live.iter().zip(&next) {
-                out[i].token_ids.push(tok);
-                if opts.eos_token_ids.contains(&tok) {
-                    out[i].finish_reason = FinishReason::Eos;
-                } else {
-                    still.push(i);
-                }
-            }
-            live = still;
-            if live.is_empty() || step + 1 == opts.max_new_tokens {
-                break;
-            }
-            let ids: Vec<u32> = live.iter().map(|&i| *out[i].token_ids.last().unwrap()).collect();
-            let chunks: Vec<SeqChunk> = live
-                .iter()
-                .map(|&i| SeqChunk {
-                    slot: i,
-                    start: requests[i].prompt_ids.len() + out[i].token_ids.len() - 1,
-                    len: 1,
-                })
-                .collect();
-            // Generated tokens come after the image: they attend to its real tiles.
-            let cross: Vec<CrossRows> = live.iter().map(|&i| CrossRows { image: image_of[i], masked: 0 }).collect();
-            hidden = self.forward(b, self.embed(b, &ids)?, &chunks, &cross, kv.as_ref(), &mut cache)?;
-        }
-        Ok(out)
+        run_batch(b, &mut self.stream_model(opts, requests.len()), requests, opts, keep_first_logits)
     }
 }
 
@@ -602,20 +428,78 @@ pub struct OwnedCrossRequest<B: Backend> {
     pub seed: u64,
 }
 
-/// A pool region in use: the states whose keys/values it holds and how many slots read it.
+/// What [`MllamaStream`] needs of a request, whoever owns its states.
+pub trait CrossPrompt<B: Backend> {
+    fn prompt_ids(&self) -> &[u32];
+    fn cross_states(&self) -> Option<&B::Tensor>;
+    fn real_rows(&self) -> usize;
+    fn seed(&self) -> u64;
+}
+
+impl<B: Backend> CrossPrompt<B> for CrossRequest<'_, B> {
+    fn prompt_ids(&self) -> &[u32] {
+        &self.prompt_ids
+    }
+    fn cross_states(&self) -> Option<&B::Tensor> {
+        self.cross_states
+    }
+    fn real_rows(&self) -> usize {
+        self.real_rows
+    }
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+}
+
+impl<B: Backend> CrossPrompt<B> for OwnedCrossRequest<B> {
+    fn prompt_ids(&self) -> &[u32] {
+        &self.prompt_ids
+    }
+    fn cross_states(&self) -> Option<&B::Tensor> {
+        Some(&self.cross_states)
+    }
+    fn real_rows(&self) -> usize {
+        self.real_rows
+    }
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+}
+
+impl<B: Backend, P: CrossPrompt<B>> CrossPrompt<B> for &P {
+    fn prompt_ids(&self) -> &[u32] {
+        (*self).prompt_ids()
+    }
+    fn cross_states(&self) -> Option<&B::Tensor> {
+        (*self).cross_states()
+    }
+    fn real_rows(&self) -> usize {
+        (*self).real_rows()
+    }
+    fn seed(&self) -> u64 {
+        (*self).seed()
+    }
+}
+
+/// A pool region in use: which states it holds (by address: every reader holds the states alive
+/// while it is in flight, so the address cannot be reused meanwhile) and how many slots read it.
 struct Region<B: Backend> {
-    states: Arc<B::Tensor>,
+    states: *const B::Tensor,
     real_rows: usize,
     readers: usize,
 }
 
-/// Mllama's text model under [`run_stream`]: cross-attention keys/values live in a pool of regions
-/// (grown on demand, at most one per slot); sequences reading the same states (same image and
-/// layer) share a region, and a region is rewritten only when its last reader has finished.
-struct MllamaStream<'a, B: Backend> {
+/// Mllama's text model under [`run_stream`]. Cross-attention keys/values live in a pool of
+/// regions (grown on demand, at most one per slot); sequences reading the same states (same image
+/// and layer) share a region, and a region is rewritten only when its last reader has finished.
+/// Without states every sequence is text-only and the cross-attention layers are skipped, as in
+/// transformers; a run is all text-only or all with images.
+pub struct MllamaStream<'a, B: Backend> {
     text: &'a MllamaText<B>,
     opts: &'a DecodeOptions,
     slots: usize,
+    /// Fixed by the first request admitted.
+    with_images: Option<bool>,
     kv: Option<CrossKv<B>>,
     regions: Vec<Option<Region<B>>>,
     /// Per slot: its region and where its `<|image|>` is.
@@ -623,12 +507,44 @@ struct MllamaStream<'a, B: Backend> {
     image_pos: Vec<usize>,
 }
 
-impl<B: Backend> StreamModel<B, OwnedCrossRequest<B>> for MllamaStream<'_, B> {
-    fn prompt_ids<'r>(&self, request: &'r OwnedCrossRequest<B>) -> &'r [u32] {
-        &request.prompt_ids
+impl<B: Backend> MllamaStream<'_, B> {
+    /// The region holding `states`, written now if no region holds them yet.
+    fn region_for(&mut self, b: &B, states: &B::Tensor, real_rows: usize) -> Result<usize> {
+        let key: *const B::Tensor = states;
+        let shared = self
+            .regions
+            .iter()
+            .position(|g| g.as_ref().is_some_and(|g| std::ptr::eq(g.states, key) && g.real_rows == real_rows));
+        if let Some(i) = shared {
+            return Ok(i);
+        }
+        if self.kv.is_none() {
+            // Every image's states have the same padded shape: size the regions by the first.
+            // Sequences in flight mostly share states (a sweep goes layer-major per image), so
+            // the pool starts with two regions and doubles when it must (at most one a slot).
+            let regions = self.slots.min(2);
+            self.kv = Some(self.text.cross_kv_pool(b, regions, b.dims(states).0)?);
+            self.regions = (0..regions).map(|_| None).collect();
+        }
+        let kv = self.kv.as_mut().expect("made above");
+        if self.regions.iter().all(Option::is_some) {
+            let regions = (self.regions.len() * 2).min(self.slots);
+            self.text.grow_pool(b, kv, regions)?;
+            self.regions.resize_with(regions, || None);
+        }
+        let i = self.regions.iter().position(Option::is_none).expect("at most one region per slot in use");
+        self.text.write_region(b, kv, i, states, real_rows)?;
+        self.regions[i] = Some(Region { states: key, real_rows, readers: 0 });
+        Ok(i)
     }
-    fn seed(&self, request: &OwnedCrossRequest<B>) -> u64 {
-        request.seed
+}
+
+impl<B: Backend, R: CrossPrompt<B>> StreamModel<B, R> for MllamaStream<'_, B> {
+    fn prompt_ids<'r>(&self, request: &'r R) -> &'r [u32] {
+        request.prompt_ids()
+    }
+    fn seed(&self, request: &R) -> u64 {
+        request.seed()
     }
     fn max_positions(&self) -> usize {
         self.text.config.llama.max_position_embeddings
@@ -636,40 +552,23 @@ impl<B: Backend> StreamModel<B, OwnedCrossRequest<B>> for MllamaStream<'_, B> {
     fn new_cache(&self, b: &B, slots: usize, capacity: usize) -> Result<B::KvCache> {
         self.text.new_cache(b, slots, capacity)
     }
-    fn admit(&mut self, b: &B, slot: usize, r: &OwnedCrossRequest<B>) -> Result<()> {
-        self.image_pos[slot] = image_position(&r.prompt_ids, self.opts, true)?;
-        let shared = self.regions.iter().position(|g| {
-            g.as_ref().is_some_and(|g| Arc::ptr_eq(&g.states, &r.cross_states) && g.real_rows == r.real_rows)
-        });
-        let region = match shared {
-            Some(i) => i,
-            None => {
-                if self.kv.is_none() {
-                    // Every image's states have the same padded shape: size the regions by the first.
-                    // Sequences in flight mostly share states (a sweep goes layer-major per image),
-                    // so the pool starts with two regions and doubles when it must (at most one a slot).
-                    let rows = b.dims(&r.cross_states).0;
-                    let regions = self.slots.min(2);
-                    self.kv = Some(self.text.cross_kv_pool(b, regions, rows)?);
-                    self.regions = (0..regions).map(|_| None).collect();
-                }
-                let kv = self.kv.as_mut().expect("made above");
-                if self.regions.iter().all(Option::is_some) {
-                    let regions = (self.regions.len() * 2).min(self.slots);
-                    self.text.grow_pool(b, kv, regions)?;
-                    self.regions.resize_with(regions, || None);
-                }
-                let i = self.regions.iter().position(Option::is_none).expect("at most one region per slot in use");
-                self.text.write_region(b, kv, i, &r.cross_states, r.real_rows)?;
-                self.regions[i] = Some(Region { states: r.cross_states.clone(), real_rows: r.real_rows, readers: 0 });
-                i
-            }
-        };
-        self.regions[region].as_mut().expect("in use").readers += 1;
-        self.slot_region[slot] = region;
+    fn admit(&mut self, b: &B, slot: usize, r: &R) -> Result<()> {
+        let states = r.cross_states();
+        if *self.with_images.get_or_insert(states.is_some()) != states.is_some() {
+            return Err(Error::invalid("a batch must be all text-only or all with an image"));
+        }
+        self.image_pos[slot] = image_position(r.prompt_ids(), self.opts, states.is_some())?;
+        if let Some(states) = states {
+            let region = self.region_for(b, states, r.real_rows())?;
+            self.regions[region].as_mut().expect("in use").readers += 1;
+            self.slot_region[slot] = region;
+        }
         Ok(())
     }
     fn release(&mut self, slot: usize) {
+        if self.with_images != Some(true) {
+            return;
+        }
         let region = &mut self.regions[self.slot_region[slot]];
         if let Some(g) = region.as_mut() {
             g.readers -= 1;
@@ -678,8 +577,8 @@ impl<B: Backend> StreamModel<B, OwnedCrossRequest<B>> for MllamaStream<'_, B> {
             }
         }
     }
-    fn step(&mut self, b: &B, seqs: &[StreamSeq<OwnedCrossRequest<B>>], cache: &mut B::KvCache) -> Result<B::Tensor> {
-        let (ids, chunks) = step_chunks(seqs, |r| &r.prompt_ids);
+    fn step(&mut self, b: &B, seqs: &[StreamSeq<R>], cache: &mut B::KvCache) -> Result<B::Tensor> {
+        let (ids, chunks) = step_chunks(seqs, |r| r.prompt_ids());
         // A fresh prompt's text before `<|image|>` reads every row; generated tokens come after it.
         let cross: Vec<CrossRows> = seqs
             .iter()
@@ -694,17 +593,14 @@ impl<B: Backend> StreamModel<B, OwnedCrossRequest<B>> for MllamaStream<'_, B> {
 }
 
 impl<B: Backend> MllamaText<B> {
-    /// This model under [`run_stream`] with `slots` sequences in flight (what
-    /// [`Self::generate_stream`] runs; exposed so callers can wrap it, e.g. to time steps).
-    pub fn stream_model<'a>(
-        &'a self,
-        opts: &'a DecodeOptions,
-        slots: usize,
-    ) -> impl StreamModel<B, OwnedCrossRequest<B>> + 'a {
+    /// This model under [`run_stream`] with `slots` sequences in flight (what [`Self::generate`]
+    /// and [`Self::generate_stream`] run; exposed so callers can wrap it, e.g. to time steps).
+    pub fn stream_model<'a>(&'a self, opts: &'a DecodeOptions, slots: usize) -> MllamaStream<'a, B> {
         MllamaStream {
             text: self,
             opts,
             slots,
+            with_images: None,
             kv: None,
             regions: vec![],
             slot_region: vec![0; slots],
