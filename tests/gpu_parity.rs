@@ -19,9 +19,9 @@ mod gpu_common;
 
 use icet_models::backend::cuda::{Cuda, DType};
 use icet_models::backend::Backend;
-use icet_models::generation::{generate, DecodeOptions, Request};
-use icet_models::llava::{resolve_layer, FeatureStrategy, Llava, LoadParts};
-use icet_models::prompt::Template;
+use icet_models::generation::{DecodeOptions, ImageFeatures, Request};
+use icet_models::layers::resolve_layer;
+use icet_models::llava::{FeatureStrategy, Llava, LoadParts, Template};
 
 mod common;
 use common::{fixture, load_reference, rel_err};
@@ -82,14 +82,12 @@ fn check_model(b: &Cuda, name: &str) {
         let px = model.pixel_values(&dir.join(r.json["images"][img].as_str().unwrap()), false).unwrap();
         let capture = model.vision.capture(b, &[model.upload_pixels(b, &px).unwrap()], &[layer]).unwrap();
         let features = model.project_layer(b, &capture, layer, strategy).unwrap();
-        let opts = DecodeOptions {
-            max_new_tokens: r.json["max_new_tokens"].as_u64().unwrap() as usize,
-            eos_token_ids: model.generation.eos_token_ids.clone(),
-            sampling: None,
-            image_token_id: model.config.image_token_index,
-        };
-        let request = Request { prompt_ids: ids, image_features: Some(&features), seed: 0 };
-        let out = generate(b, model.llm().unwrap(), &[request], &opts, true).unwrap().remove(0);
+        let opts = DecodeOptions::greedy(
+            r.json["max_new_tokens"].as_u64().unwrap() as usize,
+            model.generation.eos_token_ids.clone(),
+        );
+        let request = Request::with_image(ids, std::sync::Arc::new(ImageFeatures::all_real(b, features)), 0);
+        let out = model.generate(b, &[request], &opts, true).unwrap().remove(0);
         let err = rel_err(out.first_logits.as_ref().unwrap(), &r.get(&format!("logits.{idx}")).1);
         worst_logits = worst_logits.max(err);
         assert!(err <= tol.logits, "{tag} case {idx} (layer {layer}) first logits: rel error {err:e}");

@@ -22,10 +22,11 @@ use icet_models::backend::cpu::Cpu;
 use icet_models::backend::cuda::DType;
 use icet_models::backend::Backend;
 use icet_models::chat_template::{ChatTemplate, Message};
-use icet_models::generation::{generate, DecodeOptions, Request};
+use icet_models::generation::{run_batch, DecodeOptions, Request};
 use icet_models::judges::classifier::{hh_pair, RewardModel, ToxicityClassifier};
 use icet_models::judges::llama_guard::{LlamaGuard, LlamaGuardVersion};
 use icet_models::judges::llama_guard_vision::{GuardItem, LlamaGuardVision};
+use icet_models::llama::TextStream;
 use serde_json::Value;
 
 #[macro_use]
@@ -243,16 +244,11 @@ fn check_llama_guard<B: Backend>(b: &B, tol: Tol) {
         let (text, got) = guard.encode(prompt, response).unwrap();
         assert_eq!(text, case["text"].as_str().unwrap());
         assert_eq!(got, ids(&case["input_ids"]));
-        requests.push(Request { prompt_ids: got, image_features: None, seed: 0 });
+        requests.push(Request::text_only(got, 0));
     }
-    let opts = DecodeOptions {
-        max_new_tokens: refs["max_new_tokens"].as_u64().unwrap() as usize,
-        eos_token_ids: ids(&refs["eos_token_ids"]),
-        sampling: None,
-        image_token_id: u32::MAX,
-    };
+    let opts = DecodeOptions::greedy(refs["max_new_tokens"].as_u64().unwrap() as usize, ids(&refs["eos_token_ids"]));
     assert!(opts.eos_token_ids.iter().all(|e| guard.eos_token_ids.contains(e)));
-    let out = generate(b, &guard.llm, &requests, &opts, true).unwrap();
+    let out = run_batch(b, &mut TextStream::new(&guard.llm), &requests, &opts, true).unwrap();
     let (mut worst, mut compared) = (0.0f64, 0);
     for (case, g) in cases.iter().zip(&out) {
         let reference = tensor_f32(&st, case["logits"].as_str().unwrap());

@@ -8,12 +8,13 @@
 //! - greedy tokens: equal at every step whose recorded top-2 margin is >= 2e-3 (after a step with
 //!   a smaller margin, transformers' own choice is a coin flip, so later tokens are not compared).
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use icet_models::backend::cpu::{Cpu, CpuTensor};
 use icet_models::backend::Backend;
-use icet_models::generation::{generate, generate_stream, DecodeOptions, Request, Stream};
-use icet_models::llava::{resolve_layer, FeatureStrategy, Llava, LoadParts};
-use icet_models::prompt::Template;
+use icet_models::generation::{run_stream, DecodeOptions, ImageFeatures, Request, Stream};
+use icet_models::layers::resolve_layer;
+use icet_models::llava::{FeatureStrategy, Llava, LoadParts, Template};
 
 mod common;
 use common::{fixture, load_reference, max_abs, rel_err, Reference};
@@ -98,21 +99,12 @@ fn check_model(name: &str) {
         assert_eq!(capture.layers_run, layer, "early exit: no layer beyond the requested one runs");
         let features: CpuTensor = model.project_layer(&b, &capture, layer, strategy).unwrap();
         let max_new = case["token_ids"].as_array().unwrap().len().max(1);
-        let opts = DecodeOptions {
-            max_new_tokens: r.json["max_new_tokens"].as_u64().unwrap() as usize,
-            eos_token_ids: model.generation.eos_token_ids.clone(),
-            sampling: None,
-            image_token_id: model.config.image_token_index,
-        };
-        let out = generate(
-            &b,
-            model.llm().unwrap(),
-            &[Request { prompt_ids: ids, image_features: Some(&features), seed: 0 }],
-            &opts,
-            true,
-        )
-        .unwrap()
-        .remove(0);
+        let opts = DecodeOptions::greedy(
+            r.json["max_new_tokens"].as_u64().unwrap() as usize,
+            model.generation.eos_token_ids.clone(),
+        );
+        let features = Arc::new(ImageFeatures::all_real(&b, features));
+        let out = model.generate(&b, &[Request::with_image(ids, features, 0)], &opts, true).unwrap().remove(0);
         let (_, want_logits) = r.get(&format!("logits.{idx}"));
         let err = rel_err(out.first_logits.as_ref().unwrap(), want_logits);
         worst[3] = worst[3].max(err);
@@ -171,34 +163,29 @@ fn batched_generation_equals_one_at_a_time() {
     let feats: Vec<CpuTensor> =
         layers.iter().map(|&l| model.project_layer(&b, &capture, l, strategy).unwrap()).collect();
     let prompts = ["Describe the image.", "How do I pick a lock? Explain in detail please.", "Hi"];
-    let opts = DecodeOptions {
-        max_new_tokens: 10,
-        eos_token_ids: model.generation.eos_token_ids.clone(),
-        sampling: None,
-        image_token_id: model.config.image_token_index,
-    };
+    let opts = DecodeOptions::greedy(10, model.generation.eos_token_ids.clone());
+    let feats: Vec<Arc<ImageFeatures<Cpu>>> =
+        feats.into_iter().map(|f| Arc::new(ImageFeatures::all_real(&b, f))).collect();
     let requests: Vec<Request<Cpu>> = layers
         .iter()
         .zip(prompts.iter().cycle())
-        .map(|(&l, p)| Request {
-            prompt_ids: tok
+        .map(|(&l, p)| {
+            let prompt_ids = tok
                 .encode_with_image(&Template::LlavaV1.render(p).unwrap(), model.config.image_slots(strategy))
-                .unwrap(),
-            image_features: Some(&feats[l]),
-            seed: l as u64,
+                .unwrap();
+            Request::with_image(prompt_ids, feats[l].clone(), l as u64)
         })
         .collect();
-    let llm = model.llm().unwrap();
-    let batched = generate(&b, llm, &requests, &opts, false).unwrap();
+    let batched = model.generate(&b, &requests, &opts, false).unwrap();
     for (i, req) in requests.iter().enumerate() {
-        let single = Request { prompt_ids: req.prompt_ids.clone(), image_features: req.image_features, seed: req.seed };
-        let alone = generate(&b, llm, &[single], &opts, false).unwrap().remove(0);
+        let single = req.clone();
+        let alone = model.generate(&b, &[single], &opts, false).unwrap().remove(0);
         assert_eq!(alone.token_ids, batched[i].token_ids, "sequence {i}");
     }
     // Continuous batching through two slots (sequences join as others finish) changes nothing.
     let mut streamed = vec![None; requests.len()];
     let stream = Stream { slots: 2, capacity: 80, keep_first_logits: false };
-    generate_stream(&b, llm, requests.iter().map(Ok), &opts, stream, |i, g| {
+    run_stream(&b, &mut model.stream().unwrap(), requests.iter().cloned().map(Ok), &opts, stream, |i, g| {
         assert!(streamed[i].is_none(), "request {i} reported twice");
         streamed[i] = Some(g);
         Ok(())
@@ -210,12 +197,8 @@ fn batched_generation_equals_one_at_a_time() {
     // Seeded sampling is reproducible and independent of batching too.
     let sampled =
         DecodeOptions { sampling: Some(icet_models::backend::SamplingParams { temperature: 1.0, top_p: 0.9 }), ..opts };
-    let a = generate(&b, llm, &requests, &sampled, false).unwrap();
-    let single = Request {
-        prompt_ids: requests[2].prompt_ids.clone(),
-        image_features: requests[2].image_features,
-        seed: requests[2].seed,
-    };
-    let c = generate(&b, llm, &[single], &sampled, false).unwrap();
+    let a = model.generate(&b, &requests, &sampled, false).unwrap();
+    let single = requests[2].clone();
+    let c = model.generate(&b, &[single], &sampled, false).unwrap();
     assert_eq!(a[2].token_ids, c[0].token_ids);
 }

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use icet_models::backend::cpu::Cpu;
 use icet_models::backend::cuda::DType;
 use icet_models::backend::Backend;
-use icet_models::generation::{Generated, Stream};
-use icet_models::mllama::model::{build_string_from_input, llama3_text_only};
-use icet_models::mllama::{CrossRequest, ExitRule, Mllama, MllamaLoadParts, MllamaTemplate, OwnedCrossRequest};
+use icet_models::generation::{run_stream, Generated, ImageFeatures, Request, Stream};
+use icet_models::mllama::{build_string_from_input, llama3_text_only};
+use icet_models::mllama::{ExitRule, Mllama, MllamaLoadParts, MllamaTemplate};
 use serde_json::Value;
 
 mod common;
@@ -146,11 +146,13 @@ fn check_generation<B: Backend>(b: &B, name: &str, tol: Tolerance) {
         reals.push(model.real_rows(&pass));
         prompts.push(ids);
     }
-    let requests: Vec<CrossRequest<B>> = prompts
+    let requests: Vec<Request<B>> = prompts
         .iter()
         .zip(&states)
         .zip(&reals)
-        .map(|((p, s), &real)| CrossRequest { prompt_ids: p.clone(), cross_states: Some(s), real_rows: real, seed: 0 })
+        .map(|((p, s), &real)| {
+            Request::with_image(p.clone(), Arc::new(ImageFeatures { rows: copy(b, s), real_rows: real }), 0)
+        })
         .collect();
     let mut opts = model.decode_options();
     opts.max_new_tokens = r.json["max_new_tokens"].as_u64().unwrap() as usize;
@@ -161,26 +163,25 @@ fn check_generation<B: Backend>(b: &B, name: &str, tol: Tolerance) {
 
     // Continuous batching: fewer slots than requests, so slots are refilled mid-run; requests of
     // the same (image, layer, rule) share one states tensor and thus one key/value region.
-    let mut shared: Vec<(String, Arc<B::Tensor>, usize)> = Vec::new();
+    let mut shared: Vec<(String, Arc<ImageFeatures<B>>, usize)> = Vec::new();
     let mut owned = Vec::new();
     for ((case, p), (s, &real)) in cases.iter().zip(&prompts).zip(states.iter().zip(&reals)) {
         let key = format!("{}/{}/{}", case["image"], case["layer"], case["rule"]);
         let states = match shared.iter().find(|(k, _, _)| *k == key) {
             Some((_, s, _)) => s.clone(),
             None => {
-                let s = Arc::new(copy(b, s));
+                let s = Arc::new(ImageFeatures { rows: copy(b, s), real_rows: real });
                 shared.push((key, s.clone(), real));
                 s
             }
         };
-        owned.push(OwnedCrossRequest { prompt_ids: p.clone(), cross_states: states, real_rows: real, seed: 0 });
+        owned.push(Request::with_image(p.clone(), states, 0));
     }
     assert!(shared.len() < owned.len(), "{name}: some requests share states");
     let longest = prompts.iter().map(Vec::len).max().unwrap();
     let stream = Stream { slots: 3, capacity: longest + opts.max_new_tokens, keep_first_logits: true };
     let mut streamed: Vec<Option<Generated>> = vec![None; owned.len()];
-    let text = model.text().unwrap();
-    text.generate_stream(b, owned.into_iter().map(Ok), &opts, stream, |i, g| {
+    run_stream(b, &mut model.stream(stream.slots).unwrap(), owned.into_iter().map(Ok), &opts, stream, |i, g| {
         streamed[i] = Some(g);
         Ok(())
     })
@@ -198,26 +199,21 @@ fn check_generation<B: Backend>(b: &B, name: &str, tol: Tolerance) {
             sampling: Some(icet_models::backend::SamplingParams { temperature: 1.0, top_p: 0.9 }),
             ..opts.clone()
         };
-        let seeded: Vec<CrossRequest<B>> = requests
-            .iter()
-            .enumerate()
-            .map(|(i, r)| CrossRequest { seed: 1000 + i as u64, prompt_ids: r.prompt_ids.clone(), ..*r })
-            .collect();
+        let seeded: Vec<Request<B>> =
+            requests.iter().enumerate().map(|(i, r)| Request { seed: 1000 + i as u64, ..r.clone() }).collect();
         let batch = model.generate(b, &seeded, &sampled, false).unwrap();
         let owned = seeded.iter().map(|r| {
-            Ok(OwnedCrossRequest {
-                prompt_ids: r.prompt_ids.clone(),
-                cross_states: Arc::new(b.gather_rows(
-                    r.cross_states.unwrap(),
-                    &(0..b.dims(r.cross_states.unwrap()).0).collect::<Vec<_>>(),
-                )?),
-                real_rows: r.real_rows,
-                seed: r.seed,
-            })
+            let f = r.features.as_ref().unwrap();
+            let rows = b.gather_rows(&f.rows, &(0..b.dims(&f.rows).0).collect::<Vec<_>>())?;
+            Ok(Request::with_image(
+                r.prompt_ids.clone(),
+                Arc::new(ImageFeatures { rows, real_rows: f.real_rows }),
+                r.seed,
+            ))
         });
         let mut streamed = vec![None; seeded.len()];
         let stream = Stream { slots: 2, capacity: longest + opts.max_new_tokens, keep_first_logits: false };
-        text.generate_stream(b, owned, &sampled, stream, |i, g| {
+        run_stream(b, &mut model.stream(stream.slots).unwrap(), owned, &sampled, stream, |i, g| {
             streamed[i] = Some(g.token_ids);
             Ok(())
         })
@@ -282,7 +278,7 @@ fn check_text_only<B: Backend>(b: &B, name: &str, tol: Tolerance) {
         let want: Vec<u32> =
             case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         assert_eq!(ids, want, "{name} text-only prompt ids");
-        requests.push(CrossRequest::<B> { prompt_ids: ids, cross_states: None, real_rows: 0, seed: 0 });
+        requests.push(Request::<B>::text_only(ids, 0));
     }
     let mut opts = model.decode_options();
     opts.max_new_tokens = r.json["max_new_tokens"].as_u64().unwrap() as usize;
@@ -302,17 +298,10 @@ fn check_text_only<B: Backend>(b: &B, name: &str, tol: Tolerance) {
     // A batch mixing text-only and image prompts is refused.
     let px = model.pixel_values(&fixture("images/square.png")).unwrap();
     let pass = model.local_pass(b, &px, &[(1, ExitRule::Clamp)], &[]).unwrap();
-    let states = model.project(b, &pass, 1, ExitRule::Clamp).unwrap();
+    let states = Arc::new(model.image_features(b, &pass, 1, ExitRule::Clamp).unwrap());
     let with_image = model.prompt_ids(&MllamaTemplate::Llama3.render("Hi").unwrap()).unwrap();
-    let mixed = [
-        CrossRequest::<B> { prompt_ids: requests[0].prompt_ids.clone(), cross_states: None, real_rows: 0, seed: 0 },
-        CrossRequest::<B> {
-            prompt_ids: with_image,
-            cross_states: Some(&states),
-            real_rows: model.real_rows(&pass),
-            seed: 0,
-        },
-    ];
+    let mixed =
+        [Request::<B>::text_only(requests[0].prompt_ids.clone(), 0), Request::with_image(with_image, states, 0)];
     assert!(model.generate(b, &mixed, &opts, false).is_err());
 }
 

@@ -10,9 +10,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use icet_models::backend::Backend;
-use icet_models::generation::{run_stream, DecodeOptions, LlavaStream, Request, Stream, StreamModel, StreamSeq};
+use icet_models::generation::{run_stream, DecodeOptions, ImageFeatures, Request, Stream, StreamModel, StreamSeq};
 use icet_models::llava::{Llava, LlavaConfig, LoadParts};
-use icet_models::mllama::{ExitRule, Mllama, MllamaConfig, MllamaLoadParts, OwnedCrossRequest};
+use icet_models::mllama::{ExitRule, Mllama, MllamaConfig, MllamaLoadParts};
 use serde::Serialize;
 
 use crate::common::ModelArgs;
@@ -216,26 +216,20 @@ struct Timed<M> {
     decode_steps: Vec<f64>,
 }
 
-impl<B: Backend, R, M: StreamModel<B, R>> StreamModel<B, R> for Timed<M> {
-    fn prompt_ids<'r>(&self, request: &'r R) -> &'r [u32] {
-        self.inner.prompt_ids(request)
-    }
-    fn seed(&self, request: &R) -> u64 {
-        self.inner.seed(request)
-    }
+impl<B: Backend, M: StreamModel<B>> StreamModel<B> for Timed<M> {
     fn max_positions(&self) -> usize {
         self.inner.max_positions()
     }
     fn new_cache(&self, b: &B, slots: usize, capacity: usize) -> icet_models::Result<B::KvCache> {
         self.inner.new_cache(b, slots, capacity)
     }
-    fn admit(&mut self, b: &B, slot: usize, request: &R) -> icet_models::Result<()> {
+    fn admit(&mut self, b: &B, slot: usize, request: &Request<B>) -> icet_models::Result<()> {
         self.inner.admit(b, slot, request)
     }
     fn release(&mut self, slot: usize) {
         self.inner.release(slot)
     }
-    fn step(&mut self, b: &B, seqs: &[StreamSeq<R>], cache: &mut B::KvCache) -> icet_models::Result<B::Tensor> {
+    fn step(&mut self, b: &B, seqs: &[StreamSeq<B>], cache: &mut B::KvCache) -> icet_models::Result<B::Tensor> {
         let now = Instant::now();
         if let Some((start, true)) = self.last {
             self.decode_steps.push((now - start).as_secs_f64());
@@ -256,10 +250,10 @@ trait Subject<B: Backend> {
 }
 
 /// Runs `requests` (all at once: as many slots as requests) through `model`, timing its steps.
-fn timed_run<B: Backend, R, M: StreamModel<B, R>>(
+fn timed_run<B: Backend, M: StreamModel<B>>(
     b: &B,
     model: M,
-    requests: Vec<R>,
+    requests: Vec<Request<B>>,
     opts: &DecodeOptions,
     prompt_len: usize,
 ) -> Result<Vec<f64>> {
@@ -271,10 +265,10 @@ fn timed_run<B: Backend, R, M: StreamModel<B, R>>(
 
 struct LlavaSubject<'a, B: Backend> {
     model: &'a Llava<B>,
-    px: icet_models::clip::preprocessing::PixelValues,
+    px: icet_models::clip::processor::PixelValues,
     strategy: icet_models::llava::FeatureStrategy,
     prompt_ids: Vec<u32>,
-    features: B::Tensor,
+    features: std::sync::Arc<ImageFeatures<B>>,
     repeat: usize,
 }
 
@@ -292,15 +286,10 @@ impl<B: Backend> Subject<B> for LlavaSubject<'_, B> {
         })
     }
     fn run(&self, b: &B, batch: usize, new_tokens: usize) -> Result<Vec<f64>> {
-        let requests: Vec<Request<B>> = (0..batch)
-            .map(|i| Request {
-                prompt_ids: self.prompt_ids.clone(),
-                image_features: Some(&self.features),
-                seed: i as u64,
-            })
-            .collect();
-        let opts = no_eos(new_tokens, self.model.config.image_token_index);
-        timed_run(b, LlavaStream::new(self.model.llm()?, &opts), requests, &opts, self.prompt_ids.len())
+        let requests: Vec<Request<B>> =
+            (0..batch).map(|i| Request::with_image(self.prompt_ids.clone(), self.features.clone(), i as u64)).collect();
+        let opts = no_eos(new_tokens);
+        timed_run(b, self.model.stream()?, requests, &opts, self.prompt_ids.len())
     }
     fn prompt_tokens(&self) -> usize {
         self.prompt_ids.len()
@@ -314,8 +303,7 @@ struct MllamaSubject<'a, B: Backend> {
     model: &'a Mllama<B>,
     px: icet_models::mllama::TiledPixels,
     prompt_ids: Vec<u32>,
-    states: std::sync::Arc<B::Tensor>,
-    real_rows: usize,
+    states: std::sync::Arc<ImageFeatures<B>>,
     repeat: usize,
 }
 
@@ -336,16 +324,10 @@ impl<B: Backend> Subject<B> for MllamaSubject<'_, B> {
         })
     }
     fn run(&self, b: &B, batch: usize, new_tokens: usize) -> Result<Vec<f64>> {
-        let requests: Vec<OwnedCrossRequest<B>> = (0..batch)
-            .map(|i| OwnedCrossRequest {
-                prompt_ids: self.prompt_ids.clone(),
-                cross_states: self.states.clone(),
-                real_rows: self.real_rows,
-                seed: i as u64,
-            })
-            .collect();
-        let opts = no_eos(new_tokens, self.model.config.image_token_index);
-        let model = self.model.text()?.stream_model(&opts, batch);
+        let requests: Vec<Request<B>> =
+            (0..batch).map(|i| Request::with_image(self.prompt_ids.clone(), self.states.clone(), i as u64)).collect();
+        let opts = no_eos(new_tokens);
+        let model = self.model.stream(batch)?;
         timed_run(b, model, requests, &opts, self.prompt_ids.len())
     }
     fn prompt_tokens(&self) -> usize {
@@ -357,8 +339,8 @@ impl<B: Backend> Subject<B> for MllamaSubject<'_, B> {
 }
 
 /// Greedy, with no end-of-sequence: every sequence runs the full length, so batches stay full.
-fn no_eos(max_new_tokens: usize, image_token_id: u32) -> DecodeOptions {
-    DecodeOptions { max_new_tokens, eos_token_ids: vec![], sampling: None, image_token_id }
+fn no_eos(max_new_tokens: usize) -> DecodeOptions {
+    DecodeOptions::greedy(max_new_tokens, vec![])
 }
 
 fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
@@ -386,14 +368,14 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
         let px = model.pixel_values(&image)?;
         let last = model.config.vision_layers();
         let pass = model.local_pass(b, &px, &[(last, ExitRule::Clamp)], &[])?;
-        let states = model.project(b, &pass, last, ExitRule::Clamp)?;
-        let real_rows = model.real_rows(&pass);
+        let states = model.image_features(b, &pass, last, ExitRule::Clamp)?;
+        let real_rows = states.real_rows;
         drop(pass);
         let text = crate::mllama_cmd::prompts(&dir, None, &[args.prompt.as_str()])?.1.remove(0);
         let prompt_ids = model.prompt_ids(&text)?;
         let flops = FlopModel::mllama(&model.config, real_rows);
         let states = std::sync::Arc::new(states);
-        let subject = MllamaSubject { model: &model, px, prompt_ids, states, real_rows, repeat: args.repeat };
+        let subject = MllamaSubject { model: &model, px, prompt_ids, states, repeat: args.repeat };
         let facts = serde_json::json!({"family": "mllama", "exit_rule": "clamp", "image_rows": real_rows,
                                        "vision_layers_captured": last + 1, "load_seconds": load_seconds});
         return measure(b, &args, &dir, demo, &subject, flops, facts);
@@ -402,13 +384,14 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
     let load_seconds = load_start.elapsed().as_secs_f64();
     let strategy = args.model.strategy(&model);
     let config = &model.config;
-    let default_layer = icet_models::llava::resolve_layer(config.default_layer()?, config.vision_layers())?;
+    let default_layer = icet_models::layers::resolve_layer(config.default_layer()?, config.vision_layers())?;
     let slots = config.image_slots(strategy);
     let px = model.pixel_values(&image, args.model.pad_square)?;
     let text = crate::common::llava_prompts(&dir, None, &[args.prompt.as_str()])?.1.remove(0);
     let prompt_ids = model.tokenizer()?.encode_with_image(&text, slots)?;
     let capture = model.vision.capture(b, &[model.upload_pixels(b, &px)?], &[default_layer])?;
-    let features = model.project_layer(b, &capture, default_layer, strategy)?;
+    let features =
+        std::sync::Arc::new(ImageFeatures::all_real(b, model.project_layer(b, &capture, default_layer, strategy)?));
     drop(capture);
     let flops = FlopModel::llava(config, slots);
     let facts = serde_json::json!({"family": "llava", "image_slots": slots,

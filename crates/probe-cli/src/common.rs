@@ -7,8 +7,8 @@ use icet_models::backend::cpu::Cpu;
 use icet_models::backend::cuda::{Cuda, DType};
 use icet_models::backend::Backend;
 use icet_models::chat_template::ChatTemplate;
+use icet_models::llava::Template;
 use icet_models::llava::{FeatureStrategy, Llava, LoadParts};
-use icet_models::prompt::Template;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Device {
@@ -90,7 +90,7 @@ pub fn llava_prompts(model_dir: &Path, arg: Option<TemplateArg>, prompts: &[&str
             let texts = prompts
                 .iter()
                 .map(|p| {
-                    let placeholder = format!("{}\n", icet_models::prompt::IMAGE_PLACEHOLDER);
+                    let placeholder = format!("{}\n", icet_models::llava::prompt::IMAGE_PLACEHOLDER);
                     let text = render_image_turn(&chat, p, &placeholder)?;
                     Ok(match &bos {
                         Some(b) if !b.is_empty() && text.starts_with(b.as_str()) => text[b.len()..].to_string(),

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use icet_models::backend::Backend;
-use icet_models::llava::{parse_layers, LlavaConfig, LoadParts};
+use icet_models::layers::parse_layers;
+use icet_models::llava::{LlavaConfig, LoadParts};
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::common::ModelArgs;

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use icet_models::backend::{Backend, SamplingParams};
-use icet_models::generation::{generate, DecodeOptions, Request};
-use icet_models::llava::{resolve_layer, LlavaConfig, LoadParts};
+use icet_models::generation::{DecodeOptions, ImageFeatures, Request};
+use icet_models::layers::resolve_layer;
+use icet_models::llava::{LlavaConfig, LoadParts};
 
 use crate::common::{ModelArgs, TemplateArg};
 
@@ -27,7 +28,7 @@ pub struct DecodeArgs {
 }
 
 impl DecodeArgs {
-    pub fn options(&self, eos_token_ids: Vec<u32>, image_token_id: u32) -> Result<DecodeOptions> {
+    pub fn options(&self, eos_token_ids: Vec<u32>) -> Result<DecodeOptions> {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             bail!("--top-p {} must be in (0, 1]", self.top_p);
         }
@@ -36,7 +37,7 @@ impl DecodeArgs {
         }
         let sampling =
             (self.temperature > 0.0).then_some(SamplingParams { temperature: self.temperature, top_p: self.top_p });
-        Ok(DecodeOptions { max_new_tokens: self.max_new_tokens, eos_token_ids, sampling, image_token_id })
+        Ok(DecodeOptions { max_new_tokens: self.max_new_tokens, eos_token_ids, sampling })
     }
 }
 
@@ -92,9 +93,10 @@ fn run_on<B: Backend>(b: &B, args: Args) -> Result<()> {
     let px = model.pixel_values(&args.image, args.model.pad_square)?;
     let capture = model.vision.capture(b, &[model.upload_pixels(b, &px)?], &[layer])?;
     let features = model.project_layer(b, &capture, layer, strategy)?;
-    let opts = args.decode.options(model.generation.eos_token_ids.clone(), model.config.image_token_index)?;
-    let request = Request { prompt_ids: prompt_ids.clone(), image_features: Some(&features), seed: args.decode.seed };
-    let out = generate(b, model.llm()?, &[request], &opts, false)?.remove(0);
+    let opts = args.decode.options(model.generation.eos_token_ids.clone())?;
+    let features = std::sync::Arc::new(ImageFeatures::all_real(b, features));
+    let request = Request::with_image(prompt_ids.clone(), features, args.decode.seed);
+    let out = model.generate(b, &[request], &opts, false)?.remove(0);
     let text = tokenizer.decode(&out.token_ids)?;
     if args.json {
         let obj = serde_json::json!({

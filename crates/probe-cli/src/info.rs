@@ -1,7 +1,8 @@
 //! `icet info`: what a model directory holds.
 use anyhow::Result;
 use clap::Args as ClapArgs;
-use icet_models::llava::{resolve_layer, LlavaConfig, LlavaLayout};
+use icet_models::layers::resolve_layer;
+use icet_models::llava::{LlavaConfig, LlavaLayout};
 use icet_models::weights::{count_params, Checkpoint};
 
 use crate::common::ModelArgs;

@@ -11,8 +11,9 @@ use anyhow::{bail, Result};
 use clap::ValueEnum;
 use icet_models::backend::Backend;
 use icet_models::chat_template::ChatTemplate;
+use icet_models::generation::Request;
 use icet_models::mllama::config::model_type;
-use icet_models::mllama::{CrossRequest, ExitRule, Mllama, MllamaConfig, MllamaLoadParts, MllamaTemplate};
+use icet_models::mllama::{ExitRule, Mllama, MllamaConfig, MllamaLoadParts, MllamaTemplate};
 use icet_models::weights::count_params;
 
 use crate::common::{ModelArgs, TemplateArg};
@@ -67,7 +68,7 @@ pub fn prompts(dir: &Path, arg: Option<TemplateArg>, prompts: &[&str]) -> Result
         if let Some(chat) = ChatTemplate::from_dir(dir)? {
             let texts = prompts
                 .iter()
-                .map(|p| crate::common::render_image_turn(&chat, p, icet_models::mllama::model::IMAGE_TOKEN))
+                .map(|p| crate::common::render_image_turn(&chat, p, icet_models::mllama::prompt::IMAGE_TOKEN))
                 .collect::<Result<Vec<_>>>()?;
             return Ok((format!("auto ({})", chat.origin.display()), texts));
         }
@@ -103,7 +104,7 @@ pub fn features<B: Backend>(
     let dir = model_args.model_dir()?;
     let config = MllamaConfig::from_dir(dir)?;
     let n = config.vision_layers();
-    let layers = icet_models::llava::parse_layers(layers_spec, n)?;
+    let layers = icet_models::layers::parse_layers(layers_spec, n)?;
     let model = Mllama::load(dir, b, MllamaLoadParts { deepest_vision_layer: None, text: false })?;
     let px = model.pixel_values(image)?;
     let exits: Vec<(usize, ExitRule)> = layers.iter().map(|&l| (l, rule.rule())).collect();
@@ -147,21 +148,16 @@ pub fn generate<B: Backend>(b: &B, args: &crate::generate::Args, rule: ExitRuleA
     let dir = args.model.model_dir()?;
     let config = MllamaConfig::from_dir(dir)?;
     let n = config.vision_layers();
-    let layer = icet_models::llava::resolve_layer(args.layer.unwrap_or(n as i64), n)?;
+    let layer = icet_models::layers::resolve_layer(args.layer.unwrap_or(n as i64), n)?;
     let rule = rule.rule();
     let model = Mllama::load(dir, b, MllamaLoadParts { deepest_vision_layer: None, text: true })?;
     let text = prompts(dir, args.template, &[args.prompt.as_str()])?.1.remove(0);
     let prompt_ids = model.prompt_ids(&text)?;
     let px = model.pixel_values(&args.image)?;
     let pass = model.local_pass(b, &px, &[(layer, rule)], &[])?;
-    let states = model.project(b, &pass, layer, rule)?;
-    let opts = args.decode.options(model.generation.eos_token_ids.clone(), config.image_token_index)?;
-    let request = CrossRequest {
-        prompt_ids: prompt_ids.clone(),
-        cross_states: Some(&states),
-        real_rows: model.real_rows(&pass),
-        seed: args.decode.seed,
-    };
+    let states = std::sync::Arc::new(model.image_features(b, &pass, layer, rule)?);
+    let opts = args.decode.options(model.generation.eos_token_ids.clone())?;
+    let request = Request::with_image(prompt_ids.clone(), states, args.decode.seed);
     let out = model.generate(b, &[request], &opts, false)?.remove(0);
     let answer = model.decode(&out.token_ids)?;
     if args.json {
@@ -289,14 +285,13 @@ pub fn sweep_answers<B: Backend>(
     use std::sync::Arc;
 
     use anyhow::Context;
-    use icet_models::generation::Stream;
-    use icet_models::mllama::OwnedCrossRequest;
+    use icet_models::generation::{ImageFeatures, Stream};
 
     check_unsupported(&args.model)?;
     let dir = args.model.model_dir()?;
     let rule = args.exit_rule.rule();
     let model = Mllama::load(dir, b, MllamaLoadParts { deepest_vision_layer: None, text: true })?;
-    let opts = args.decode.options(model.generation.eos_token_ids.clone(), model.config.image_token_index)?;
+    let opts = args.decode.options(model.generation.eos_token_ids.clone())?;
     let mut prompt_ids: HashMap<usize, Vec<u32>> = HashMap::new();
     for &(i, _) in pending {
         if let std::collections::hash_map::Entry::Vacant(e) = prompt_ids.entry(i) {
@@ -333,15 +328,15 @@ pub fn sweep_answers<B: Backend>(
     let stream = Stream { slots, capacity, keep_first_logits: false };
 
     // The image at hand: its projected states per layer and its real-tile rows.
-    type LayerStates<T> = HashMap<usize, Arc<T>>;
-    let mut current: Option<(&Path, LayerStates<B::Tensor>, usize)> = None;
+    type LayerStates<B> = HashMap<usize, Arc<ImageFeatures<B>>>;
+    let mut current: Option<(&Path, LayerStates<B>)> = None;
     let mut next = 0;
     let requests = std::iter::from_fn(|| {
         let &(i, l) = work.get(next)?;
         next += 1;
         let image = rows[i].image_path.as_path();
-        let states = (|| -> icet_models::Result<(Arc<B::Tensor>, usize)> {
-            if current.as_ref().is_none_or(|(p, _, _)| *p != image) {
+        let states = (|| -> icet_models::Result<Arc<ImageFeatures<B>>> {
+            if current.as_ref().is_none_or(|(p, _)| *p != image) {
                 current = None; // the previous image's states go once its sequences finish
                 let mut layers: Vec<usize> =
                     work.iter().filter(|&&(j, _)| rows[j].image_path == image).map(|&(_, l)| l).collect();
@@ -351,22 +346,22 @@ pub fn sweep_answers<B: Backend>(
                 let pass = model.local_pass(b, &px, &exits, &[])?;
                 let mut map = HashMap::new();
                 for &l in &layers {
-                    map.insert(l, Arc::new(model.project(b, &pass, l, rule)?));
+                    map.insert(l, Arc::new(model.image_features(b, &pass, l, rule)?));
                 }
-                current = Some((image, map, model.real_rows(&pass)));
+                current = Some((image, map));
             }
-            let (_, map, real) = current.as_ref().expect("just set");
-            Ok((map[&l].clone(), *real))
+            Ok(current.as_ref().expect("just set").1[&l].clone())
         })();
-        Some(states.map(|(cross_states, real_rows)| OwnedCrossRequest {
-            prompt_ids: prompt_ids[&i].clone(),
-            cross_states,
-            real_rows,
-            seed: crate::sweep::answer_seed(args.decode.seed, &rows[i].id, l),
+        Some(states.map(|features| {
+            Request::with_image(
+                prompt_ids[&i].clone(),
+                features,
+                crate::sweep::answer_seed(args.decode.seed, &rows[i].id, l),
+            )
         }))
     });
     let mut writer = crate::sweep::AnswerWriter::open(responses_path, work.len())?;
-    model.text()?.generate_stream(b, requests, &opts, stream, |index, g| {
+    icet_models::generation::run_stream(b, &mut model.stream(stream.slots)?, requests, &opts, stream, |index, g| {
         let (i, l) = work[index];
         let response = model.decode(&g.token_ids)?;
         writer.push(crate::sweep::response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str()), all_rows)

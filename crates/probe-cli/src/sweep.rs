@@ -12,8 +12,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use icet_models::backend::Backend;
-use icet_models::generation::{generate_stream, OwnedRequest, Stream};
-use icet_models::llava::{parse_layers, resolve_layer, LlavaConfig, LoadParts};
+use icet_models::generation::{run_stream, ImageFeatures, Request, Stream};
+use icet_models::layers::{parse_layers, resolve_layer};
+use icet_models::llava::{LlavaConfig, LoadParts};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::common::{ModelArgs, TemplateArg};
@@ -194,8 +195,7 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
         let model = args.model.load(b, LoadParts { deepest_vision_layer: deepest, text: true })?;
         let strategy = args.model.strategy(&model);
         let tokenizer = model.tokenizer()?;
-        let llm = model.llm()?;
-        let opts = args.decode.options(model.generation.eos_token_ids.clone(), model.config.image_token_index)?;
+        let opts = args.decode.options(model.generation.eos_token_ids.clone())?;
         let image_slots = model.config.image_slots(strategy);
         let mut writer = AnswerWriter::open(&responses_path, pending.len())?;
 
@@ -224,39 +224,41 @@ fn run_on<B: Backend>(b: &B, mut args: Args) -> Result<()> {
         // Requests are made lazily: the next image's vision pass runs when a slot needs its
         // first request, and its features are freed once its last sequence finishes.
         // The image whose features are at hand, and its projected features per layer.
-        type LayerFeatures<T> = HashMap<usize, Arc<T>>;
-        let mut current: Option<(&Path, LayerFeatures<B::Tensor>)> = None;
+        type LayerFeatures<B> = HashMap<usize, Arc<ImageFeatures<B>>>;
+        let mut current: Option<(&Path, LayerFeatures<B>)> = None;
         let mut next = 0;
-        let requests = std::iter::from_fn(|| {
-            let &(i, l) = work.get(next)?;
-            next += 1;
-            let image = rows[i].image_path.as_path();
-            let features = (|| -> icet_models::Result<Arc<B::Tensor>> {
-                if current.as_ref().is_none_or(|(p, _)| *p != image) {
-                    let wanted: Vec<usize> = {
-                        let mut w: Vec<usize> =
-                            work.iter().filter(|&&(j, _)| rows[j].image_path == image).map(|&(_, l)| l).collect();
-                        w.sort_unstable();
-                        w.dedup();
-                        w
-                    };
-                    let px = model.pixel_values(image, args.model.pad_square)?;
-                    let capture = model.vision.capture(b, &[model.upload_pixels(b, &px)?], &wanted)?;
-                    let mut map = HashMap::new();
-                    for &w in &wanted {
-                        map.insert(w, Arc::new(model.project_layer(b, &capture, w, strategy)?));
+        let requests =
+            std::iter::from_fn(|| {
+                let &(i, l) = work.get(next)?;
+                next += 1;
+                let image = rows[i].image_path.as_path();
+                let features = (|| -> icet_models::Result<Arc<ImageFeatures<B>>> {
+                    if current.as_ref().is_none_or(|(p, _)| *p != image) {
+                        let wanted: Vec<usize> = {
+                            let mut w: Vec<usize> =
+                                work.iter().filter(|&&(j, _)| rows[j].image_path == image).map(|&(_, l)| l).collect();
+                            w.sort_unstable();
+                            w.dedup();
+                            w
+                        };
+                        let px = model.pixel_values(image, args.model.pad_square)?;
+                        let capture = model.vision.capture(b, &[model.upload_pixels(b, &px)?], &wanted)?;
+                        let mut map = HashMap::new();
+                        for &w in &wanted {
+                            map.insert(
+                                w,
+                                Arc::new(ImageFeatures::all_real(b, model.project_layer(b, &capture, w, strategy)?)),
+                            );
+                        }
+                        current = Some((image, map));
                     }
-                    current = Some((image, map));
-                }
-                Ok(current.as_ref().expect("just set").1[&l].clone())
-            })();
-            Some(features.map(|f| OwnedRequest {
-                prompt_ids: prompt_ids[&i].clone(),
-                image_features: Some(f),
-                seed: answer_seed(args.decode.seed, &rows[i].id, l),
-            }))
-        });
-        generate_stream(b, llm, requests, &opts, stream, |index, g| {
+                    Ok(current.as_ref().expect("just set").1[&l].clone())
+                })();
+                Some(features.map(|f| {
+                    Request::with_image(prompt_ids[&i].clone(), f, answer_seed(args.decode.seed, &rows[i].id, l))
+                }))
+            });
+        run_stream(b, &mut model.stream()?, requests, &opts, stream, |index, g| {
             let (i, l) = work[index];
             let response = tokenizer.decode(&g.token_ids)?;
             writer.push(response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str()), &mut all_rows)

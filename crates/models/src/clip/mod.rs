@@ -1,6 +1,6 @@
 //! CLIP vision tower (transformers' `CLIPVisionModel`) and its image processor.
 pub mod config;
-pub mod preprocessing;
+pub mod processor;
 pub mod vision;
 
 pub use config::ClipVisionConfig;

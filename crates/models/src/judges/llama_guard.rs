@@ -19,9 +19,8 @@ use tokenizers::Tokenizer;
 use crate::backend::Backend;
 use crate::chat_template::{ChatTemplate, Message};
 use crate::error::{Error, Result};
-use crate::generation::{generate, DecodeOptions, Request};
-use crate::llama::{Llama, LlamaConfig};
-use crate::llava::GenerationDefaults;
+use crate::generation::{run_batch, DecodeOptions, GenerationDefaults, Request};
+use crate::llama::{Llama, LlamaConfig, TextStream};
 use crate::weights::{Checkpoint, Weights};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -345,16 +344,10 @@ impl<B: Backend> LlamaGuard<B> {
         for (p, r) in pairs {
             let (text, ids) = self.encode(p, *r)?;
             categories.push(prompt_categories(&text));
-            requests.push(Request { prompt_ids: ids, image_features: None, seed: 0 });
+            requests.push(Request::text_only(ids, 0));
         }
-        let opts = DecodeOptions {
-            max_new_tokens: self.max_new_tokens,
-            eos_token_ids: self.eos_token_ids.clone(),
-            sampling: None,
-            // Llama Guard has no image placeholder: an id outside the vocabulary never matches.
-            image_token_id: u32::MAX,
-        };
-        let outputs = generate(b, &self.llm, &requests, &opts, false)?;
+        let opts = DecodeOptions::greedy(self.max_new_tokens, self.eos_token_ids.clone());
+        let outputs = run_batch(b, &mut TextStream::new(&self.llm), &requests, &opts, false)?;
         outputs
             .into_iter()
             .zip(categories)

@@ -11,13 +11,13 @@
 //! pair is judged as text (no `<|image|>`, cross-attention layers skipped), as the model card
 //! allows.
 use std::path::Path;
+use std::sync::Arc;
 
 use super::llama_guard::{prompt_categories, template_text, verdict_eos_ids, Judgement, LlamaGuardVersion};
 use crate::backend::Backend;
 use crate::chat_template::ChatTemplate;
 use crate::error::{Error, Result};
-use crate::generation::DecodeOptions;
-use crate::mllama::text::CrossRequest;
+use crate::generation::{DecodeOptions, Request};
 use crate::mllama::vision::ExitRule;
 use crate::mllama::{Mllama, MllamaLoadParts};
 
@@ -117,7 +117,7 @@ impl<B: Backend> LlamaGuardVision<B> {
         for path in &images {
             let px = self.model.pixel_values(path)?;
             let pass = self.model.local_pass(b, &px, &[(last, ExitRule::Clamp)], &[])?;
-            states.push((self.model.project(b, &pass, last, ExitRule::Clamp)?, self.model.real_rows(&pass)));
+            states.push(Arc::new(self.model.image_features(b, &pass, last, ExitRule::Clamp)?));
         }
         for group in [with, without] {
             if group.is_empty() {
@@ -129,20 +129,11 @@ impl<B: Backend> LlamaGuardVision<B> {
                 let item = &items[i];
                 let (text, prompt_ids) = self.encode(item.prompt, item.response, item.image.is_some())?;
                 listed.push(prompt_categories(&text));
-                let image = item.image.map(|p| &states[images.iter().position(|q| *q == p).expect("collected")]);
-                requests.push(CrossRequest {
-                    prompt_ids,
-                    cross_states: image.map(|(s, _)| s),
-                    real_rows: image.map_or(0, |(_, r)| *r),
-                    seed: 0,
-                });
+                let features =
+                    item.image.map(|p| states[images.iter().position(|q| *q == p).expect("collected")].clone());
+                requests.push(Request { prompt_ids, features, seed: 0 });
             }
-            let opts = DecodeOptions {
-                max_new_tokens: self.max_new_tokens,
-                eos_token_ids: self.eos_token_ids.clone(),
-                sampling: None,
-                image_token_id: self.model.config.image_token_index,
-            };
+            let opts = DecodeOptions::greedy(self.max_new_tokens, self.eos_token_ids.clone());
             let generated = self.model.generate(b, &requests, &opts, keep_first_logits)?;
             for ((&i, g), listed) in group.iter().zip(generated).zip(listed) {
                 let raw = self.model.decode(&g.token_ids)?;

@@ -3,15 +3,18 @@
 //! `vision_feature_layer` by layer l; nothing else changes.
 use std::path::{Path, PathBuf};
 
-use super::config::{FeatureStrategy, GenerationDefaults, LlavaConfig};
+use super::config::{FeatureStrategy, LlavaConfig};
+use super::prompt::PromptTokenizer;
+use super::stream::LlavaStream;
 use super::weights::LlavaLayout;
 use crate::backend::{Activation, Backend};
-use crate::clip::preprocessing::{expand_to_square, load_image, ImageProcessorConfig, PixelValues};
+use crate::clip::processor::{ImageProcessorConfig, PixelValues};
 use crate::clip::{ClipVision, VisionCapture};
 use crate::error::{Error, Result};
+use crate::generation::{run_batch, DecodeOptions, Generated, GenerationDefaults, Request};
+use crate::image::{expand_to_square, load_image, load_image_with, AlphaHandling};
 use crate::llama::Llama;
 use crate::nn::Linear;
-use crate::prompt::PromptTokenizer;
 use crate::weights::{Checkpoint, Weights};
 
 /// `LlavaMultiModalProjector`: linear → GELU → linear.
@@ -106,11 +109,7 @@ impl<B: Backend> Llava<B> {
     /// would; `pad_square` first pads it to a square of the mean colour (original LLaVA).
     pub fn pixel_values(&self, path: &Path, pad_square: bool) -> Result<PixelValues> {
         // Original LLaVA: Image.open(f).convert('RGB') (alpha dropped), then expand2square.
-        let mut img = if pad_square {
-            crate::clip::preprocessing::load_image_with(path, crate::clip::preprocessing::AlphaHandling::Drop)?
-        } else {
-            load_image(path)?
-        };
+        let mut img = if pad_square { load_image_with(path, AlphaHandling::Drop)? } else { load_image(path)? };
         if pad_square {
             img = expand_to_square(&img, self.processor.pad_square_background());
         }
@@ -152,6 +151,23 @@ impl<B: Backend> Llava<B> {
                 b.gather_rows(hidden, &rows)
             }
         }
+    }
+
+    /// The language model with LLaVA's splice, under the scheduler.
+    pub fn stream(&self) -> Result<LlavaStream<'_, B>> {
+        Ok(LlavaStream::new(self.llm()?, self.config.image_token_index))
+    }
+
+    /// Runs `requests` to completion as one batch (image features spliced over each prompt's
+    /// image tokens); results in request order.
+    pub fn generate(
+        &self,
+        b: &B,
+        requests: &[Request<B>],
+        opts: &DecodeOptions,
+        keep_first_logits: bool,
+    ) -> Result<Vec<Generated>> {
+        run_batch(b, &mut self.stream()?, requests, opts, keep_first_logits)
     }
 
     /// ICET-l: projector(select(hidden.l)), `[images * slots, text width]`.

@@ -9,11 +9,15 @@
 pub mod config;
 pub mod model;
 pub mod preprocessing;
+pub mod prompt;
+pub mod stream;
 pub mod text;
 pub mod vision;
 
 pub use config::{MllamaConfig, MllamaTextConfig, MllamaVisionConfig};
-pub use model::{Mllama, MllamaLayout, MllamaLoadParts, MllamaProjector, MllamaTemplate};
+pub use model::{Mllama, MllamaLayout, MllamaLoadParts, MllamaProjector};
 pub use preprocessing::{MllamaImageProcessor, TiledPixels};
-pub use text::{CrossRequest, MllamaText, OwnedCrossRequest};
+pub use prompt::{build_string_from_input, llama3_text_only, MllamaTemplate};
+pub use stream::MllamaStream;
+pub use text::MllamaText;
 pub use vision::{ExitRule, LocalPass, MllamaVision};

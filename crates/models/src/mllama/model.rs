@@ -1,17 +1,18 @@
 //! Llama 3.2 Vision as a whole (transformers' `MllamaForConditionalGeneration`): weight layouts,
-//! the projector, the chat template and tokenizer, and ICET-l under an [`ExitRule`].
+//! the projector, and ICET-l under an [`ExitRule`].
 use std::path::{Path, PathBuf};
 
 use tokenizers::Tokenizer;
 
 use super::config::MllamaConfig;
 use super::preprocessing::{MllamaImageProcessor, TiledPixels};
-use super::text::{CrossRequest, MllamaText};
+use super::prompt::{build_string_from_input, load_tokenizer, IMAGE_TOKEN};
+use super::stream::MllamaStream;
+use super::text::MllamaText;
 use super::vision::{ExitFeatures, ExitRule, LocalPass, MllamaVision};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::generation::{DecodeOptions, Generated};
-use crate::llava::GenerationDefaults;
+use crate::generation::{run_batch, DecodeOptions, Generated, GenerationDefaults, ImageFeatures, Request};
 use crate::weights::{Checkpoint, Weights};
 
 /// Which parts to load (the same options as LLaVA's).
@@ -95,78 +96,6 @@ impl<B: Backend> MllamaProjector<B> {
         }
         Ok(y)
     }
-}
-
-pub const IMAGE_TOKEN: &str = "<|image|>";
-pub const BOS_TOKEN: &str = "<|begin_of_text|>";
-
-/// How a user prompt becomes the model's input text for Llama 3.2 Vision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MllamaTemplate {
-    /// The Llama 3 chat format with the image first in the user turn, as
-    /// Llama-3.2-11B-Vision-Instruct's chat template renders one user message with one image
-    /// (no system turn) plus the generation prompt.
-    Llama3,
-    /// The prompt as given; it must contain `<|image|>` exactly once.
-    Raw,
-}
-
-impl MllamaTemplate {
-    pub const NAMES: [&'static str; 2] = ["llama3", "raw"];
-
-    pub fn parse(name: &str) -> Result<Self> {
-        match name {
-            "llama3" => Ok(Self::Llama3),
-            "raw" => Ok(Self::Raw),
-            _ => Err(Error::invalid(format!("unknown Mllama template `{name}` (one of: {})", Self::NAMES.join(", ")))),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Llama3 => "llama3",
-            Self::Raw => "raw",
-        }
-    }
-
-    pub fn render(self, prompt: &str) -> Result<String> {
-        match self {
-            Self::Llama3 => Ok(format!(
-                "{BOS_TOKEN}<|start_header_id|>user<|end_header_id|>\n\n{IMAGE_TOKEN}{prompt}<|eot_id|>\
-                 <|start_header_id|>assistant<|end_header_id|>\n\n"
-            )),
-            Self::Raw => {
-                if prompt.matches(IMAGE_TOKEN).count() != 1 {
-                    return Err(Error::invalid(format!("a raw prompt must contain `{IMAGE_TOKEN}` exactly once")));
-                }
-                Ok(prompt.to_string())
-            }
-        }
-    }
-}
-
-/// The `llama3` format of one user turn without an image (text-only use of the model, e.g. a
-/// Llama Guard 3 Vision judge on text): the cross-attention layers are then skipped.
-pub fn llama3_text_only(prompt: &str) -> String {
-    format!(
-        "{BOS_TOKEN}<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|>\
-         <|start_header_id|>assistant<|end_header_id|>\n\n"
-    )
-}
-
-/// `build_string_from_input` of transformers' processing_mllama.py: without a BOS in the text,
-/// leading `<|image|>` tokens stay in front and BOS is inserted after them.
-pub fn build_string_from_input(text: &str) -> String {
-    if text.contains(BOS_TOKEN) {
-        return text.to_string();
-    }
-    let mut rest = text;
-    let mut images = 0;
-    while let Some(r) = rest.strip_prefix(IMAGE_TOKEN) {
-        rest = r;
-        images += 1;
-    }
-    format!("{}{BOS_TOKEN}{rest}", IMAGE_TOKEN.repeat(images))
 }
 
 pub struct Mllama<B: Backend> {
@@ -287,46 +216,31 @@ impl<B: Backend> Mllama<B> {
         pass.layout.num_tiles * pass.layout.tokens
     }
 
-    pub fn decode_options(&self) -> DecodeOptions {
-        DecodeOptions {
-            max_new_tokens: 256,
-            eos_token_ids: self.generation.eos_token_ids.clone(),
-            sampling: None,
-            image_token_id: self.config.image_token_index,
-        }
+    /// ICET-`layer` under `rule` as the language model reads it: the projected states and how
+    /// many of their rows belong to real tiles.
+    pub fn image_features(&self, b: &B, pass: &LocalPass<B>, layer: usize, rule: ExitRule) -> Result<ImageFeatures<B>> {
+        Ok(ImageFeatures { rows: self.project(b, pass, layer, rule)?, real_rows: self.real_rows(pass) })
     }
 
+    /// Greedy decoding of up to 256 tokens, stopping at the generation config's end tokens.
+    pub fn decode_options(&self) -> DecodeOptions {
+        DecodeOptions::greedy(256, self.generation.eos_token_ids.clone())
+    }
+
+    /// The language model under the scheduler with `slots` sequences in flight.
+    pub fn stream(&self, slots: usize) -> Result<MllamaStream<'_, B>> {
+        Ok(MllamaStream::new(self.text()?, self.config.image_token_index, slots))
+    }
+
+    /// Runs `requests` to completion as one batch: one packed prefill, then every unfinished
+    /// sequence decodes one token per step; results in request order.
     pub fn generate(
         &self,
         b: &B,
-        requests: &[CrossRequest<B>],
+        requests: &[Request<B>],
         opts: &DecodeOptions,
         keep_first_logits: bool,
     ) -> Result<Vec<Generated>> {
-        self.text()?.generate(b, requests, opts, keep_first_logits)
+        run_batch(b, &mut self.stream(requests.len())?, requests, opts, keep_first_logits)
     }
-}
-
-/// `dir/tokenizer.json`, checked to have `<|image|>` at the configured id and a `<|begin_of_text|>`.
-pub fn load_tokenizer(dir: &Path, image_token_id: u32) -> Result<Tokenizer> {
-    let path = dir.join("tokenizer.json");
-    if !path.exists() {
-        return Err(Error::input(&path, "tokenizer.json is missing from the model directory"));
-    }
-    let tokenizer =
-        Tokenizer::from_file(&path).map_err(|e| Error::input(&path, format!("cannot load tokenizer: {e}")))?;
-    match tokenizer.token_to_id(IMAGE_TOKEN) {
-        Some(id) if id == image_token_id => {}
-        Some(id) => {
-            return Err(Error::input(
-                &path,
-                format!("`{IMAGE_TOKEN}` is token {id}, but config.json says image_token_index {image_token_id}"),
-            ))
-        }
-        None => return Err(Error::input(&path, format!("the tokenizer has no `{IMAGE_TOKEN}` token"))),
-    }
-    if tokenizer.token_to_id(BOS_TOKEN).is_none() {
-        return Err(Error::input(&path, format!("the tokenizer has no `{BOS_TOKEN}` token")));
-    }
-    Ok(tokenizer)
 }

@@ -2,12 +2,12 @@
 //! `MllamaImageProcessorPil` (image_processing_pil_mllama.py) — the class `AutoImageProcessor`
 //! picks for `image_processor_type: MllamaImageProcessor` when torchvision is absent.
 //!
-//! 1. `convert_to_rgb` ([`load_image`], shared with CLIP);
+//! 1. `convert_to_rgb` ([`load_image`]);
 //! 2. choose the tile canvas ([`optimal_tiled_canvas`] = `get_optimal_tiled_canvas`) and the size
 //!    that fits it ([`size_fit_to_canvas`] = `get_image_size_fit_to_canvas`), then PIL-resize the
 //!    `uint8` image ([`pil_resize`], `resample` from the config, bilinear for Llama 3.2);
 //! 3. pad with zeros at the bottom and right to the canvas (`pad`, still `uint8`);
-//! 4. rescale and normalize exactly as CLIP's PIL path (f64 rescale, f32 normalize);
+//! 4. rescale and normalize ([`Normalize`], as every processor here);
 //! 5. split into tiles row by row (`split_to_tiles_np`) and pack into `max_image_tiles` slots,
 //!    padded tiles being 0.0 (`pack_images`); `aspect_ratio_id` is 1-based
 //!    (`convert_aspect_ratios_to_ids_np`), `aspect_ratio_mask` marks the real tiles (tile 0
@@ -17,8 +17,8 @@ use std::path::Path;
 use image::RgbImage;
 use serde::Deserialize;
 
-use crate::clip::preprocessing::{load_image, pil_resize, Resample};
 use crate::error::{Error, Result};
+use crate::image::{load_image, pil_resize, Normalize, Resample};
 
 /// `preprocessor_config.json` of an `MllamaImageProcessor`, with that class's defaults.
 #[derive(Clone, Debug, PartialEq)]
@@ -192,15 +192,12 @@ impl MllamaImageProcessor {
         let (new_h, new_w) = size_fit_to_canvas(h, w, canvas_h, canvas_w, tile);
         let resized = pil_resize(img, new_w, new_h, self.resample)?;
         let ts = tile as usize;
-        let mean = self.image_mean.map(|m| m as f32);
-        let std = self.image_std.map(|s| s as f32);
-        // rescale + normalize of one uint8 value (0 for the zero padding), as CLIP's PIL path.
-        let value = |v: u8, c: usize| -> f32 {
-            let mut x = if self.do_rescale { (v as f64 * self.rescale_factor) as f32 } else { v as f32 };
-            if self.do_normalize {
-                x = (x - mean[c]) / std[c];
-            }
-            x
+        let normalize = Normalize {
+            do_rescale: self.do_rescale,
+            rescale_factor: self.rescale_factor,
+            do_normalize: self.do_normalize,
+            mean: self.image_mean,
+            std: self.image_std,
         };
         let max_tiles = self.max_image_tiles;
         let plane = ts * ts;
@@ -213,7 +210,7 @@ impl MllamaImageProcessor {
                         for x in 0..ts {
                             let (gy, gx) = ((th * ts + y) as u32, (tw * ts + x) as u32);
                             let v = if gy < new_h && gx < new_w { resized.get_pixel(gx, gy).0[c] } else { 0 };
-                            data[t * 3 * plane + c * plane + y * ts + x] = value(v, c);
+                            data[t * 3 * plane + c * plane + y * ts + x] = normalize.value(v, c);
                         }
                     }
                 }

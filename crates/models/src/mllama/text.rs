@@ -18,14 +18,11 @@
 //! Generated tokens repeat the last prompt row's mask (`_update_model_kwargs_for_generation`).
 //!
 //! The cross-attention keys/values are computed once per image ([`CrossKv`]) and reused for the
-//! prefill and every decoded token, as transformers' cache does. Generation, one batch or a
-//! continuous stream, runs through [`run_stream`] with [`MllamaStream`].
+//! prefill and every decoded token, as transformers' cache does. Generation runs under the
+//! scheduler with [`super::stream::MllamaStream`].
 use super::config::MllamaTextConfig;
 use crate::backend::{AttentionShape, Backend, SeqChunk};
-use std::sync::Arc;
-
 use crate::error::{Error, Result};
-use crate::generation::{run_batch, run_stream, step_chunks, DecodeOptions, Generated, Stream, StreamModel, StreamSeq};
 use crate::llama::text::{attention_shape, check_config, norm_last_rows, LlamaDecoderLayer, LlamaMlp, RotaryPositions};
 use crate::llama::LlamaConfig;
 use crate::nn::{Linear, RmsNorm};
@@ -53,18 +50,6 @@ enum Layer<B: Backend> {
         cache_layer: usize,
     },
     Cross(CrossLayer<B>),
-}
-
-/// One sequence to continue: its prompt ids (exactly one `<|image|>`) and its image's projected
-/// cross-attention states `[max_tiles * tokens, hidden]`, whose first `real_rows` rows belong to
-/// real tiles. Without states (and without `<|image|>`) the sequence is text-only: as in
-/// transformers, the cross-attention layers are then skipped — every request of a batch must be
-/// text-only, or none.
-pub struct CrossRequest<'a, B: Backend> {
-    pub prompt_ids: Vec<u32>,
-    pub cross_states: Option<&'a B::Tensor>,
-    pub real_rows: usize,
-    pub seed: u64,
 }
 
 /// Cross-attention keys/values of the images in flight, for every cross layer: a pool of regions
@@ -241,7 +226,7 @@ impl<B: Backend> MllamaText<B> {
 
     /// An empty pool of `regions` regions of `region_rows` rows (rows are written before they
     /// are read, so the buffers are not filled).
-    fn cross_kv_pool(&self, b: &B, regions: usize, region_rows: usize) -> Result<CrossKv<B>> {
+    pub(super) fn cross_kv_pool(&self, b: &B, regions: usize, region_rows: usize) -> Result<CrossKv<B>> {
         let kw = self.shape().kv_heads * self.shape().head_dim;
         let mut kv = Vec::new();
         for layer in &self.layers {
@@ -253,7 +238,7 @@ impl<B: Backend> MllamaText<B> {
     }
 
     /// Grows a pool to `regions` regions, keeping the regions it has.
-    fn grow_pool(&self, b: &B, pool: &mut CrossKv<B>, regions: usize) -> Result<()> {
+    pub(super) fn grow_pool(&self, b: &B, pool: &mut CrossKv<B>, regions: usize) -> Result<()> {
         let old = pool.regions();
         let mut bigger = self.cross_kv_pool(b, regions, pool.region_rows)?;
         let kept: Vec<usize> = (0..old * pool.region_rows).collect();
@@ -268,7 +253,7 @@ impl<B: Backend> MllamaText<B> {
     }
 
     /// Writes the keys/values of `states` (first `real_rows` rows real) into region `region`.
-    fn write_region(
+    pub(super) fn write_region(
         &self,
         b: &B,
         pool: &mut CrossKv<B>,
@@ -391,234 +376,5 @@ impl<B: Backend> MllamaText<B> {
 
     pub fn logits(&self, b: &B, hidden: &B::Tensor) -> Result<B::Tensor> {
         b.linear(hidden, &self.lm_head, None)
-    }
-
-    /// Runs `requests` to completion as one batch: one packed prefill, then every unfinished
-    /// sequence decodes one token per step (greedy or seeded sampling, as
-    /// [`crate::generation::generate`]); results in request order.
-    pub fn generate(
-        &self,
-        b: &B,
-        requests: &[CrossRequest<B>],
-        opts: &DecodeOptions,
-        keep_first_logits: bool,
-    ) -> Result<Vec<Generated>> {
-        run_batch(b, &mut self.stream_model(opts, requests.len()), requests, opts, keep_first_logits)
-    }
-}
-
-/// Where `<|image|>` is in a prompt (0 for a text-only one): exactly one with an image, none without.
-fn image_position(prompt_ids: &[u32], opts: &DecodeOptions, with_image: bool) -> Result<usize> {
-    let found: Vec<usize> =
-        prompt_ids.iter().enumerate().filter(|(_, &t)| t == opts.image_token_id).map(|(i, _)| i).collect();
-    match (with_image, found.len()) {
-        (false, 0) => Ok(0),
-        (true, 1) => Ok(found[0]),
-        (false, n) => Err(Error::invalid(format!("a text-only prompt has {n} <|image|> tokens"))),
-        (true, n) => Err(Error::invalid(format!("the prompt has {n} <|image|> tokens; exactly one is supported"))),
-    }
-}
-
-/// A request of a stream ([`MllamaText::generate_stream`]): as [`CrossRequest`], owning a share of
-/// its states so that they are freed once no sequence in flight reads them.
-pub struct OwnedCrossRequest<B: Backend> {
-    pub prompt_ids: Vec<u32>,
-    pub cross_states: Arc<B::Tensor>,
-    pub real_rows: usize,
-    pub seed: u64,
-}
-
-/// What [`MllamaStream`] needs of a request, whoever owns its states.
-pub trait CrossPrompt<B: Backend> {
-    fn prompt_ids(&self) -> &[u32];
-    fn cross_states(&self) -> Option<&B::Tensor>;
-    fn real_rows(&self) -> usize;
-    fn seed(&self) -> u64;
-}
-
-impl<B: Backend> CrossPrompt<B> for CrossRequest<'_, B> {
-    fn prompt_ids(&self) -> &[u32] {
-        &self.prompt_ids
-    }
-    fn cross_states(&self) -> Option<&B::Tensor> {
-        self.cross_states
-    }
-    fn real_rows(&self) -> usize {
-        self.real_rows
-    }
-    fn seed(&self) -> u64 {
-        self.seed
-    }
-}
-
-impl<B: Backend> CrossPrompt<B> for OwnedCrossRequest<B> {
-    fn prompt_ids(&self) -> &[u32] {
-        &self.prompt_ids
-    }
-    fn cross_states(&self) -> Option<&B::Tensor> {
-        Some(&self.cross_states)
-    }
-    fn real_rows(&self) -> usize {
-        self.real_rows
-    }
-    fn seed(&self) -> u64 {
-        self.seed
-    }
-}
-
-impl<B: Backend, P: CrossPrompt<B>> CrossPrompt<B> for &P {
-    fn prompt_ids(&self) -> &[u32] {
-        (*self).prompt_ids()
-    }
-    fn cross_states(&self) -> Option<&B::Tensor> {
-        (*self).cross_states()
-    }
-    fn real_rows(&self) -> usize {
-        (*self).real_rows()
-    }
-    fn seed(&self) -> u64 {
-        (*self).seed()
-    }
-}
-
-/// A pool region in use: which states it holds (by address: every reader holds the states alive
-/// while it is in flight, so the address cannot be reused meanwhile) and how many slots read it.
-struct Region<B: Backend> {
-    states: *const B::Tensor,
-    real_rows: usize,
-    readers: usize,
-}
-
-/// Mllama's text model under [`run_stream`]. Cross-attention keys/values live in a pool of
-/// regions (grown on demand, at most one per slot); sequences reading the same states (same image
-/// and layer) share a region, and a region is rewritten only when its last reader has finished.
-/// Without states every sequence is text-only and the cross-attention layers are skipped, as in
-/// transformers; a run is all text-only or all with images.
-pub struct MllamaStream<'a, B: Backend> {
-    text: &'a MllamaText<B>,
-    opts: &'a DecodeOptions,
-    slots: usize,
-    /// Fixed by the first request admitted.
-    with_images: Option<bool>,
-    kv: Option<CrossKv<B>>,
-    regions: Vec<Option<Region<B>>>,
-    /// Per slot: its region and where its `<|image|>` is.
-    slot_region: Vec<usize>,
-    image_pos: Vec<usize>,
-}
-
-impl<B: Backend> MllamaStream<'_, B> {
-    /// The region holding `states`, written now if no region holds them yet.
-    fn region_for(&mut self, b: &B, states: &B::Tensor, real_rows: usize) -> Result<usize> {
-        let key: *const B::Tensor = states;
-        let shared = self
-            .regions
-            .iter()
-            .position(|g| g.as_ref().is_some_and(|g| std::ptr::eq(g.states, key) && g.real_rows == real_rows));
-        if let Some(i) = shared {
-            return Ok(i);
-        }
-        if self.kv.is_none() {
-            // Every image's states have the same padded shape: size the regions by the first.
-            // Sequences in flight mostly share states (a sweep goes layer-major per image), so
-            // the pool starts with two regions and doubles when it must (at most one a slot).
-            let regions = self.slots.min(2);
-            self.kv = Some(self.text.cross_kv_pool(b, regions, b.dims(states).0)?);
-            self.regions = (0..regions).map(|_| None).collect();
-        }
-        let kv = self.kv.as_mut().expect("made above");
-        if self.regions.iter().all(Option::is_some) {
-            let regions = (self.regions.len() * 2).min(self.slots);
-            self.text.grow_pool(b, kv, regions)?;
-            self.regions.resize_with(regions, || None);
-        }
-        let i = self.regions.iter().position(Option::is_none).expect("at most one region per slot in use");
-        self.text.write_region(b, kv, i, states, real_rows)?;
-        self.regions[i] = Some(Region { states: key, real_rows, readers: 0 });
-        Ok(i)
-    }
-}
-
-impl<B: Backend, R: CrossPrompt<B>> StreamModel<B, R> for MllamaStream<'_, B> {
-    fn prompt_ids<'r>(&self, request: &'r R) -> &'r [u32] {
-        request.prompt_ids()
-    }
-    fn seed(&self, request: &R) -> u64 {
-        request.seed()
-    }
-    fn max_positions(&self) -> usize {
-        self.text.config.llama.max_position_embeddings
-    }
-    fn new_cache(&self, b: &B, slots: usize, capacity: usize) -> Result<B::KvCache> {
-        self.text.new_cache(b, slots, capacity)
-    }
-    fn admit(&mut self, b: &B, slot: usize, r: &R) -> Result<()> {
-        let states = r.cross_states();
-        if *self.with_images.get_or_insert(states.is_some()) != states.is_some() {
-            return Err(Error::invalid("a batch must be all text-only or all with an image"));
-        }
-        self.image_pos[slot] = image_position(r.prompt_ids(), self.opts, states.is_some())?;
-        if let Some(states) = states {
-            let region = self.region_for(b, states, r.real_rows())?;
-            self.regions[region].as_mut().expect("in use").readers += 1;
-            self.slot_region[slot] = region;
-        }
-        Ok(())
-    }
-    fn release(&mut self, slot: usize) {
-        if self.with_images != Some(true) {
-            return;
-        }
-        let region = &mut self.regions[self.slot_region[slot]];
-        if let Some(g) = region.as_mut() {
-            g.readers -= 1;
-            if g.readers == 0 {
-                *region = None;
-            }
-        }
-    }
-    fn step(&mut self, b: &B, seqs: &[StreamSeq<R>], cache: &mut B::KvCache) -> Result<B::Tensor> {
-        let (ids, chunks) = step_chunks(seqs, |r| r.prompt_ids());
-        // A fresh prompt's text before `<|image|>` reads every row; generated tokens come after it.
-        let cross: Vec<CrossRows> = seqs
-            .iter()
-            .map(|s| CrossRows {
-                image: self.slot_region[s.slot],
-                masked: if s.fresh { self.image_pos[s.slot] } else { 0 },
-            })
-            .collect();
-        let hidden = self.text.forward(b, self.text.embed(b, &ids)?, &chunks, &cross, self.kv.as_ref(), cache)?;
-        self.text.logits(b, &hidden)
-    }
-}
-
-impl<B: Backend> MllamaText<B> {
-    /// This model under [`run_stream`] with `slots` sequences in flight (what [`Self::generate`]
-    /// and [`Self::generate_stream`] run; exposed so callers can wrap it, e.g. to time steps).
-    pub fn stream_model<'a>(&'a self, opts: &'a DecodeOptions, slots: usize) -> MllamaStream<'a, B> {
-        MllamaStream {
-            text: self,
-            opts,
-            slots,
-            with_images: None,
-            kv: None,
-            regions: vec![],
-            slot_region: vec![0; slots],
-            image_pos: vec![0; slots],
-        }
-    }
-
-    /// Continuous batching (as [`crate::generation::generate_stream`] for LLaVA): up to
-    /// `stream.slots` sequences in flight, a finished one's slot refilled at once by the next
-    /// request, `on_done(i, g)` called as each finishes. Every request has an image.
-    pub fn generate_stream(
-        &self,
-        b: &B,
-        requests: impl Iterator<Item = Result<OwnedCrossRequest<B>>>,
-        opts: &DecodeOptions,
-        stream: Stream,
-        on_done: impl FnMut(usize, Generated) -> Result<()>,
-    ) -> Result<()> {
-        run_stream(b, &mut self.stream_model(opts, stream.slots), requests, opts, stream, on_done)
     }
 }

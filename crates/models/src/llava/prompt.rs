@@ -1,4 +1,5 @@
-//! Conversation templates and tokenization with image-slot expansion.
+//! LLaVA's conversation templates and its tokenizer with image-slot expansion (`<image>` becomes
+//! one token per image feature, as transformers' `LlavaProcessor` expands it).
 use std::path::Path;
 
 use tokenizers::Tokenizer;
