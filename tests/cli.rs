@@ -121,7 +121,7 @@ fn demo_sweep_writes_results_and_resumes() {
     for needle in ["Early", "Middle", "Late", "Average", "5 *"] {
         assert!(table.contains(needle), "{needle} in {table}");
     }
-    for f in ["responses.jsonl", "summary.json", "summary.csv", "manifest.json", "asr_by_layer.svg"] {
+    for f in ["responses.jsonl", "summary.json", "summary.csv", "manifest.json", "refusal_rate.svg"] {
         assert!(out_dir.join(f).is_file(), "{f}");
     }
     let responses = std::fs::read_to_string(out_dir.join("responses.jsonl")).unwrap();
@@ -184,6 +184,11 @@ fn bad_inputs_give_one_line_errors() {
         "layer -8 is out of range",
     );
     assert_one_line_error(&icet(&["info", "--model", "/no/such/model"]), "/no/such/model");
+    // Another family's option is refused, naming the option and the family.
+    assert_one_line_error(
+        &icet(&["generate", "--model", m, "--image", i, "--prompt", "x", "--exit-rule", "clamp", "--device", "cpu"]),
+        "--exit-rule is a Llama 3.2 Vision option; LLaVA",
+    );
 
     // Corrupt weights.
     let broken = dir.join("broken");

@@ -19,9 +19,10 @@ mod gpu_common;
 
 use icet_models::backend::cuda::{Cuda, DType};
 use icet_models::backend::Backend;
-use icet_models::generation::{DecodeOptions, ImageFeatures, Request};
+use icet_models::generation::{run_batch, DecodeOptions, ImageFeatures, Request};
 use icet_models::layers::resolve_layer;
-use icet_models::llava::{FeatureStrategy, Llava, LoadParts, Template};
+use icet_models::llava::{FeatureStrategy, Llava, Template};
+use icet_models::vlm::LoadParts;
 
 mod common;
 use common::{fixture, load_reference, rel_err};
@@ -87,7 +88,7 @@ fn check_model(b: &Cuda, name: &str) {
             model.generation.eos_token_ids.clone(),
         );
         let request = Request::with_image(ids, std::sync::Arc::new(ImageFeatures::all_real(b, features)), 0);
-        let out = model.generate(b, &[request], &opts, true).unwrap().remove(0);
+        let out = run_batch(b, &mut model.stream().unwrap(), &[request], &opts, true).unwrap().remove(0);
         let err = rel_err(out.first_logits.as_ref().unwrap(), &r.get(&format!("logits.{idx}")).1);
         worst_logits = worst_logits.max(err);
         assert!(err <= tol.logits, "{tag} case {idx} (layer {layer}) first logits: rel error {err:e}");

@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use icet_models::backend::cpu::{Cpu, CpuTensor};
 use icet_models::backend::Backend;
-use icet_models::generation::{run_stream, DecodeOptions, ImageFeatures, Request, Stream};
+use icet_models::generation::{run_batch, run_stream, DecodeOptions, ImageFeatures, Request, Stream};
 use icet_models::layers::resolve_layer;
-use icet_models::llava::{FeatureStrategy, Llava, LoadParts, Template};
+use icet_models::llava::{FeatureStrategy, Llava, Template};
+use icet_models::vlm::LoadParts;
 
 mod common;
 use common::{fixture, load_reference, max_abs, rel_err, Reference};
@@ -104,7 +105,9 @@ fn check_model(name: &str) {
             model.generation.eos_token_ids.clone(),
         );
         let features = Arc::new(ImageFeatures::all_real(&b, features));
-        let out = model.generate(&b, &[Request::with_image(ids, features, 0)], &opts, true).unwrap().remove(0);
+        let out = run_batch(&b, &mut model.stream().unwrap(), &[Request::with_image(ids, features, 0)], &opts, true)
+            .unwrap()
+            .remove(0);
         let (_, want_logits) = r.get(&format!("logits.{idx}"));
         let err = rel_err(out.first_logits.as_ref().unwrap(), want_logits);
         worst[3] = worst[3].max(err);
@@ -176,10 +179,10 @@ fn batched_generation_equals_one_at_a_time() {
             Request::with_image(prompt_ids, feats[l].clone(), l as u64)
         })
         .collect();
-    let batched = model.generate(&b, &requests, &opts, false).unwrap();
+    let batched = run_batch(&b, &mut model.stream().unwrap(), &requests, &opts, false).unwrap();
     for (i, req) in requests.iter().enumerate() {
         let single = req.clone();
-        let alone = model.generate(&b, &[single], &opts, false).unwrap().remove(0);
+        let alone = run_batch(&b, &mut model.stream().unwrap(), &[single], &opts, false).unwrap().remove(0);
         assert_eq!(alone.token_ids, batched[i].token_ids, "sequence {i}");
     }
     // Continuous batching through two slots (sequences join as others finish) changes nothing.
@@ -197,8 +200,8 @@ fn batched_generation_equals_one_at_a_time() {
     // Seeded sampling is reproducible and independent of batching too.
     let sampled =
         DecodeOptions { sampling: Some(icet_models::backend::SamplingParams { temperature: 1.0, top_p: 0.9 }), ..opts };
-    let a = model.generate(&b, &requests, &sampled, false).unwrap();
+    let a = run_batch(&b, &mut model.stream().unwrap(), &requests, &sampled, false).unwrap();
     let single = requests[2].clone();
-    let c = model.generate(&b, &[single], &sampled, false).unwrap();
+    let c = run_batch(&b, &mut model.stream().unwrap(), &[single], &sampled, false).unwrap();
     assert_eq!(a[2].token_ids, c[0].token_ids);
 }

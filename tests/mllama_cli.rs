@@ -157,7 +157,7 @@ fn sweep_runs_every_layer_resumes_and_agrees_with_generate() {
     assert_eq!(manifest["settings"]["exit_rule"], "all-slots");
     assert_eq!(manifest["settings"]["template"], "llama3");
     assert_eq!(manifest["default_layer"], 8);
-    assert!(out_dir.join("summary.json").exists() && out_dir.join("asr_by_layer.svg").exists());
+    assert!(out_dir.join("summary.json").exists() && out_dir.join("refusal_rate.svg").exists());
     // Resume: nothing new.
     ok(&icet(&args));
     assert_eq!(std::fs::read_to_string(out_dir.join("responses.jsonl")).unwrap(), text);

@@ -17,7 +17,8 @@ use icet_models::backend::cuda::DType;
 use icet_models::backend::Backend;
 use icet_models::generation::{run_stream, Generated, ImageFeatures, Request, Stream};
 use icet_models::mllama::{build_string_from_input, llama3_text_only};
-use icet_models::mllama::{ExitRule, Mllama, MllamaLoadParts, MllamaTemplate};
+use icet_models::mllama::{ExitRule, Mllama, MllamaTemplate};
+use icet_models::vlm::LoadParts;
 use serde_json::Value;
 
 mod common;
@@ -54,7 +55,7 @@ fn image_path(dir: &Path, r: &Reference, img: &str) -> PathBuf {
 fn check_vision<B: Backend>(b: &B, name: &str, tol: Tolerance) {
     let dir = fixture(name);
     let r = load_reference(&dir);
-    let model = Mllama::load(&dir, b, MllamaLoadParts { deepest_vision_layer: None, text: false }).unwrap();
+    let model = Mllama::load(&dir, b, LoadParts { deepest_vision_layer: None, text: false }).unwrap();
     let n = model.config.vision_layers();
     assert_eq!(n as u64, r.json["vision_num_layers"].as_u64().unwrap());
     let mut worst: f64 = 0.0;
@@ -124,7 +125,7 @@ fn check_vision<B: Backend>(b: &B, name: &str, tol: Tolerance) {
 fn check_generation<B: Backend>(b: &B, name: &str, tol: Tolerance) {
     let dir = fixture(name);
     let r = load_reference(&dir);
-    let model = Mllama::load(&dir, b, MllamaLoadParts { deepest_vision_layer: None, text: true }).unwrap();
+    let model = Mllama::load(&dir, b, LoadParts { deepest_vision_layer: None, text: true }).unwrap();
     let cases = r.json["cases"].as_array().unwrap();
     let mut states = Vec::new();
     let mut reals = Vec::new();
@@ -268,7 +269,7 @@ fn check_against_reference(
 fn check_text_only<B: Backend>(b: &B, name: &str, tol: Tolerance) {
     let dir = fixture(name);
     let r = load_reference(&dir);
-    let model = Mllama::load(&dir, b, MllamaLoadParts { deepest_vision_layer: None, text: true }).unwrap();
+    let model = Mllama::load(&dir, b, LoadParts { deepest_vision_layer: None, text: true }).unwrap();
     let cases = r.json["text_only_cases"].as_array().unwrap();
     let mut requests = Vec::new();
     for case in cases {
@@ -401,7 +402,7 @@ fn template_and_bos_follow_the_processor() {
 #[test]
 fn bad_inputs_are_errors_naming_the_input() {
     let b = Cpu;
-    let parts = MllamaLoadParts { deepest_vision_layer: None, text: true };
+    let parts = LoadParts { deepest_vision_layer: None, text: true };
     let err = Mllama::load(&fixture("llava-tiny"), &b, parts).err().expect("a LLaVA dir is not Mllama").to_string();
     assert!(err.contains("config.json") && err.contains("mllama"), "{err}");
     let dir = fixture("mllama-tiny");

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use icet_models::backend::cpu::Cpu;
 use icet_models::backend::Backend;
-use icet_models::llava::{FeatureStrategy, Llava, LoadParts};
+use icet_models::llava::{FeatureStrategy, Llava};
+use icet_models::vlm::LoadParts;
 use safetensors::tensor::TensorView;
 
 fn fixture(name: &str) -> PathBuf {

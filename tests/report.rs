@@ -189,6 +189,44 @@ fn report_numbers_match_hand_computed_values() {
     assert!(String::from_utf8_lossy(&e.stderr).contains("nope: no responses.jsonl"), "{e:?}");
 }
 
+/// A run made before the keyword metric was renamed (`asr` in summary.json, `asr_by_layer.svg`)
+/// still reports: the report's refusal rate comes from responses.jsonl, as it always did.
+#[test]
+fn report_reads_a_run_made_before_the_rename() {
+    let d = tmp("old-run");
+    let run = d.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let mut responses = String::new();
+    for (layer, refusals) in [(0, [true, false]), (1, [true, true]), (2, [false, false])] {
+        for (i, r) in refusals.iter().enumerate() {
+            let row = json!({"id": format!("q{i}"), "layer": layer, "prompt": "p", "image": "i.png", "response": "r",
+                             "token_ids": [1, 2], "finish_reason": "eos", "refusal": r});
+            responses += &format!("{row}\n");
+        }
+    }
+    std::fs::write(run.join("responses.jsonl"), responses).unwrap();
+    let layer = |l: usize, asr: f64| json!({"layer": l, "n": 2, "refusals": 0, "asr": asr, "mean_tokens": 2.0, "is_default": l == 2});
+    let summary = json!({"num_layers": 2, "default_layer": 2,
+                         "layers": [layer(0, 0.5), layer(1, 0.0), layer(2, 1.0)],
+                         "groups": [{"group": "Average", "layers": [1, 2], "asr": 0.5, "mean_tokens": 2.0}]});
+    std::fs::write(run.join("summary.json"), summary.to_string()).unwrap();
+    std::fs::write(run.join("asr_by_layer.svg"), "<svg/>").unwrap();
+    std::fs::write(
+        run.join("manifest.json"),
+        json!({"engine": "icet", "default_layer": 2, "settings": {}}).to_string(),
+    )
+    .unwrap();
+    ok(icet().arg("report").arg(&run));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report/report.json")).unwrap()).unwrap();
+    assert_eq!(report["runs"][0]["num_layers"], 2);
+    for (row, want) in [("0", 0.5), ("1", 1.0), ("2", 0.0), ("Average", 0.5)] {
+        let (v, _, _, n) = value(&report, row, "refusal_rate");
+        assert!(close(v, want), "{row}: {v} vs {want}");
+        assert!(n > 0);
+    }
+}
+
 /// Serves Perspective-style answers: the first request gets HTTP 429, then each text's
 /// TOXICITY is `len(text) / 1000`. Returns the port and the request counter.
 fn perspective_server(expected_key: &'static str) -> (u16, Arc<AtomicUsize>) {

@@ -155,6 +155,18 @@ impl ChatTemplate {
         self.render_value(Value::from_serialize(messages), add_generation_prompt, extra)
     }
 
+    /// One user turn of an image and `prompt` with the generation prompt, as processors'
+    /// `apply_chat_template` renders it: `[image, text]` typed parts for templates that read
+    /// them, else the text with `placeholder` (the model's image token) in front.
+    pub fn render_image_turn(&self, prompt: &str, placeholder: &str) -> Result<String> {
+        let content = if self.uses_typed_parts() {
+            serde_json::json!([{"type": "image"}, {"type": "text", "text": prompt}])
+        } else {
+            serde_json::Value::String(format!("{placeholder}{prompt}"))
+        };
+        self.render_json(&serde_json::json!([{"role": "user", "content": content}]), true, &[])
+    }
+
     fn render_value(
         &self,
         messages: Value,

@@ -9,6 +9,7 @@ pub mod bert;
 pub mod chat_template;
 pub mod clip;
 pub mod error;
+pub mod flops;
 pub mod generation;
 pub mod gpt2;
 pub mod image;
@@ -18,6 +19,8 @@ pub mod llama;
 pub mod llava;
 pub mod mllama;
 pub mod nn;
+pub mod tokenizer;
+pub mod vlm;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -209,3 +209,14 @@ pub fn count_params(checkpoint: &Checkpoint, prefix: &str) -> usize {
         .map(|n| checkpoint.info(n).map(|(s, _)| s.iter().product::<usize>()).unwrap_or(0))
         .sum()
 }
+
+/// Where the components of a vision-language checkpoint live: the name prefixes of the vision
+/// tower, the projector, the language model and its output projection. Each family detects its
+/// own from the names present (`llava::weights::detect_layout`, `mllama::model::detect_layout`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ComponentLayout {
+    pub vision: String,
+    pub projector: String,
+    pub text: String,
+    pub lm_head: String,
+}

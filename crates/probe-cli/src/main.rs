@@ -1,20 +1,10 @@
-//! `icet`: layer-wise safety sweeps of vision-language models by image-encoder early exit.
-mod bench;
-mod common;
-mod data;
-mod demo;
-mod features;
-mod generate;
-mod info;
-mod mllama_cmd;
-mod perspective;
-mod refusal;
-mod report;
-mod score;
-mod summary;
-mod sweep;
+//! `icet`: layer-wise safety sweeps of vision-language models by image-encoder early exit. The
+//! commands parse arguments and call the engine (`icet_engine`); adding one is a module in
+//! `commands/` plus its variant and match arm below.
+mod commands;
 
 use clap::{Parser, Subcommand};
+use commands::Run;
 
 const ABOUT: &str = "Image-encoder early exit (ICET) for vision-language models.
 
@@ -45,31 +35,31 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run prompts × images × vision layers through the model; write responses, summary and plots
-    Sweep(sweep::Args),
+    Sweep(commands::sweep::Args),
     /// Generate one answer for one image and prompt with the vision features of one layer
-    Generate(generate::Args),
+    Generate(commands::generate::Args),
     /// Write pixel values, hidden states and projected features of chosen layers to safetensors
-    Features(features::Args),
+    Features(commands::features::Args),
     /// Describe a model directory: architecture, layer counts, dtypes, parameters
-    Info(info::Args),
+    Info(commands::info::Args),
     /// Score a run's answers with judges (Llama Guard, reward model, toxicity, Perspective)
-    Score(score::Args),
+    Score(commands::score::Args),
     /// Per-layer tables (CSV, JSON, Markdown) and plots of scored runs, with 95% intervals
-    Report(report::Args),
+    Report(commands::report::Args),
     /// Throughput of each stage (vision pass, prefill, decode by batch size) with achieved TFLOP/s
-    Bench(bench::Args),
+    Bench(commands::bench::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sweep(a) => sweep::run(a),
-        Command::Generate(a) => generate::run(a),
-        Command::Features(a) => features::run(a),
-        Command::Info(a) => info::run(a),
-        Command::Score(a) => score::run(a),
-        Command::Report(a) => report::run(a),
-        Command::Bench(a) => bench::run(a),
+        Command::Sweep(a) => a.run(),
+        Command::Generate(a) => a.run(),
+        Command::Features(a) => a.run(),
+        Command::Info(a) => a.run(),
+        Command::Score(a) => a.run(),
+        Command::Report(a) => a.run(),
+        Command::Bench(a) => a.run(),
     };
     if let Err(e) = result {
         // One line, naming the input: the chain of contexts joined.

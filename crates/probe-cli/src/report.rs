@@ -1,6 +1,6 @@
-//! `icet report RUN_DIR [RUN_DIR...]`: the paper's per-layer tables and plots from scored runs.
+//! `icet report`'s engine: the paper's per-layer tables and plots from scored runs.
 //!
-//! Metrics per vision layer (each with a bootstrapped 95% interval):
+//! Metrics per vision layer (each with a bootstrapped 95% interval, [`crate::stats`]):
 //!   refusal_rate       share of answers with a refusal phrase (the sweep's keyword detector)
 //!   asr:JUDGE          share of answers a Llama Guard judge called unsafe (answers whose verdict
 //!                      could not be parsed are left out of the denominator; their count is `n`)
@@ -9,59 +9,18 @@
 //!   category:JUDGE:C   share of a Llama Guard judge's parsed verdicts that flag hazard category C
 //!                      (its own table: which hazards appear at which layers)
 //! Rows Early / Middle / Late / Average are means of the per-layer values over layers 1..L split
-//! in thirds ([`third_of`]), as the paper's AASR/ATS/ATR; layer 0 (embeddings) stands alone.
-//!
-//! Intervals: percentile bootstrap with `--bootstrap` resamples (default 1000). In every resample
-//! each layer's answers are redrawn with replacement (SplitMix64 seeded by `--seed`), the layer
-//! means recomputed, and the group rows recomputed from those, so a group's interval reflects
-//! every layer's sampling noise. Percentiles interpolate linearly between order statistics
-//! (numpy's default).
+//! in thirds ([`crate::grouping`]), as the paper's AASR/ATS/ATR; layer 0 (embeddings) stands alone.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::Args as ClapArgs;
 use icet_models::backend::splitmix64;
-use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::score::{read_jsonl, JudgeKind, ScoreRow, SCORES_FILE};
-use crate::summary::{third_of, ResponseRow};
-
-#[derive(ClapArgs, Debug)]
-#[command(after_help = "Writes into --out (default RUN_DIR/report for one run):
-  report.md / report.csv / report.json   per-layer and Early/Middle/Late/Average rows, 95% intervals;
-                                         Llama Guard hazard categories by layer in their own tables
-  <metric>.svg / <metric>.png            each metric against layer, one line per run, default layer marked
-
-Example: icet report runs/rt-llava runs/rt-llava-defended --label before --label after --out runs/compare")]
-pub struct Args {
-    /// Scored sweep folders (responses.jsonl, manifest.json, optionally scores.jsonl)
-    #[arg(value_name = "RUN_DIR", required = true)]
-    pub runs: Vec<PathBuf>,
-    /// Output folder (required with several runs)
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-    /// Name of each run in tables and legends, in order (default: the folder name)
-    #[arg(long = "label", value_name = "NAME")]
-    pub labels: Vec<String>,
-    /// Bootstrap resamples for the 95% intervals
-    #[arg(long, default_value_t = 1000)]
-    pub bootstrap: usize,
-    /// Seed of the bootstrap
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Estimate {
-    pub value: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
-    /// Answers behind the value (for group rows: summed over its layers).
-    pub n: usize,
-}
+use crate::plot::{self, Chart, Point, Series};
+use crate::run_dir::{JudgeKind, ResponseRow, RunDir, ScoreRow, REPORT_DIR};
+use crate::stats::{estimate, fnv1a, Estimate, FNV_OFFSET};
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Metric {
@@ -122,6 +81,27 @@ fn category_order(code: &str) -> (String, u64, String) {
     (prefix.to_string(), digits.parse().unwrap_or(u64::MAX), code.to_string())
 }
 
+/// How a judge kind's scores become a report metric.
+struct KindMetric {
+    /// Metric keys are `{prefix}:{judge}`.
+    prefix: &'static str,
+    /// Titles are `{title} ({judge})`; "ASR" always names its judge.
+    title: &'static str,
+    unit: &'static str,
+    /// The sample is the safe/unsafe verdict (0/1), else the score.
+    verdict: bool,
+}
+
+fn metric_of(kind: JudgeKind) -> KindMetric {
+    match kind {
+        JudgeKind::LlamaGuard => KindMetric { prefix: "asr", title: "ASR", unit: "rate", verdict: true },
+        JudgeKind::Toxicity | JudgeKind::Perspective => {
+            KindMetric { prefix: "toxicity", title: "toxicity", unit: "toxicity", verdict: false }
+        }
+        JudgeKind::Reward => KindMetric { prefix: "reward", title: "reward", unit: "score", verdict: false },
+    }
+}
+
 /// Collects the per-answer values of every metric of one run.
 pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> Collected {
     let mut metrics = vec![Metric::new("refusal_rate".into(), "refusal rate".into(), "rate")];
@@ -142,20 +122,10 @@ pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> Collected {
         if s.kind == JudgeKind::LlamaGuard && s.unsafe_.is_none() {
             *unparsed.entry(s.judge.clone()).or_default() += 1;
         }
-        let (key, value) = match s.kind {
-            JudgeKind::LlamaGuard => match s.unsafe_ {
-                Some(u) => (format!("asr:{}", s.judge), u as u8 as f64),
-                None => continue,
-            },
-            JudgeKind::Toxicity | JudgeKind::Perspective => match s.score {
-                Some(v) => (format!("toxicity:{}", s.judge), v),
-                None => continue,
-            },
-            JudgeKind::Reward => match s.score {
-                Some(v) => (format!("reward:{}", s.judge), v),
-                None => continue,
-            },
-        };
+        let reads = metric_of(s.kind);
+        let value = if reads.verdict { s.unsafe_.map(|u| u as u8 as f64) } else { s.score };
+        let Some(value) = value else { continue };
+        let key = format!("{}:{}", reads.prefix, s.judge);
         samples.entry(key).or_default().entry(s.layer).or_default().push(value);
     }
     // Hazard categories: per Llama Guard judge, every category it flagged anywhere, as a 0/1
@@ -184,128 +154,34 @@ pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> Collected {
     }
     judges.sort_by_key(|(j, k)| (*k as u8, j.clone()));
     for (j, k) in judges {
-        metrics.push(match k {
-            JudgeKind::LlamaGuard => Metric::new(format!("asr:{j}"), format!("ASR ({j})"), "rate"),
-            JudgeKind::Toxicity | JudgeKind::Perspective => {
-                Metric::new(format!("toxicity:{j}"), format!("toxicity ({j})"), "toxicity")
-            }
-            JudgeKind::Reward => Metric::new(format!("reward:{j}"), format!("reward ({j})"), "score"),
-        });
+        let m = metric_of(k);
+        metrics.push(Metric::new(format!("{}:{j}", m.prefix), format!("{} ({j})", m.title), m.unit));
     }
     Collected { metrics, category_metrics, samples, unparsed }
 }
 
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
-}
-
-/// numpy's `percentile(values, q)` with linear interpolation; `values` sorted.
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let pos = q / 100.0 * (sorted.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-}
-
-fn interval(mut draws: Vec<f64>, value: f64) -> (f64, f64) {
-    if draws.is_empty() {
-        return (value, value);
-    }
-    draws.sort_by(f64::total_cmp);
-    (percentile(&draws, 2.5), percentile(&draws, 97.5))
-}
-
-/// A group row: its name, its layers and its estimate.
-pub type GroupEstimate = (String, Vec<usize>, Estimate);
-
-/// Per-layer and group estimates of one metric.
-pub fn estimate(
-    per_layer: &BTreeMap<usize, Vec<f64>>,
-    num_layers: usize,
-    resamples: usize,
-    seed: u64,
-) -> (BTreeMap<usize, Estimate>, Vec<GroupEstimate>) {
-    let layers: Vec<usize> = per_layer.keys().copied().filter(|l| !per_layer[l].is_empty()).collect();
-    // draws[b][i] = mean of resample b of layer layers[i]
-    let mut state = seed;
-    let mut draws = vec![vec![0.0; layers.len()]; resamples];
-    for row in draws.iter_mut() {
-        for (i, l) in layers.iter().enumerate() {
-            let v = &per_layer[l];
-            let mut sum = 0.0;
-            for _ in 0..v.len() {
-                state = splitmix64(state);
-                sum += v[(state % v.len() as u64) as usize];
-            }
-            row[i] = sum / v.len() as f64;
-        }
-    }
-    let mut out = BTreeMap::new();
-    for (i, l) in layers.iter().enumerate() {
-        let value = mean(&per_layer[l]);
-        let (lo, hi) = interval(draws.iter().map(|d| d[i]).collect(), value);
-        out.insert(*l, Estimate { value, ci_low: lo, ci_high: hi, n: per_layer[l].len() });
-    }
-    let mut groups = Vec::new();
-    let names = ["Early", "Middle", "Late"];
-    let members = |g: Option<usize>| -> Vec<usize> {
-        (0..layers.len())
-            .filter(|&i| match g {
-                Some(g) => third_of(layers[i], num_layers) == Some(g),
-                None => third_of(layers[i], num_layers).is_some(),
-            })
-            .collect()
-    };
-    for (g, name) in [(Some(0), names[0]), (Some(1), names[1]), (Some(2), names[2]), (None, "Average")] {
-        let idx = members(g);
-        if idx.is_empty() {
-            continue;
-        }
-        let value = mean(&idx.iter().map(|&i| out[&layers[i]].value).collect::<Vec<_>>());
-        let group_draws: Vec<f64> =
-            draws.iter().map(|d| mean(&idx.iter().map(|&i| d[i]).collect::<Vec<_>>())).collect();
-        let (lo, hi) = interval(group_draws, value);
-        let n = idx.iter().map(|&i| per_layer[&layers[i]].len()).sum();
-        groups.push((
-            name.to_string(),
-            idx.iter().map(|&i| layers[i]).collect(),
-            Estimate { value, ci_low: lo, ci_high: hi, n },
-        ));
-    }
-    (out, groups)
-}
-
 /// Builds the report of one run from its files.
 pub fn run_report(dir: &Path, label: &str, resamples: usize, seed: u64) -> Result<RunReport> {
-    let responses_path = dir.join("responses.jsonl");
-    if !responses_path.is_file() {
+    let run = RunDir::open(dir);
+    if !run.has_responses() {
         bail!("{}: no responses.jsonl (not a sweep folder)", dir.display());
     }
-    let responses: Vec<ResponseRow> = read_jsonl(&responses_path, false)?;
+    let responses = run.responses()?;
     if responses.is_empty() {
-        bail!("{}: no answers", responses_path.display());
+        bail!("{}: no answers", run.path(crate::run_dir::RESPONSES).display());
     }
-    let scores: Vec<ScoreRow> = read_jsonl(&dir.join(SCORES_FILE), false)?;
-    let manifest: serde_json::Value = match std::fs::read_to_string(dir.join("manifest.json")) {
-        Ok(t) => serde_json::from_str(&t)
-            .with_context(|| format!("{}: invalid JSON", dir.join("manifest.json").display()))?,
-        Err(_) => serde_json::Value::Null,
-    };
-    let default_layer = manifest["default_layer"].as_u64().map(|l| l as usize);
+    let scores = run.scores()?;
+    let default_layer = run.manifest()?.and_then(|m| m.default_layer);
     // The vision tower's depth: from the sweep's summary, else the deepest layer answered.
-    let num_layers = std::fs::read_to_string(dir.join("summary.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["num_layers"].as_u64())
-        .map(|n| n as usize)
-        .unwrap_or_else(|| responses.iter().map(|r| r.layer).max().unwrap_or(0));
+    let num_layers = run.num_layers().unwrap_or_else(|| responses.iter().map(|r| r.layer).max().unwrap_or(0));
     let Collected { metrics, category_metrics, samples, unparsed: unparsed_verdicts } = collect(&responses, &scores);
     let mut layer_rows: BTreeMap<usize, Row> = BTreeMap::new();
     let mut group_rows: Vec<Row> = Vec::new();
     for (k, m) in metrics.iter().chain(&category_metrics).enumerate() {
         let Some(per_layer) = samples.get(&m.key) else { continue };
         // One stream per metric, so adding a judge does not change the others' intervals.
-        let (layers, groups) = estimate(per_layer, num_layers, resamples, splitmix64(seed ^ k as u64 ^ hash(&m.key)));
+        let (layers, groups) =
+            estimate(per_layer, num_layers, resamples, splitmix64(seed ^ k as u64 ^ fnv1a(FNV_OFFSET, m.key.bytes())));
         for (l, e) in layers {
             layer_rows
                 .entry(l)
@@ -345,10 +221,6 @@ pub fn run_report(dir: &Path, label: &str, resamples: usize, seed: u64) -> Resul
         layers: layer_rows.into_values().collect(),
         groups: group_rows,
     })
-}
-
-fn hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 fn shown(m: &Metric, v: f64) -> f64 {
@@ -477,124 +349,43 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
-const COLORS: [RGBColor; 6] = [
-    RGBColor(26, 115, 232),
-    RGBColor(217, 48, 37),
-    RGBColor(30, 142, 62),
-    RGBColor(249, 171, 0),
-    RGBColor(161, 66, 244),
-    RGBColor(0, 137, 123),
-];
-
-/// Registers the bundled font (DejaVu Sans Mono, Bitstream Vera license: assets/DejaVu-LICENSE.txt)
-/// so that PNG text renders without any system font.
-fn register_font() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    });
-}
-
-/// Draws one metric against layer for every run that has it: line, 95% band as error bars, the
-/// default layer as a larger marker.
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, runs: &[RunReport], m: &Metric) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("plot {}: {e:?}", m.key);
-    root.fill(&WHITE).map_err(err)?;
-    let max_layer = runs.iter().map(|r| r.num_layers).max().unwrap_or(1).max(1);
-    let mut lo = f64::INFINITY;
-    let mut hi = f64::NEG_INFINITY;
-    for r in runs {
-        for row in &r.layers {
-            if let Some(e) = row.values.get(&m.key) {
-                lo = lo.min(shown(m, e.ci_low));
-                hi = hi.max(shown(m, e.ci_high));
-            }
-        }
-    }
-    if m.unit != "score" {
-        lo = 0.0;
-        hi = 100.0;
-    } else if !(lo.is_finite() && hi.is_finite()) {
-        (lo, hi) = (0.0, 1.0);
-    } else if hi - lo < 1e-9 {
-        (lo, hi) = (lo - 0.5, hi + 0.5);
-    }
-    let pad = if m.unit == "score" { (hi - lo) * 0.05 } else { 0.0 };
-    let y_desc = match m.unit {
+/// The chart of metric `m` over `runs`: one series per run that has it.
+fn chart(runs: &[RunReport], m: &Metric) -> Chart {
+    let series = runs
+        .iter()
+        .map(|r| Series {
+            label: r.label.clone(),
+            points: r
+                .layers
+                .iter()
+                .filter_map(|row| {
+                    row.values.get(&m.key).map(|e| Point {
+                        layer: row.layers[0],
+                        value: shown(m, e.value),
+                        interval: Some((shown(m, e.ci_low), shown(m, e.ci_high))),
+                        is_default: row.is_default,
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    let y_label = match m.unit {
         "rate" => format!("{} (%)", m.title),
         "toxicity" => format!("{} (×100)", m.title),
         _ => m.title.clone(),
     };
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{} by vision layer", m.title), ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(-0.5f64..max_layer as f64 + 0.5, (lo - pad)..(hi + pad))
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("vision layer")
-        .y_desc(y_desc)
-        .x_labels(max_layer.min(25) + 1)
-        .x_label_formatter(&|x| format!("{}", x.round() as i64))
-        .label_style(("sans-serif", 12))
-        .draw()
-        .map_err(err)?;
-    for (i, r) in runs.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let pts: Vec<(f64, f64, f64, f64, bool)> = r
-            .layers
-            .iter()
-            .filter_map(|row| {
-                row.values.get(&m.key).map(|e| {
-                    (row.layers[0] as f64, shown(m, e.value), shown(m, e.ci_low), shown(m, e.ci_high), row.is_default)
-                })
-            })
-            .collect();
-        if pts.is_empty() {
-            continue;
-        }
-        chart
-            .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), color.stroke_width(2)))
-            .map_err(err)?
-            .label(r.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart
-            .draw_series(
-                pts.iter().map(|p| PathElement::new(vec![(p.0, p.2), (p.0, p.3)], color.mix(0.6).stroke_width(2))),
-            )
-            .map_err(err)?;
-        chart
-            .draw_series(pts.iter().map(|p| {
-                let size = if p.4 { 6 } else { 3 };
-                Circle::new((p.0, p.1), size, if p.4 { BLACK.filled() } else { color.filled() })
-            }))
-            .map_err(err)?;
+    Chart {
+        key: m.key.clone(),
+        title: m.title.clone(),
+        y_label,
+        y_range: (m.unit != "score").then_some((0.0, 100.0)),
+        max_layer: runs.iter().map(|r| r.num_layers).max().unwrap_or(1),
+        series,
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 12))
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
-}
-
-fn slug(key: &str) -> String {
-    key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 /// Writes `<metric>.svg` and `<metric>.png` for every metric of any run; returns the file names.
 pub fn plots(runs: &[RunReport], out: &Path) -> Result<Vec<String>> {
-    register_font();
     let mut seen: Vec<Metric> = Vec::new();
     for r in runs {
         for m in &r.metrics {
@@ -605,38 +396,48 @@ pub fn plots(runs: &[RunReport], out: &Path) -> Result<Vec<String>> {
     }
     let mut files = Vec::new();
     for m in &seen {
-        let svg = out.join(format!("{}.svg", slug(&m.key)));
-        draw(SVGBackend::new(&svg, (800, 450)).into_drawing_area(), runs, m)?;
-        let png = out.join(format!("{}.png", slug(&m.key)));
-        draw(BitMapBackend::new(&png, (800, 450)).into_drawing_area(), runs, m)?;
-        files.push(svg.file_name().unwrap().to_string_lossy().into_owned());
-        files.push(png.file_name().unwrap().to_string_lossy().into_owned());
+        let (svg, png) = (format!("{}.svg", plot::slug(&m.key)), format!("{}.png", plot::slug(&m.key)));
+        plot::write(&chart(runs, m), &out.join(&svg), &out.join(&png))?;
+        files.push(svg);
+        files.push(png);
     }
     Ok(files)
 }
 
-pub fn run(args: Args) -> Result<()> {
-    if !args.labels.is_empty() && args.labels.len() != args.runs.len() {
-        bail!("--label given {} times for {} runs", args.labels.len(), args.runs.len());
+/// What to report: scored sweep folders, their names in tables and legends (default: the folder
+/// name), the output folder (default `RUN_DIR/report` for one run), and the bootstrap.
+#[derive(Clone, Debug)]
+pub struct ReportRequest {
+    pub runs: Vec<PathBuf>,
+    pub labels: Vec<String>,
+    pub out: Option<PathBuf>,
+    pub bootstrap: usize,
+    pub seed: u64,
+}
+
+/// Writes report.md/.csv/.json and the plots; returns the Markdown and the output folder.
+pub fn report(req: &ReportRequest) -> Result<(String, PathBuf, usize)> {
+    if !req.labels.is_empty() && req.labels.len() != req.runs.len() {
+        bail!("--label given {} times for {} runs", req.labels.len(), req.runs.len());
     }
-    if args.bootstrap == 0 {
+    if req.bootstrap == 0 {
         bail!("--bootstrap must be at least 1");
     }
-    let out = match (&args.out, args.runs.len()) {
+    let out = match (&req.out, req.runs.len()) {
         (Some(o), _) => o.clone(),
-        (None, 1) => args.runs[0].join("report"),
+        (None, 1) => req.runs[0].join(REPORT_DIR),
         (None, _) => bail!("--out DIR is required when reporting several runs"),
     };
     let mut reports = Vec::new();
     let mut labels_seen = HashMap::new();
-    for (i, dir) in args.runs.iter().enumerate() {
-        let label = args.labels.get(i).cloned().unwrap_or_else(|| {
+    for (i, dir) in req.runs.iter().enumerate() {
+        let label = req.labels.get(i).cloned().unwrap_or_else(|| {
             dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string())
         });
         if labels_seen.insert(label.clone(), i).is_some() {
             bail!("two runs are both labelled `{label}`; name them with --label");
         }
-        reports.push(run_report(dir, &label, args.bootstrap, args.seed)?);
+        reports.push(run_report(dir, &label, req.bootstrap, req.seed)?);
     }
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let write = |name: &str, text: String| {
@@ -646,10 +447,8 @@ pub fn run(args: Args) -> Result<()> {
     let md = markdown(&reports);
     write("report.md", md.clone())?;
     write("report.csv", csv(&reports))?;
-    let json = serde_json::json!({"bootstrap": args.bootstrap, "seed": args.seed, "runs": reports});
+    let json = serde_json::json!({"bootstrap": req.bootstrap, "seed": req.seed, "runs": reports});
     write("report.json", serde_json::to_string_pretty(&json)? + "\n")?;
     let files = plots(&reports, &out)?;
-    println!("{md}");
-    eprintln!("icet: report.md, report.csv, report.json and {} plots in {}", files.len(), out.display());
-    Ok(())
+    Ok((md, out, files.len()))
 }

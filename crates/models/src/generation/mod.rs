@@ -2,7 +2,8 @@
 //! finished sequence gives back, and the continuous-batching scheduler ([`scheduler`]) every
 //! language model runs under through its [`StreamModel`]. Where a request's image features go
 //! (spliced over image tokens, read by cross-attention) is the model's business, not the
-//! scheduler's. [`config`] reads `generation_config.json`.
+//! scheduler's. [`config`] reads `generation_config.json`; [`memory`] says what a sequence in
+//! flight costs.
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -10,9 +11,11 @@ use serde::Serialize;
 use crate::backend::{Backend, SamplingParams};
 
 pub mod config;
+pub mod memory;
 pub mod scheduler;
 
 pub use config::GenerationDefaults;
+pub use memory::SlotCost;
 pub use scheduler::{run_batch, run_stream, step_chunks, Stream, StreamModel, StreamSeq};
 
 #[derive(Clone, Debug, PartialEq)]

@@ -19,7 +19,8 @@ use crate::chat_template::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::generation::{DecodeOptions, Request};
 use crate::mllama::vision::ExitRule;
-use crate::mllama::{Mllama, MllamaLoadParts};
+use crate::mllama::Mllama;
+use crate::vlm::LoadParts;
 
 /// One pair to judge, with the image the prompt was asked about (`None`: judge the text alone).
 #[derive(Clone, Copy, Debug)]
@@ -44,7 +45,7 @@ impl<B: Backend> LlamaGuardVision<B> {
     /// Loads a `MllamaForConditionalGeneration` Llama Guard directory (all of it: the judge sees
     /// the stock vision features).
     pub fn load(dir: &Path, b: &B) -> Result<Self> {
-        let model = Mllama::load(dir, b, MllamaLoadParts { deepest_vision_layer: None, text: true })?;
+        let model = Mllama::load(dir, b, LoadParts { deepest_vision_layer: None, text: true })?;
         let shipped = ChatTemplate::from_dir(dir)?;
         if let (Some(t), Some(text)) = (&shipped, template_text(dir)) {
             if !text.contains("unsafe") {

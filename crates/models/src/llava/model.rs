@@ -6,16 +6,17 @@ use std::path::{Path, PathBuf};
 use super::config::{FeatureStrategy, LlavaConfig};
 use super::prompt::PromptTokenizer;
 use super::stream::LlavaStream;
-use super::weights::LlavaLayout;
+use super::weights::detect_layout;
 use crate::backend::{Activation, Backend};
 use crate::clip::processor::{ImageProcessorConfig, PixelValues};
 use crate::clip::{ClipVision, VisionCapture};
 use crate::error::{Error, Result};
-use crate::generation::{run_batch, DecodeOptions, Generated, GenerationDefaults, Request};
+use crate::generation::GenerationDefaults;
 use crate::image::{expand_to_square, load_image, load_image_with, AlphaHandling};
 use crate::llama::Llama;
 use crate::nn::Linear;
-use crate::weights::{Checkpoint, Weights};
+use crate::vlm::{LoadParts, ModelFiles};
+use crate::weights::{Checkpoint, ComponentLayout, Weights};
 
 /// `LlavaMultiModalProjector`: linear → GELU → linear.
 pub struct Projector<B: Backend> {
@@ -45,19 +46,10 @@ impl<B: Backend> Projector<B> {
     }
 }
 
-/// Which parts of the model to load.
-#[derive(Clone, Copy, Debug)]
-pub struct LoadParts {
-    /// Load vision layers `1..=deepest` only (early exit never reads deeper ones).
-    pub deepest_vision_layer: Option<usize>,
-    /// Load the language model and tokenizer (not needed for `icet features`).
-    pub text: bool,
-}
-
 pub struct Llava<B: Backend> {
     pub dir: PathBuf,
     pub config: LlavaConfig,
-    pub layout: LlavaLayout,
+    pub layout: ComponentLayout,
     pub checkpoint: Checkpoint,
     pub vision: ClipVision<B>,
     pub projector: Projector<B>,
@@ -73,36 +65,20 @@ impl<B: Backend> Llava<B> {
             return Err(Error::input(dir, "model directory not found"));
         }
         let config = LlavaConfig::from_dir(dir)?;
-        let checkpoint = Checkpoint::open(dir)?;
-        let layout = LlavaLayout::detect(&checkpoint)?;
-        let deepest = parts.deepest_vision_layer.unwrap_or(config.vision_layers());
-        let vision =
-            ClipVision::load(&Weights::new(&checkpoint, b, layout.vision.clone()), &config.vision_config, deepest)?;
-        let projector = Projector::load(&Weights::new(&checkpoint, b, layout.projector.clone()), &config)?;
+        let files = ModelFiles::open(dir, detect_layout)?;
+        let (l, deepest) = (&files.layout, parts.deepest_vision_layer.unwrap_or(config.vision_layers()));
+        let vision = ClipVision::load(&files.weights(b, &l.vision), &config.vision_config, deepest)?;
+        let projector = Projector::load(&files.weights(b, &l.projector), &config)?;
         let (llm, tokenizer) = if parts.text {
-            let llm = Llama::load(
-                &Weights::new(&checkpoint, b, layout.text.clone()),
-                &Weights::new(&checkpoint, b, layout.lm_head.clone()),
-                &config.text_config,
-            )?;
+            let llm = Llama::load(&files.weights(b, &l.text), &files.weights(b, &l.lm_head), &config.text_config)?;
             (Some(llm), Some(PromptTokenizer::from_dir(dir, config.image_token_index)?))
         } else {
             (None, None)
         };
-        let generation = GenerationDefaults::from_dir(dir)?;
         let processor = ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            config,
-            layout,
-            checkpoint,
-            vision,
-            projector,
-            llm,
-            tokenizer,
-            generation,
-            processor,
-        })
+        let ModelFiles { checkpoint, layout, generation } = files;
+        let dir = dir.to_path_buf();
+        Ok(Self { dir, config, layout, checkpoint, vision, projector, llm, tokenizer, generation, processor })
     }
 
     /// Decodes and preprocesses an image file exactly as transformers' `CLIPImageProcessor`
@@ -156,18 +132,6 @@ impl<B: Backend> Llava<B> {
     /// The language model with LLaVA's splice, under the scheduler.
     pub fn stream(&self) -> Result<LlavaStream<'_, B>> {
         Ok(LlavaStream::new(self.llm()?, self.config.image_token_index))
-    }
-
-    /// Runs `requests` to completion as one batch (image features spliced over each prompt's
-    /// image tokens); results in request order.
-    pub fn generate(
-        &self,
-        b: &B,
-        requests: &[Request<B>],
-        opts: &DecodeOptions,
-        keep_first_logits: bool,
-    ) -> Result<Vec<Generated>> {
-        run_batch(b, &mut self.stream()?, requests, opts, keep_first_logits)
     }
 
     /// ICET-l: projector(select(hidden.l)), `[images * slots, text width]`.

@@ -60,6 +60,19 @@ impl Template {
     }
 }
 
+/// The family seam renders prompts through this.
+impl crate::vlm::PromptTemplate for Template {
+    fn parse(name: &str) -> Result<Self> {
+        Template::parse(name)
+    }
+    fn name(&self) -> &'static str {
+        Template::name(*self)
+    }
+    fn render(&self, prompt: &str) -> Result<String> {
+        Template::render(*self, prompt)
+    }
+}
+
 /// A model's tokenizer plus the id of its image placeholder.
 pub struct PromptTokenizer {
     pub tokenizer: Tokenizer,
@@ -69,24 +82,7 @@ pub struct PromptTokenizer {
 impl PromptTokenizer {
     /// Loads `dir/tokenizer.json` and checks that `<image>` is the configured image token.
     pub fn from_dir(dir: &Path, image_token_id: u32) -> Result<Self> {
-        let path = dir.join("tokenizer.json");
-        if !path.exists() {
-            return Err(Error::input(&path, "tokenizer.json is missing from the model directory"));
-        }
-        let tokenizer =
-            Tokenizer::from_file(&path).map_err(|e| Error::input(&path, format!("cannot load tokenizer: {e}")))?;
-        match tokenizer.token_to_id(IMAGE_PLACEHOLDER) {
-            Some(id) if id == image_token_id => {}
-            Some(id) => {
-                return Err(Error::input(
-                    &path,
-                    format!(
-                        "`{IMAGE_PLACEHOLDER}` is token {id}, but config.json says image_token_index {image_token_id}"
-                    ),
-                ))
-            }
-            None => return Err(Error::input(&path, format!("the tokenizer has no `{IMAGE_PLACEHOLDER}` token"))),
-        }
+        let tokenizer = crate::tokenizer::load_with_image_token(dir, IMAGE_PLACEHOLDER, image_token_id)?;
         Ok(Self { tokenizer, image_token_id })
     }
 

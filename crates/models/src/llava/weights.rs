@@ -5,18 +5,11 @@
 //!   `model.multi_modal_projector.*`, `lm_head.*`;
 //! - either of the above with the vision tower's keys directly under `vision_tower.` (no `vision_model.`).
 use crate::error::Result;
-use crate::weights::Checkpoint;
+use crate::weights::{Checkpoint, ComponentLayout};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LlavaLayout {
-    pub vision: String,
-    pub projector: String,
-    pub text: String,
-    pub lm_head: String,
-}
-
-impl LlavaLayout {
-    pub fn detect(checkpoint: &Checkpoint) -> Result<Self> {
+/// The layout of a LLaVA checkpoint, from the tensor names it has.
+pub fn detect_layout(checkpoint: &Checkpoint) -> Result<ComponentLayout> {
+    {
         let vision = checkpoint.find_prefix(
             &["vision_tower.vision_model.", "model.vision_tower.vision_model.", "vision_tower.", "model.vision_tower."],
             "embeddings.patch_embedding.weight",
@@ -36,6 +29,6 @@ impl LlavaLayout {
         let lm_head = checkpoint
             .find_prefix(&["language_model.lm_head.", "lm_head."], "weight", "lm_head")
             .unwrap_or_else(|_| "lm_head.".to_string());
-        Ok(Self { vision, projector, text, lm_head })
+        Ok(ComponentLayout { vision, projector, text, lm_head })
     }
 }

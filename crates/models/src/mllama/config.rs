@@ -182,12 +182,3 @@ impl MllamaConfig {
         self.vision_config.num_hidden_layers
     }
 }
-
-/// `model_type` of the `config.json` in `dir` (to dispatch between model families).
-pub fn model_type(dir: &Path) -> Result<String> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::input(&path, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::input(&path, format!("invalid JSON: {e}")))?;
-    Ok(v["model_type"].as_str().unwrap_or_default().to_string())
-}

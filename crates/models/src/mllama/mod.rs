@@ -7,6 +7,7 @@
 //! → [`model::MllamaProjector`] → [`text::MllamaText`] (self-attention layers with a KV cache,
 //! cross-attention layers reading the projected states, K/V computed once per image).
 pub mod config;
+pub mod family;
 pub mod model;
 pub mod preprocessing;
 pub mod prompt;
@@ -15,7 +16,7 @@ pub mod text;
 pub mod vision;
 
 pub use config::{MllamaConfig, MllamaTextConfig, MllamaVisionConfig};
-pub use model::{Mllama, MllamaLayout, MllamaLoadParts, MllamaProjector};
+pub use model::{Mllama, MllamaProjector};
 pub use preprocessing::{MllamaImageProcessor, TiledPixels};
 pub use prompt::{build_string_from_input, llama3_text_only, MllamaTemplate};
 pub use stream::MllamaStream;

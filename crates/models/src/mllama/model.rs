@@ -13,44 +13,32 @@ use super::vision::{ExitFeatures, ExitRule, LocalPass, MllamaVision};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::generation::{run_batch, DecodeOptions, Generated, GenerationDefaults, ImageFeatures, Request};
-use crate::weights::{Checkpoint, Weights};
-
-/// Which parts to load (the same options as LLaVA's).
-pub type MllamaLoadParts = crate::llava::LoadParts;
+use crate::vlm::{LoadParts, ModelFiles};
+use crate::weights::{Checkpoint, ComponentLayout, Weights};
 
 /// Where each component lives in a checkpoint: the hub layout of meta-llama/Llama-3.2-*-Vision
 /// (`vision_model.*`, `multi_modal_projector.*`, `language_model.model.*`,
 /// `language_model.lm_head.*`) or transformers ≥ 4.52's (`model.vision_model.*`,
 /// `model.multi_modal_projector.*`, `model.language_model.*`, `lm_head.*`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MllamaLayout {
-    pub vision: String,
-    pub projector: String,
-    pub text: String,
-    pub lm_head: String,
-}
-
-impl MllamaLayout {
-    pub fn detect(checkpoint: &Checkpoint) -> Result<Self> {
-        Ok(Self {
-            vision: checkpoint.find_prefix(
-                &["vision_model.", "model.vision_model."],
-                "patch_embedding.weight",
-                "vision encoder",
-            )?,
-            projector: checkpoint.find_prefix(
-                &["multi_modal_projector.", "model.multi_modal_projector."],
-                "weight",
-                "projector",
-            )?,
-            text: checkpoint.find_prefix(
-                &["language_model.model.", "model.language_model."],
-                "embed_tokens.weight",
-                "language model",
-            )?,
-            lm_head: checkpoint.find_prefix(&["language_model.lm_head.", "lm_head."], "weight", "lm_head")?,
-        })
-    }
+pub fn detect_layout(checkpoint: &Checkpoint) -> Result<ComponentLayout> {
+    Ok(ComponentLayout {
+        vision: checkpoint.find_prefix(
+            &["vision_model.", "model.vision_model."],
+            "patch_embedding.weight",
+            "vision encoder",
+        )?,
+        projector: checkpoint.find_prefix(
+            &["multi_modal_projector.", "model.multi_modal_projector."],
+            "weight",
+            "projector",
+        )?,
+        text: checkpoint.find_prefix(
+            &["language_model.model.", "model.language_model."],
+            "embed_tokens.weight",
+            "language model",
+        )?,
+        lm_head: checkpoint.find_prefix(&["language_model.lm_head.", "lm_head."], "weight", "lm_head")?,
+    })
 }
 
 /// `multi_modal_projector` (one `nn.Linear(vision_output_dim, text hidden)`), split by input
@@ -101,7 +89,7 @@ impl<B: Backend> MllamaProjector<B> {
 pub struct Mllama<B: Backend> {
     pub dir: PathBuf,
     pub config: MllamaConfig,
-    pub layout: MllamaLayout,
+    pub layout: ComponentLayout,
     pub checkpoint: Checkpoint,
     pub vision: MllamaVision<B>,
     pub projector: MllamaProjector<B>,
@@ -114,41 +102,26 @@ pub struct Mllama<B: Backend> {
 impl<B: Backend> Mllama<B> {
     /// Loads a model directory. `parts.deepest_vision_layer` limits the local layers loaded
     /// (the exit rule decides which layers a run needs, see [`MllamaVision::layers_needed`]).
-    pub fn load(dir: &Path, b: &B, parts: MllamaLoadParts) -> Result<Self> {
+    pub fn load(dir: &Path, b: &B, parts: LoadParts) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::input(dir, "model directory not found"));
         }
         let config = MllamaConfig::from_dir(dir)?;
-        let checkpoint = Checkpoint::open(dir)?;
-        let layout = MllamaLayout::detect(&checkpoint)?;
-        let deepest = parts.deepest_vision_layer.unwrap_or(config.vision_layers());
-        let vision =
-            MllamaVision::load(&Weights::new(&checkpoint, b, layout.vision.clone()), &config.vision_config, deepest)?;
-        let projector = MllamaProjector::load(&Weights::new(&checkpoint, b, layout.projector.clone()), &config)?;
+        let files = ModelFiles::open(dir, detect_layout)?;
+        let (l, deepest) = (&files.layout, parts.deepest_vision_layer.unwrap_or(config.vision_layers()));
+        let vision = MllamaVision::load(&files.weights(b, &l.vision), &config.vision_config, deepest)?;
+        let projector = MllamaProjector::load(&files.weights(b, &l.projector), &config)?;
         let (text, tokenizer) = if parts.text {
-            let text = MllamaText::load(
-                &Weights::new(&checkpoint, b, layout.text.clone()),
-                &Weights::new(&checkpoint, b, layout.lm_head.clone()),
-                &config.text_config,
-            )?;
+            let text =
+                MllamaText::load(&files.weights(b, &l.text), &files.weights(b, &l.lm_head), &config.text_config)?;
             (Some(text), Some(load_tokenizer(dir, config.image_token_index)?))
         } else {
             (None, None)
         };
-        let generation = GenerationDefaults::from_dir(dir)?;
         let processor = MllamaImageProcessor::from_file(&dir.join("preprocessor_config.json"))?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            config,
-            layout,
-            checkpoint,
-            vision,
-            projector,
-            text,
-            tokenizer,
-            generation,
-            processor,
-        })
+        let ModelFiles { checkpoint, layout, generation } = files;
+        let dir = dir.to_path_buf();
+        Ok(Self { dir, config, layout, checkpoint, vision, projector, text, tokenizer, generation, processor })
     }
 
     pub fn pixel_values(&self, path: &Path) -> Result<TiledPixels> {

@@ -54,6 +54,19 @@ impl MllamaTemplate {
     }
 }
 
+/// The family seam renders prompts through this.
+impl crate::vlm::PromptTemplate for MllamaTemplate {
+    fn parse(name: &str) -> Result<Self> {
+        MllamaTemplate::parse(name)
+    }
+    fn name(&self) -> &'static str {
+        MllamaTemplate::name(*self)
+    }
+    fn render(&self, prompt: &str) -> Result<String> {
+        MllamaTemplate::render(*self, prompt)
+    }
+}
+
 /// The `llama3` format of one user turn without an image (text-only use of the model, e.g. a
 /// Llama Guard 3 Vision judge on text): the cross-attention layers are then skipped.
 pub fn llama3_text_only(prompt: &str) -> String {
@@ -80,24 +93,9 @@ pub fn build_string_from_input(text: &str) -> String {
 
 /// `dir/tokenizer.json`, checked to have `<|image|>` at the configured id and a `<|begin_of_text|>`.
 pub fn load_tokenizer(dir: &Path, image_token_id: u32) -> Result<Tokenizer> {
-    let path = dir.join("tokenizer.json");
-    if !path.exists() {
-        return Err(Error::input(&path, "tokenizer.json is missing from the model directory"));
-    }
-    let tokenizer =
-        Tokenizer::from_file(&path).map_err(|e| Error::input(&path, format!("cannot load tokenizer: {e}")))?;
-    match tokenizer.token_to_id(IMAGE_TOKEN) {
-        Some(id) if id == image_token_id => {}
-        Some(id) => {
-            return Err(Error::input(
-                &path,
-                format!("`{IMAGE_TOKEN}` is token {id}, but config.json says image_token_index {image_token_id}"),
-            ))
-        }
-        None => return Err(Error::input(&path, format!("the tokenizer has no `{IMAGE_TOKEN}` token"))),
-    }
+    let tokenizer = crate::tokenizer::load_with_image_token(dir, IMAGE_TOKEN, image_token_id)?;
     if tokenizer.token_to_id(BOS_TOKEN).is_none() {
-        return Err(Error::input(&path, format!("the tokenizer has no `{BOS_TOKEN}` token")));
+        return Err(Error::input(dir.join("tokenizer.json"), format!("the tokenizer has no `{BOS_TOKEN}` token")));
     }
     Ok(tokenizer)
 }

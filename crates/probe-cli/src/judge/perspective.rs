@@ -7,6 +7,7 @@
 //!   (1 s, 2 s, 4 s, ... up to `max_retries`); other 4xx answers are errors naming the status.
 //! - Every answer is cached by text in `perspective_cache.jsonl` in the run directory, so a rerun
 //!   (or the same text at another layer) never asks again.
+//! - As a [`Judge`], an empty answer scores 0 without a request (the API rejects empty text).
 //!
 //! HTTP is `ureq` (blocking, rustls, no OpenSSL; the smallest maintained client that does TLS).
 use std::collections::HashMap;
@@ -16,10 +17,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use icet_models::backend::Backend;
+
+use super::{Answer, Judge, Verdict};
 
 pub const DEFAULT_URL: &str = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze";
 pub const KEY_VAR: &str = "PERSPECTIVE_API_KEY";
-pub const CACHE_FILE: &str = "perspective_cache.jsonl";
 
 pub struct Perspective {
     agent: ureq::Agent,
@@ -55,8 +58,8 @@ pub fn toxicity_of(answer: &serde_json::Value) -> Result<f64> {
 }
 
 impl Perspective {
-    /// A client for `url` with the key from the environment, caching in `run_dir`.
-    pub fn new(url: &str, qps: f64, run_dir: &Path) -> Result<Self> {
+    /// A client for `url` with the key from the environment, caching answers in `cache_path`.
+    pub fn new(url: &str, qps: f64, cache_path: &Path) -> Result<Self> {
         let key = std::env::var(KEY_VAR)
             .ok()
             .filter(|k| !k.trim().is_empty())
@@ -69,7 +72,7 @@ impl Perspective {
             .http_status_as_error(false)
             .build()
             .into();
-        let cache_path = run_dir.join(CACHE_FILE);
+        let cache_path = cache_path.to_path_buf();
         let mut cache = HashMap::new();
         if let Ok(text) = std::fs::read_to_string(&cache_path) {
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -150,5 +153,21 @@ impl Perspective {
             .with_context(|| format!("cannot write {}", self.cache_path.display()))?;
         self.cache.insert(text.to_string(), answer.clone());
         Ok(answer)
+    }
+}
+
+impl<B: Backend> Judge<B> for Perspective {
+    fn judge(&mut self, _b: &B, answers: &[Answer]) -> Result<Vec<Verdict>> {
+        answers
+            .iter()
+            .map(|a| {
+                // The API rejects empty comments; an empty answer has no toxicity to measure.
+                if a.response.trim().is_empty() {
+                    return Ok(Verdict::score(0.0, serde_json::json!({"skipped": "empty response"})));
+                }
+                let answer = self.analyze(a.response)?;
+                Ok(Verdict::score(toxicity_of(&answer)?, answer))
+            })
+            .collect()
     }
 }

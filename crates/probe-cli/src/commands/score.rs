@@ -1,0 +1,48 @@
+//! `icet score`.
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args as ClapArgs;
+use icet_engine::device::{self, Device, DtypeArg};
+use icet_engine::judge::JudgeArgs;
+use icet_engine::run_dir::RunDir;
+use icet_engine::score::score_run;
+
+#[derive(ClapArgs, Debug)]
+#[command(after_help = "Judges (KIND):
+  llama-guard[-1|-2|-3]=DIR  Llama Guard on (prompt, response); version detected unless given
+  llama-guard-3-vision=DIR   Llama-Guard-3-11B-Vision on (image, prompt, response); an Mllama
+                             directory given as `llama-guard=DIR` is this judge too
+  reward=DIR                 GPT-2 reward model on the HH pair (\"\\n\\nHuman: PROMPT\\n\\nAssistant:\", RESPONSE)
+  toxicity=DIR               BERT/RoBERTa toxicity classifier on the response
+  perspective                Perspective API TOXICITY of the response (key: PERSPECTIVE_API_KEY)
+`KIND:NAME=DIR` names the judge (default: KIND), so two judges of one kind can be compared.
+
+Writes into RUN_DIR:
+  scores.jsonl            {id, layer, judge, kind, unsafe, categories, score, raw} per answer and judge
+  judges.json             judge name -> kind and model directory
+  perspective_cache.jsonl Perspective answers by text (never asked twice)
+Rerunning skips what is scored. Then: icet report RUN_DIR
+
+Examples:
+  icet score runs/rt-llava --judge llama-guard-3=Llama-Guard-3-8B --judge toxicity=toxic-bert \\
+    --judge reward=gpt2-large-harmless-reward_model
+  icet score runs/rt-llava --judge llama-guard-3-vision=Llama-Guard-3-11B-Vision  # judges with the images")]
+pub struct Args {
+    /// A sweep's output folder (holds responses.jsonl)
+    #[arg(value_name = "RUN_DIR")]
+    pub run_dir: PathBuf,
+    #[command(flatten)]
+    pub judges: JudgeArgs,
+    /// Compute device
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+}
+
+impl super::Run for Args {
+    fn run(self) -> Result<()> {
+        let selected = device::select(self.device, DtypeArg::F32)?;
+        let run = RunDir::open_for_writing(&self.run_dir);
+        icet_engine::with_backend!(selected, |b| score_run(&b, &run?, &self.judges))
+    }
+}

@@ -1,0 +1,110 @@
+//! `icet sweep`.
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use icet_engine::data::DataArgs;
+use icet_engine::decode::DecodeArgs;
+use icet_engine::judge::JudgeArgs;
+use icet_engine::sweep::{sweep, BatchSize, SweepRequest};
+use icet_models::backend::Backend;
+
+use super::ModelArgs;
+
+#[derive(ClapArgs, Debug)]
+#[command(after_help = "Without --model and --data, runs the embedded demo (a tiny random-weight LLaVA: its text is
+gibberish by construction) over all its layers.
+
+Data: JSONL, or CSV with a header, with fields `id` (optional), `prompt`, `image` (path relative
+to the data file). Example row: {\"id\": \"rt-0001\", \"prompt\": \"...\", \"image\": \"images/0001.jpg\"}
+Also JailBreakV-28K (incl. mini), RedTeam-2K and AdvBench CSVs, detected from their headers
+(--data-format); prompt-only data is paired with --images DIR (--pairing random|cross).
+With --judge, the answers are scored as by `icet score` (scores.jsonl) once generated.
+
+Writes into --out:
+  responses.jsonl       one row per (item, layer), appended as produced (id, layer, prompt, image,
+                        response, token_ids, finish_reason, refusal)
+  summary.json/.csv     per-layer n, refusals, refusal_rate (share of answers with a refusal phrase:
+                        the keyword check, not a judge's ASR), mean tokens; Early/Middle/Late/Average
+  refusal_rate.svg/.png the per-layer plot
+  manifest.json         model, arguments, engine version, seed
+Rerunning the same command resumes: finished (id, layer) pairs are skipped.
+
+Example: icet sweep --model llava-1.5-7b-hf --data redteam.jsonl --layers all --out runs/rt-llava")]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompts and images (JSONL or CSV)
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Layers: `all` (0..=L), `a..b` (inclusive), or a list such as `3,7,-2`
+    #[arg(long, value_name = "SPEC", default_value = "all", allow_hyphen_values = true)]
+    pub layers: String,
+    /// Output folder (default for the demo: icet-runs/demo-<time>)
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Conversation template [default: the model family's (llava-v1 for LLaVA, llama3 for Llama 3.2 Vision)]
+    #[arg(long, value_parser = super::template_values())]
+    pub template: Option<String>,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// Sequences in flight at once (continuous batching: a finished answer's slot is refilled at
+    /// once), or `auto`: as many as the free device memory holds (KV cache and prefill estimated
+    /// from the config; at most 256), said on stderr
+    #[arg(long, default_value = "32")]
+    pub batch_size: BatchSize,
+    #[command(flatten)]
+    pub data_opts: DataArgs,
+    /// Judges to score the answers with once generated (as `icet score`; see `icet score --help`)
+    #[command(flatten)]
+    pub judges: JudgeArgs,
+}
+
+impl super::OnBackend for Args {
+    fn model(&self) -> &ModelArgs {
+        &self.model
+    }
+
+    fn run_on<B: Backend>(mut self, b: &B) -> Result<()> {
+        let demo = self.model.model.is_none() && self.data.is_none();
+        if demo {
+            let d = icet_engine::demo::materialize()?;
+            eprintln!(
+                "icet: no --model/--data given: running the embedded demo (random weights, gibberish text by design)"
+            );
+            self.model.model = Some(d.model);
+            self.data = Some(d.data);
+            if self.decode.max_new_tokens == 256 {
+                self.decode.max_new_tokens = 24;
+            }
+        }
+        let data = self.data.clone().context("--data FILE is required with --model")?;
+        let model_dir = self.model.model_dir()?.to_path_buf();
+        let out = match (&self.out, demo) {
+            (Some(o), _) => o.clone(),
+            (None, true) => {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                PathBuf::from(format!("icet-runs/demo-{t}"))
+            }
+            (None, false) => bail!("--out DIR is required"),
+        };
+        let req = SweepRequest {
+            model_dir,
+            data,
+            data_options: self.data_opts,
+            layers: self.layers,
+            out,
+            template: self.template,
+            family_options: self.model.family_options(),
+            decode: self.decode,
+            batch_size: self.batch_size,
+            judges: self.judges,
+            demo,
+        };
+        sweep(b, &req)?;
+        Ok(())
+    }
+}

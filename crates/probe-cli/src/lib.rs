@@ -1,0 +1,37 @@
+//! The engine of `icet` (layer-wise safety sweeps of vision-language models by image-encoder
+//! early exit) as a library; the `icet` binary's commands parse arguments and call it.
+//!
+//! Every model family is reached through `icet_models::vlm` (the family seam); nothing here
+//! branches on a family.
+//!
+//! * [`sweep`]: prompts × images × vision layers through a model, answers appended to a run
+//!   directory as they finish, resumable ([`run_dir`] owns the run's files and rows).
+//! * [`score`]: every answer by every judge ([`judge`]: one trait, Llama Guard, reward and
+//!   toxicity models, Perspective) into `scores.jsonl`.
+//! * [`report`]: per-layer tables with bootstrap intervals ([`stats`]) and plots ([`plot`]),
+//!   grouped as the paper does ([`grouping`]); the sweep's own [`summary`] uses the same pieces.
+//! * [`generate`], [`features`], [`bench`]: one answer, one image's features, stage throughput.
+//! * [`data`] (data files and datasets), [`decode`] (decoding options), [`device`] (backend
+//!   choice), [`refusal`] (the keyword detector), [`demo`] (the embedded demo).
+pub mod bench;
+pub mod data;
+pub mod decode;
+pub mod demo;
+pub mod device;
+pub mod features;
+pub mod generate;
+pub mod grouping;
+pub mod judge;
+pub mod plot;
+pub mod refusal;
+pub mod report;
+pub mod run_dir;
+pub mod score;
+pub mod stats;
+pub mod summary;
+pub mod sweep;
+
+/// A family's settings of an answer as a note after other facts: `, exit rule clamp`.
+pub fn settings_note(settings: &serde_json::Map<String, serde_json::Value>) -> String {
+    settings.iter().map(|(k, v)| format!(", {} {}", k.replace('_', " "), v.as_str().unwrap_or(""))).collect()
+}

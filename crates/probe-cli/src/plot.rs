@@ -1,0 +1,147 @@
+//! The one plotting path: a metric against vision layer, one line per series (a run), 95%
+//! intervals as error bars where known, the default layer as a larger marker; SVG and PNG with a
+//! bundled font (no system fonts needed). The sweep summary and the report both draw with it.
+use std::path::Path;
+
+use anyhow::Result;
+use plotters::prelude::*;
+
+/// One point: a layer's value (as shown: rates in %), its interval if any, and whether the
+/// layer is the model's default.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    pub layer: usize,
+    pub value: f64,
+    pub interval: Option<(f64, f64)>,
+    pub is_default: bool,
+}
+
+/// One line of the plot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub label: String,
+    pub points: Vec<Point>,
+}
+
+/// A plot of one metric.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chart {
+    /// Named in errors.
+    pub key: String,
+    /// The caption says "{title} by vision layer".
+    pub title: String,
+    pub y_label: String,
+    /// Fixed y range (0..100 for rates); `None` fits the data with 5% to spare.
+    pub y_range: Option<(f64, f64)>,
+    /// The x axis runs over layers `0..=max_layer`.
+    pub max_layer: usize,
+    pub series: Vec<Series>,
+}
+
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
+const COLORS: [RGBColor; 6] = [
+    RGBColor(26, 115, 232),
+    RGBColor(217, 48, 37),
+    RGBColor(30, 142, 62),
+    RGBColor(249, 171, 0),
+    RGBColor(161, 66, 244),
+    RGBColor(0, 137, 123),
+];
+
+/// Registers the bundled font (DejaVu Sans Mono, Bitstream Vera license: assets/DejaVu-LICENSE.txt)
+/// so that PNG text renders without any system font.
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// Draws `chart` into `svg` and `png` (800 × 450).
+pub fn write(chart: &Chart, svg: &Path, png: &Path) -> Result<()> {
+    register_font();
+    draw(SVGBackend::new(svg, (800, 450)).into_drawing_area(), chart)?;
+    draw(BitMapBackend::new(png, (800, 450)).into_drawing_area(), chart)
+}
+
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, c: &Chart) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("plot {}: {e:?}", c.key);
+    root.fill(&WHITE).map_err(err)?;
+    let max_layer = c.max_layer.max(1);
+    let (lo, hi, pad) = match c.y_range {
+        Some((lo, hi)) => (lo, hi, 0.0),
+        None => {
+            let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+            for p in c.series.iter().flat_map(|s| &s.points) {
+                let (l, h) = p.interval.unwrap_or((p.value, p.value));
+                lo = lo.min(l);
+                hi = hi.max(h);
+            }
+            if !(lo.is_finite() && hi.is_finite()) {
+                (lo, hi) = (0.0, 1.0);
+            } else if hi - lo < 1e-9 {
+                (lo, hi) = (lo - 0.5, hi + 0.5);
+            }
+            (lo, hi, (hi - lo) * 0.05)
+        }
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{} by vision layer", c.title), ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(-0.5f64..max_layer as f64 + 0.5, (lo - pad)..(hi + pad))
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("vision layer")
+        .y_desc(c.y_label.as_str())
+        .x_labels(max_layer.min(25) + 1)
+        .x_label_formatter(&|x| format!("{}", x.round() as i64))
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(err)?;
+    for (i, s) in c.series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        if s.points.is_empty() {
+            continue;
+        }
+        let xy = |p: &Point| (p.layer as f64, p.value);
+        chart
+            .draw_series(LineSeries::new(s.points.iter().map(xy), color.stroke_width(2)))
+            .map_err(err)?
+            .label(s.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart
+            .draw_series(s.points.iter().filter_map(|p| {
+                let (lo, hi) = p.interval?;
+                let x = p.layer as f64;
+                Some(PathElement::new(vec![(x, lo), (x, hi)], color.mix(0.6).stroke_width(2)))
+            }))
+            .map_err(err)?;
+        chart
+            .draw_series(s.points.iter().map(|p| {
+                let size = if p.is_default { 6 } else { 3 };
+                Circle::new(xy(p), size, if p.is_default { BLACK.filled() } else { color.filled() })
+            }))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// A file-name-safe form of a metric key (`asr:lg` → `asr_lg`).
+pub fn slug(key: &str) -> String {
+    key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
