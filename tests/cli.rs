@@ -4,7 +4,9 @@
 use serde_json::Value;
 
 mod cli_common;
-use cli_common::{assert_one_line_error, f32s, fixture, icet, rel_err, scratch};
+mod common;
+use cli_common::{assert_one_line_error, icet};
+use common::{f32s, fixture, rel_err, scratch};
 
 #[test]
 fn features_match_transformers() {

@@ -1,16 +1,31 @@
-//! Helpers shared by the `icet` binary's tests (`mod cli_common;` in each).
+//! Helpers of the `icet` binary's tests (`mod common; mod cli_common;` in each), on top of
+//! `common`: running the binary and reading what it said.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+/// The `icet` binary built for this test.
+pub fn command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_icet"))
 }
 
-/// Runs the `icet` binary built for this test.
+/// Runs `icet` with `args`.
 pub fn icet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_icet")).args(args).output().expect("icet runs")
+    command().args(args).output().expect("icet runs")
+}
+
+/// The stdout of a run that must succeed (else the test fails showing its stderr).
+pub fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "icet failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `cmd`, which must succeed; its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("icet runs");
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `icet generate --model MODEL --device cpu --image IMAGE --prompt PROMPT` plus `extra`.
@@ -20,27 +35,6 @@ pub fn generate_on_cpu(model: &Path, image: &Path, prompt: &str, extra: &[&str])
     args.extend_from_slice(&["--prompt", prompt]);
     args.extend_from_slice(extra);
     icet(&args)
-}
-
-/// A fresh, empty scratch folder for one test.
-pub fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("icet-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// An f32 tensor of a safetensors file: shape and values.
-pub fn f32s(st: &safetensors::SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let v = st.tensor(name).unwrap_or_else(|_| panic!("tensor {name}"));
-    (v.shape().to_vec(), v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-}
-
-/// `max |a - b| / max |b|`.
-pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64)).max(1e-12);
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).fold(0.0, f64::max) / scale
 }
 
 /// Asserts a failed run printed exactly one line, `error: ...`, containing `needle`.

@@ -29,6 +29,9 @@ use icet_models::judges::llama_guard_vision::{GuardItem, LlamaGuardVision};
 use icet_models::llama::TextStream;
 use serde_json::Value;
 
+mod common;
+use common::{f32s, fixture, read_json, rel_err};
+
 #[macro_use]
 #[path = "gpu_common.rs"]
 mod gpu_common;
@@ -57,32 +60,12 @@ fn assert_tokens(got: &[u32], want: &[u32], margins: &[f32], margin: f64, what: 
     sure
 }
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/judges").join(name)
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(ours.len(), reference.len(), "length");
-    let scale = reference.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64)).max(1e-12);
-    ours.iter().zip(reference).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max) / scale
-}
-
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-/// An f32 tensor of a reference safetensors file, flattened.
-fn tensor_f32(st: &safetensors::SafeTensors, name: &str) -> Vec<f32> {
-    let view = st.tensor(name).unwrap_or_else(|_| panic!("reference tensor {name}"));
-    view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 fn messages(v: &Value) -> Vec<Message> {
@@ -95,7 +78,7 @@ fn messages(v: &Value) -> Vec<Message> {
 
 #[test]
 fn chat_templates_render_byte_for_byte() {
-    let refs = json(&fixture("chat_templates.json"));
+    let refs = read_json(&fixture("judges/chat_templates.json"));
     let mut checked = 0;
     for case in refs["cases"].as_array().unwrap() {
         let name = case["template"].as_str().unwrap();
@@ -158,8 +141,8 @@ fn gpt2_reward_logits_match() {
 }
 
 fn check_reward<B: Backend>(b: &B, tol: Tol) {
-    let dir = fixture("gpt2-reward-tiny");
-    let refs = json(&dir.join("reference.json"));
+    let dir = fixture("judges/gpt2-reward-tiny");
+    let refs = read_json(&dir.join("reference.json"));
     let rm = RewardModel::load(&dir, b).unwrap();
     let mut worst = 0.0f64;
     let mut pairs = 0;
@@ -187,8 +170,8 @@ fn check_reward<B: Backend>(b: &B, tol: Tol) {
 }
 
 fn check_toxicity<B: Backend>(b: &B, tol: Tol, name: &str, label: &str, function: &str) {
-    let dir = fixture(name);
-    let refs = json(&dir.join("reference.json"));
+    let dir = fixture(&format!("judges/{name}"));
+    let refs = read_json(&dir.join("reference.json"));
     let clf = ToxicityClassifier::load(&dir, b).unwrap();
     assert_eq!((clf.rule.label.as_str(), clf.rule.function), (label, function));
     let mut worst = 0.0f64;
@@ -228,8 +211,8 @@ fn llama_guard_prompts_logits_and_verdict_tokens_match() {
 }
 
 fn check_llama_guard<B: Backend>(b: &B, tol: Tol) {
-    let dir = fixture("llama-guard-tiny");
-    let refs = json(&dir.join("reference.json"));
+    let dir = fixture("judges/llama-guard-tiny");
+    let refs = read_json(&dir.join("reference.json"));
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let guard = LlamaGuard::load(&dir, b, None).unwrap();
@@ -251,7 +234,7 @@ fn check_llama_guard<B: Backend>(b: &B, tol: Tol) {
     let out = run_batch(b, &mut TextStream::new(&guard.llm), &requests, &opts, true).unwrap();
     let (mut worst, mut compared) = (0.0f64, 0);
     for (case, g) in cases.iter().zip(&out) {
-        let reference = tensor_f32(&st, case["logits"].as_str().unwrap());
+        let reference = f32s(&st, case["logits"].as_str().unwrap()).1;
         worst = worst.max(rel_err(g.first_logits.as_ref().unwrap(), &reference));
         let want = ids(&case["generated"]);
         compared += assert_tokens(&g.token_ids, &want, &floats(&case["margins"]), tol.margin, &case.to_string());
@@ -273,8 +256,8 @@ fn llama_guard_vision_prompts_logits_and_verdict_tokens_match() {
 }
 
 fn check_llama_guard_vision<B: Backend>(b: &B, tol: Tol) {
-    let dir = fixture("llama-guard-vision-tiny");
-    let refs = json(&dir.join("reference.json"));
+    let dir = fixture("judges/llama-guard-vision-tiny");
+    let refs = read_json(&dir.join("reference.json"));
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut guard = LlamaGuardVision::load(&dir, b).unwrap();
@@ -295,7 +278,7 @@ fn check_llama_guard_vision<B: Backend>(b: &B, tol: Tol) {
     let judged = guard.judge_with_logits(b, &items, true).unwrap();
     let (mut worst, mut compared) = (0.0f64, 0);
     for (case, (j, logits)) in cases.iter().zip(&judged) {
-        let reference = tensor_f32(&st, case["logits"].as_str().unwrap());
+        let reference = f32s(&st, case["logits"].as_str().unwrap()).1;
         worst = worst.max(rel_err(logits.as_ref().unwrap(), &reference));
         let want = ids(&case["generated"]);
         let sure = assert_tokens(&j.token_ids, &want, &floats(&case["margins"]), tol.margin, &case.to_string());
@@ -351,6 +334,6 @@ fn bad_judge_directories_name_the_file() {
     let e = RewardModel::load(Path::new("/nonexistent-judge"), &Cpu).err().unwrap().to_string();
     assert!(e.contains("/nonexistent-judge/config.json"), "{e}");
     // A toxicity directory is not a reward model: its config has six labels.
-    let e = RewardModel::load(&fixture("bert-toxic-tiny"), &Cpu).err().unwrap().to_string();
+    let e = RewardModel::load(&fixture("judges/bert-toxic-tiny"), &Cpu).err().unwrap().to_string();
     assert!(e.contains("config.json"), "{e}");
 }

@@ -2,22 +2,17 @@
 //! transformers references of tools/fixtures/make_mllama_fixtures.py), `generate` (greedy tokens
 //! against the references), `sweep` (every layer, resume, consistency with `generate`), and
 //! one-line errors for options that do not apply.
-use std::process::Output;
-
 use serde_json::Value;
 
 mod cli_common;
-use cli_common::{assert_one_line_error, f32s, fixture, generate_on_cpu, icet, rel_err, scratch};
+mod common;
+use cli_common::{assert_one_line_error, generate_on_cpu, icet, ok};
+use common::{f32s, fixture, read_json, rel_err, scratch};
 
 const TOL: f64 = 1e-4;
 
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "icet failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
 fn reference(model: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(model).join("reference.json")).unwrap()).unwrap()
+    read_json(&fixture(model).join("reference.json"))
 }
 
 #[test]

@@ -8,15 +8,12 @@ use icet_models::llava::{FeatureStrategy, Llava};
 use icet_models::vlm::LoadParts;
 use safetensors::tensor::TensorView;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
-}
+mod common;
+use common::{fixture, scratch};
 
 /// A scratch copy of a fixture's non-weight files.
-fn scratch(name: &str, from: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("icet-inputs-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+fn scratch_model(name: &str, from: &str) -> PathBuf {
+    let dir = scratch(&format!("inputs-{name}"));
     for f in
         ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"]
     {
@@ -75,7 +72,7 @@ fn all_llava_layouts_load_to_the_same_model() {
         ("flat-vision", |n| n.replace("vision_tower.vision_model.", "vision_tower.")),
     ];
     for (tag, f) in layouts {
-        let dir = scratch(tag, "llava-tiny");
+        let dir = scratch_model(tag, "llava-tiny");
         rewrite_weights(&dir, |n| Some(f(n)), None);
         let model = load(&dir).unwrap_or_else(|e| panic!("{tag}: {e}"));
         assert_eq!(projected_default_layer(&model), reference, "{tag} layout gives other features");
@@ -85,14 +82,14 @@ fn all_llava_layouts_load_to_the_same_model() {
 #[test]
 fn broken_checkpoints_name_file_and_tensor() {
     // Missing tensor.
-    let dir = scratch("missing", "llava-tiny");
+    let dir = scratch_model("missing", "llava-tiny");
     rewrite_weights(&dir, |n| (n != "language_model.model.layers.1.mlp.up_proj.weight").then(|| n.to_string()), None);
     let e = load_err(&dir);
     assert!(e.contains("language_model.model.layers.1.mlp.up_proj.weight") && e.contains("missing"), "{e}");
     assert!(e.contains("model.safetensors"), "{e}");
 
     // Shape that does not match the config.
-    let dir = scratch("shape", "llava-tiny");
+    let dir = scratch_model("shape", "llava-tiny");
     rewrite_weights(&dir, |n| Some(n.to_string()), Some("multi_modal_projector.linear_2.weight"));
     let e = load_err(&dir);
     assert!(
@@ -101,7 +98,7 @@ fn broken_checkpoints_name_file_and_tensor() {
     );
 
     // Truncated file.
-    let dir = scratch("truncated", "llava-tiny");
+    let dir = scratch_model("truncated", "llava-tiny");
     let bytes = std::fs::read(fixture("llava-tiny").join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     let e = load_err(&dir);
@@ -120,7 +117,7 @@ fn broken_checkpoints_name_file_and_tensor() {
     assert!(load_err(Path::new("/no/such/model")).contains("/no/such/model"));
 
     // A shard named by the index that is not there.
-    let dir = scratch("shards", "llava-tiny-gqa");
+    let dir = scratch_model("shards", "llava-tiny-gqa");
     std::fs::copy(fixture("llava-tiny-gqa/model.safetensors.index.json"), dir.join("model.safetensors.index.json"))
         .unwrap();
     let e = load_err(&dir);

@@ -6,33 +6,15 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-fn icet() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_icet"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("icet-report-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn judges_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/judges").join(name)
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{cmd:?} failed: {stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod cli_common;
+mod common;
+use cli_common::{command, run_ok};
+use common::{fixture, repo, scratch};
 
 /// A synthetic run of a 3-layer vision tower (layers 0..=3; thirds: 1 Early, 2 Middle, 3 Late),
 /// four answers per layer, default layer 2.
@@ -95,12 +77,12 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn report_numbers_match_hand_computed_values() {
-    let d = tmp("synthetic");
+    let d = scratch("synthetic");
     let run = d.join("run");
     std::fs::create_dir_all(&run).unwrap();
     synthetic_run(&run);
     let out = d.join("out");
-    let md = ok(icet().arg("report").arg(&run).arg("--out").arg(&out).args(["--seed", "7"]));
+    let md = run_ok(command().arg("report").arg(&run).arg("--out").arg(&out).args(["--seed", "7"]));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
 
     // Point estimates, by hand.
@@ -175,17 +157,19 @@ fn report_numbers_match_hand_computed_values() {
 
     // Same seed, same numbers; several runs overlaid need --out and distinct labels.
     let out2 = d.join("out2");
-    ok(icet().arg("report").arg(&run).arg("--out").arg(&out2).args(["--seed", "7"]));
+    run_ok(command().arg("report").arg(&run).arg("--out").arg(&out2).args(["--seed", "7"]));
     assert_eq!(std::fs::read(out.join("report.json")).unwrap(), std::fs::read(out2.join("report.json")).unwrap());
-    let e = icet().arg("report").arg(&run).arg(&run).output().unwrap();
+    let e = command().arg("report").arg(&run).arg(&run).output().unwrap();
     assert!(String::from_utf8_lossy(&e.stderr).contains("--out DIR is required"));
-    let e = icet().arg("report").arg(&run).arg(&run).arg("--out").arg(d.join("x")).output().unwrap();
+    let e = command().arg("report").arg(&run).arg(&run).arg("--out").arg(d.join("x")).output().unwrap();
     assert!(String::from_utf8_lossy(&e.stderr).contains("--label"));
     let both = d.join("both");
-    ok(icet().arg("report").arg(&run).arg(&run).args(["--label", "before", "--label", "after", "--out"]).arg(&both));
+    run_ok(
+        command().arg("report").arg(&run).arg(&run).args(["--label", "before", "--label", "after", "--out"]).arg(&both),
+    );
     let csv = std::fs::read_to_string(both.join("report.csv")).unwrap();
     assert!(csv.contains("\nbefore,1,") && csv.contains("\nafter,1,"));
-    let e = icet().arg("report").arg(d.join("nope")).output().unwrap();
+    let e = command().arg("report").arg(d.join("nope")).output().unwrap();
     assert!(String::from_utf8_lossy(&e.stderr).contains("nope: no responses.jsonl"), "{e:?}");
 }
 
@@ -193,7 +177,7 @@ fn report_numbers_match_hand_computed_values() {
 /// still reports: the report's refusal rate comes from responses.jsonl, as it always did.
 #[test]
 fn report_reads_a_run_made_before_the_rename() {
-    let d = tmp("old-run");
+    let d = scratch("old-run");
     let run = d.join("run");
     std::fs::create_dir_all(&run).unwrap();
     let mut responses = String::new();
@@ -216,7 +200,7 @@ fn report_reads_a_run_made_before_the_rename() {
         json!({"engine": "icet", "default_layer": 2, "settings": {}}).to_string(),
     )
     .unwrap();
-    ok(icet().arg("report").arg(&run));
+    run_ok(command().arg("report").arg(&run));
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("report/report.json")).unwrap()).unwrap();
     assert_eq!(report["runs"][0]["num_layers"], 2);
@@ -296,9 +280,9 @@ fn scores(run: &Path) -> Vec<Value> {
 
 #[test]
 fn demo_sweep_then_score_with_tiny_judges_then_report() {
-    let d = tmp("e2e");
+    let d = scratch("e2e");
     let run = d.join("run");
-    ok(icet().args(["sweep", "--device", "cpu", "--max-new-tokens", "6", "--out"]).arg(&run));
+    run_ok(command().args(["sweep", "--device", "cpu", "--max-new-tokens", "6", "--out"]).arg(&run));
     let responses = std::fs::read_to_string(run.join("responses.jsonl")).unwrap().lines().count();
     let texts: std::collections::HashSet<String> = std::fs::read_to_string(run.join("responses.jsonl"))
         .unwrap()
@@ -308,9 +292,9 @@ fn demo_sweep_then_score_with_tiny_judges_then_report() {
         .collect();
     let (port, requests) = perspective_server("test-key");
     let url = format!("http://127.0.0.1:{port}/v1alpha1/comments:analyze");
-    let judge = |kind: &str, name: &str| format!("{kind}={}", judges_fixture(name).display());
+    let judge = |kind: &str, name: &str| format!("{kind}={}", fixture(&format!("judges/{name}")).display());
     let score = |extra: &[&str]| {
-        let mut c = icet();
+        let mut c = command();
         c.arg("score").arg(&run).args(["--device", "cpu", "--perspective-qps", "1000", "--perspective-url", &url]);
         c.args(["--judge", &judge("llama-guard", "llama-guard-tiny"), "--judge", &judge("reward", "gpt2-reward-tiny")]);
         c.args([
@@ -323,7 +307,7 @@ fn demo_sweep_then_score_with_tiny_judges_then_report() {
         c.env("PERSPECTIVE_API_KEY", "test-key");
         c
     };
-    ok(&mut score(&[]));
+    run_ok(&mut score(&[]));
     let rows = scores(&run);
     assert_eq!(rows.len(), 5 * responses, "one row per answer and judge");
     // One 429 retried, then each distinct text asked once (the cache serves repeats).
@@ -346,26 +330,26 @@ fn demo_sweep_then_score_with_tiny_judges_then_report() {
     }
     // Idempotent: a rerun scores nothing and asks nothing, even with a fresh server-side count.
     let before = std::fs::read(run.join("scores.jsonl")).unwrap();
-    ok(&mut score(&[]));
+    run_ok(&mut score(&[]));
     assert_eq!(std::fs::read(run.join("scores.jsonl")).unwrap(), before);
     assert_eq!(requests.load(Ordering::SeqCst), 1 + texts.len());
     // Resumable: drop the last rows (and tear the last line), rerun, get the same set back.
     let text = String::from_utf8(before.clone()).unwrap();
     let keep: Vec<&str> = text.lines().take(rows.len() - 7).collect();
     std::fs::write(run.join("scores.jsonl"), keep.join("\n") + "\n{\"id\": \"torn").unwrap();
-    ok(&mut score(&[]));
+    run_ok(&mut score(&[]));
     let mut again: Vec<String> = scores(&run).iter().map(|r| r.to_string()).collect();
     let mut first: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
     again.sort();
     first.sort();
     assert_eq!(again, first);
     // A judge name bound to another model is refused.
-    let mut c = icet();
+    let mut c = command();
     c.arg("score").arg(&run).args(["--device", "cpu", "--judge", &judge("toxicity", "roberta-toxic-tiny")]);
     let e = String::from_utf8_lossy(&c.output().unwrap().stderr).into_owned();
     assert!(e.contains("judges.json") && e.contains("another name"), "{e}");
 
-    let md = ok(icet().arg("report").arg(&run));
+    let md = run_ok(command().arg("report").arg(&run));
     for col in [
         "refusal rate",
         "reward (reward)",
@@ -381,8 +365,8 @@ fn demo_sweep_then_score_with_tiny_judges_then_report() {
 
 #[test]
 fn score_input_errors_name_the_input() {
-    let d = tmp("errors");
-    let e = icet()
+    let d = scratch("errors");
+    let e = command()
         .arg("score")
         .arg(&d)
         .args(["--judge", "perspective"])
@@ -392,7 +376,7 @@ fn score_input_errors_name_the_input() {
     let e = String::from_utf8_lossy(&e.stderr).into_owned();
     assert!(e.contains("no responses.jsonl"), "{e}");
     std::fs::write(d.join("responses.jsonl"), "").unwrap();
-    let e = icet()
+    let e = command()
         .arg("score")
         .arg(&d)
         .args(["--judge", "perspective"])
@@ -400,37 +384,35 @@ fn score_input_errors_name_the_input() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&e.stderr).contains("PERSPECTIVE_API_KEY"));
-    let e = icet().arg("score").arg(&d).args(["--judge", "reward=/no/such/dir"]).output().unwrap();
+    let e = command().arg("score").arg(&d).args(["--judge", "reward=/no/such/dir"]).output().unwrap();
     assert!(String::from_utf8_lossy(&e.stderr).contains("/no/such/dir: not a model directory"));
     std::fs::write(d.join("responses.jsonl"), "{\"id\": 1}\n{}\n").unwrap();
-    let e = icet()
+    let e = command()
         .arg("score")
         .arg(&d)
-        .args(["--judge", &format!("reward={}", judges_fixture("gpt2-reward-tiny").display())])
+        .args(["--judge", &format!("reward={}", fixture("judges/gpt2-reward-tiny").display())])
         .output()
         .unwrap();
     let e = String::from_utf8_lossy(&e.stderr).into_owned();
     assert!(e.contains("responses.jsonl:1"), "{e}");
 }
 
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
-}
-
 #[test]
 fn sweep_reads_dataset_formats_and_scores_in_the_same_run() {
-    let d = tmp("sweep-judge");
+    let d = scratch("sweep-judge");
     let run = d.join("run");
-    let tox = format!("toxicity={}", judges_fixture("bert-toxic-tiny").display());
-    let out = ok(icet()
-        .args(["sweep", "--device", "cpu", "--max-new-tokens", "3", "--layers", "1,-2", "--model"])
-        .arg(repo("demo/model"))
-        .arg("--data")
-        .arg(repo("tests/fixtures/datasets/RedTeam_2K.csv"))
-        .arg("--images")
-        .arg(repo("tests/fixtures/images"))
-        .args(["--pair-seed", "5", "--judge", &tox, "--out"])
-        .arg(&run));
+    let tox = format!("toxicity={}", fixture("judges/bert-toxic-tiny").display());
+    let out = run_ok(
+        command()
+            .args(["sweep", "--device", "cpu", "--max-new-tokens", "3", "--layers", "1,-2", "--model"])
+            .arg(repo("demo/model"))
+            .arg("--data")
+            .arg(repo("tests/fixtures/datasets/RedTeam_2K.csv"))
+            .arg("--images")
+            .arg(repo("tests/fixtures/images"))
+            .args(["--pair-seed", "5", "--judge", &tox, "--out"])
+            .arg(&run),
+    );
     assert!(out.contains("Average") || !out.is_empty());
     let responses = std::fs::read_to_string(run.join("responses.jsonl")).unwrap();
     assert_eq!(responses.lines().count(), 4 * 2, "4 RedTeam-2K prompts x 2 layers");
@@ -440,7 +422,7 @@ fn sweep_reads_dataset_formats_and_scores_in_the_same_run() {
     assert_eq!(manifest["settings"]["data_options"]["pair_seed"], 5);
 
     // Missing images are reported by name before the model is even looked at.
-    let e = icet()
+    let e = command()
         .args(["sweep", "--device", "cpu", "--model", "/nonexistent-model", "--data"])
         .arg(repo("tests/fixtures/datasets/missing_image_jailbreakv.csv"))
         .arg("--out")
@@ -450,7 +432,7 @@ fn sweep_reads_dataset_formats_and_scores_in_the_same_run() {
     let e = String::from_utf8_lossy(&e.stderr).into_owned();
     assert!(e.contains("no_such_image.png") && !e.contains("nonexistent-model"), "{e}");
     // So are bad judges (before generating anything).
-    let e = icet()
+    let e = command()
         .args(["sweep", "--device", "cpu", "--judge", "reward=/no/judge", "--out"])
         .arg(d.join("y"))
         .output()
@@ -461,7 +443,7 @@ fn sweep_reads_dataset_formats_and_scores_in_the_same_run() {
 
 #[test]
 fn perspective_client_paces_retries_and_fails_clearly() {
-    let d = tmp("perspective");
+    let d = scratch("perspective");
     let texts = ["first answer", "second answer", "first answer", "", "third"];
     let mut responses = String::new();
     for (i, t) in texts.iter().enumerate() {
@@ -471,7 +453,7 @@ fn perspective_client_paces_retries_and_fails_clearly() {
     }
     std::fs::write(d.join("responses.jsonl"), responses).unwrap();
     let score = |port: u16, qps: &str| {
-        let mut c = icet();
+        let mut c = command();
         c.arg("score").arg(&d).args(["--judge", "perspective", "--perspective-qps", qps, "--perspective-url"]);
         c.arg(format!("http://127.0.0.1:{port}/v1alpha1/comments:analyze")).env("PERSPECTIVE_API_KEY", "k2");
         c
@@ -484,14 +466,14 @@ fn perspective_client_paces_retries_and_fails_clearly() {
     assert_eq!(count.load(Ordering::SeqCst), 1);
     // A 500 is retried (after the 1 s backoff).
     let (port, count) = perspective_server_with("k2", &["500 Internal Server Error"]);
-    ok(&mut score(port, "100"));
+    run_ok(&mut score(port, "100"));
     assert_eq!(count.load(Ordering::SeqCst), 1 + 3, "one retry, then 3 distinct non-empty texts");
     // Pacing: the same 3 requests at 4 per second take at least 2 intervals of 1/4 s.
     std::fs::remove_file(d.join("scores.jsonl")).unwrap();
     std::fs::remove_file(d.join("perspective_cache.jsonl")).unwrap();
     let (port, count) = perspective_server_with("k2", &[]);
     let started = std::time::Instant::now();
-    ok(&mut score(port, "4"));
+    run_ok(&mut score(port, "4"));
     assert!(started.elapsed().as_secs_f64() >= 0.5, "{:?}", started.elapsed());
     assert_eq!(count.load(Ordering::SeqCst), 3);
     let rows = scores(&d);
@@ -508,14 +490,16 @@ fn perspective_client_paces_retries_and_fails_clearly() {
 fn llama_guard_vision_judges_each_answer_with_its_image() {
     use icet_models::backend::cpu::Cpu;
     use icet_models::judges::llama_guard_vision::{GuardItem, LlamaGuardVision};
-    let d = tmp("guard-vision");
+    let d = scratch("guard-vision");
     let run = d.join("run");
-    ok(icet().args(["sweep", "--device", "cpu", "--layers", "1,-2", "--max-new-tokens", "4", "--out"]).arg(&run));
-    let guard_dir = judges_fixture("llama-guard-vision-tiny");
+    run_ok(
+        command().args(["sweep", "--device", "cpu", "--layers", "1,-2", "--max-new-tokens", "4", "--out"]).arg(&run),
+    );
+    let guard_dir = fixture("judges/llama-guard-vision-tiny");
     // An Mllama directory given as plain `llama-guard` is the vision judge.
     let judge = format!("llama-guard:lgv={}", guard_dir.display());
     let score = |run: &Path, extra: &[&str]| {
-        let mut c = icet();
+        let mut c = command();
         c.arg("score").arg(run).args(["--device", "cpu", "--judge", &judge, "--judge-max-new-tokens", "5"]);
         c.args(["--judge-batch-size", "3"]).args(extra);
         c
@@ -564,12 +548,12 @@ fn llama_guard_vision_judges_each_answer_with_its_image() {
     let e =
         String::from_utf8_lossy(&score(&old, &["--image-root", "/no/such/root"]).output().unwrap().stderr).into_owned();
     assert!(e.contains("/no/such/root/") && e.contains("image not found"), "{e}");
-    ok(&mut score(&old, &["--image-root", root.to_str().unwrap()]));
+    run_ok(&mut score(&old, &["--image-root", root.to_str().unwrap()]));
     let strip = |rows: Vec<Value>| rows.into_iter().map(|r| r.to_string()).collect::<Vec<_>>();
     assert_eq!(strip(scores(&old)), strip(scores(&run)), "the same images give the same verdicts");
     let text_only = d.join("text-only");
     std::fs::create_dir_all(&text_only).unwrap();
     std::fs::copy(old.join("responses.jsonl"), text_only.join("responses.jsonl")).unwrap();
-    ok(&mut score(&text_only, &["--judge-text-only"]));
+    run_ok(&mut score(&text_only, &["--judge-text-only"]));
     assert_eq!(scores(&text_only).len(), responses.len());
 }
