@@ -19,6 +19,7 @@ use icet_models::backend::splitmix64;
 use serde::Serialize;
 
 use crate::plot::{self, Chart, Point, Series};
+use crate::refusal::REFUSAL_RATE;
 use crate::run_dir::{JudgeKind, ResponseRow, RunDir, ScoreRow, REPORT_DIR};
 use crate::stats::{estimate, fnv1a, Estimate, FNV_OFFSET};
 
@@ -104,11 +105,11 @@ fn metric_of(kind: JudgeKind) -> KindMetric {
 
 /// Collects the per-answer values of every metric of one run.
 pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> Collected {
-    let mut metrics = vec![Metric::new("refusal_rate".into(), "refusal rate".into(), "rate")];
+    let mut metrics = vec![Metric::new(REFUSAL_RATE.into(), "refusal rate".into(), "rate")];
     let mut samples: Samples = BTreeMap::new();
     let answered: BTreeSet<(String, usize)> = responses.iter().map(|r| (r.id.clone(), r.layer)).collect();
     for r in responses {
-        samples.entry("refusal_rate".into()).or_default().entry(r.layer).or_default().push(r.refusal as u8 as f64);
+        samples.entry(REFUSAL_RATE.into()).or_default().entry(r.layer).or_default().push(r.refusal as u8 as f64);
     }
     let mut judges: Vec<(String, JudgeKind)> = Vec::new();
     let mut unparsed: BTreeMap<String, usize> = BTreeMap::new();
@@ -250,7 +251,7 @@ pub fn markdown(runs: &[RunReport]) -> String {
         s.push('\n');
         for row in r.layers.iter().chain(&r.groups) {
             let label = if row.is_default { format!("{} *", row.row) } else { row.row.clone() };
-            let n = row.values.get("refusal_rate").map(|e| e.n.to_string()).unwrap_or_default();
+            let n = row.values.get(REFUSAL_RATE).map(|e| e.n.to_string()).unwrap_or_default();
             let _ = write!(s, "| {label} | {n} |");
             for m in &r.metrics {
                 match row.values.get(&m.key) {

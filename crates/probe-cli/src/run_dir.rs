@@ -30,6 +30,9 @@ pub const MANIFEST: &str = "manifest.json";
 pub const RESPONSES: &str = "responses.jsonl";
 pub const SUMMARY_JSON: &str = "summary.json";
 pub const SUMMARY_CSV: &str = "summary.csv";
+/// The summary's plot (the keyword refusal rate by layer).
+pub const SUMMARY_PLOT_SVG: &str = "refusal_rate.svg";
+pub const SUMMARY_PLOT_PNG: &str = "refusal_rate.png";
 pub const SCORES: &str = "scores.jsonl";
 pub const JUDGES: &str = "judges.json";
 pub const PERSPECTIVE_CACHE: &str = "perspective_cache.jsonl";

@@ -10,10 +10,8 @@ use serde::Serialize;
 
 use crate::grouping::layer_groups;
 use crate::plot::{self, Chart, Point, Series};
-use crate::run_dir::{ResponseRow, RunDir, SUMMARY_CSV, SUMMARY_JSON};
-
-/// The summary's metric key, file stem of its plot, and column name.
-pub const METRIC: &str = "refusal_rate";
+use crate::refusal::REFUSAL_RATE;
+use crate::run_dir::{ResponseRow, RunDir, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_PLOT_PNG, SUMMARY_PLOT_SVG};
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct LayerStats {
@@ -121,7 +119,7 @@ impl Summary {
     /// `summary.json`, `summary.csv` and the plot (`refusal_rate.svg`/`.png`) into `run`.
     pub fn write(&self, run: &RunDir) -> Result<()> {
         run.write(SUMMARY_JSON, serde_json::to_string_pretty(self)? + "\n")?;
-        let mut csv = format!("row,layers,n,refusals,{METRIC},mean_tokens,is_default\n");
+        let mut csv = format!("row,layers,n,refusals,{REFUSAL_RATE},mean_tokens,is_default\n");
         for l in &self.layers {
             let _ = writeln!(
                 csv,
@@ -141,7 +139,7 @@ impl Summary {
             );
         }
         run.write(SUMMARY_CSV, csv)?;
-        plot::write(&self.chart(), &run.path(&format!("{METRIC}.svg")), &run.path(&format!("{METRIC}.png")))
+        plot::write(&self.chart(), &run.path(SUMMARY_PLOT_SVG), &run.path(SUMMARY_PLOT_PNG))
     }
 
     /// The refusal rate against layer (no intervals: `icet report` bootstraps them).
@@ -152,7 +150,7 @@ impl Summary {
             .map(|l| Point { layer: l.layer, value: l.refusal_rate * 100.0, interval: None, is_default: l.is_default })
             .collect();
         Chart {
-            key: METRIC.into(),
+            key: REFUSAL_RATE.into(),
             title: "refusal rate (keyword check)".into(),
             y_label: "refusal rate (%)".into(),
             y_range: Some((0.0, 100.0)),

@@ -131,10 +131,6 @@ struct LlavaSpec {
 }
 
 impl<B: Backend> ModelSpec<B> for LlavaSpec {
-    fn family(&self) -> &'static str {
-        LlavaFamily::NAME
-    }
-
     fn num_layers(&self) -> usize {
         self.config.vision_layers()
     }

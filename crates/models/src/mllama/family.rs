@@ -128,10 +128,6 @@ struct MllamaSpec {
 }
 
 impl<B: Backend> ModelSpec<B> for MllamaSpec {
-    fn family(&self) -> &'static str {
-        MllamaFamily::NAME
-    }
-
     fn num_layers(&self) -> usize {
         self.config.vision_layers()
     }

@@ -140,8 +140,6 @@ pub struct RenderedPrompts {
 /// A model directory opened as its family, before loading: what the config says and the options
 /// chose. Generic over the backend only because it loads the model onto one.
 pub trait ModelSpec<B: Backend> {
-    /// The family's name ([`Family::NAME`]).
-    fn family(&self) -> &'static str;
     /// Exit layers are `0..=num_layers()`.
     fn num_layers(&self) -> usize;
     /// The layer the stock model feeds its language model (for LLaVA the config's

@@ -13,7 +13,7 @@ use icet_engine::score::score_run;
   llama-guard[-1|-2|-3]=DIR  Llama Guard on (prompt, response); version detected unless given
   llama-guard-3-vision=DIR   Llama-Guard-3-11B-Vision on (image, prompt, response); an Mllama
                              directory given as `llama-guard=DIR` is this judge too
-  reward=DIR                 GPT-2 reward model on the HH pair (\"\\n\\nHuman: PROMPT\\n\\nAssistant:\", RESPONSE)
+  reward=DIR                 GPT-2 reward model on the HH dialogue (Human: PROMPT, Assistant: RESPONSE)
   toxicity=DIR               BERT/RoBERTa toxicity classifier on the response
   perspective                Perspective API TOXICITY of the response (key: PERSPECTIVE_API_KEY)
 `KIND:NAME=DIR` names the judge (default: KIND), so two judges of one kind can be compared.
