@@ -13,6 +13,7 @@ mod report;
 mod score;
 mod summary;
 mod sweep;
+mod vqa;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +59,8 @@ enum Command {
     Report(report::Args),
     /// Throughput of each stage (vision pass, prefill, decode by batch size) with achieved TFLOP/s
     Bench(bench::Args),
+    /// The official VQA-v2 accuracy of a results file (overall, per answer/question type, per question)
+    VqaEval(vqa::EvalArgs),
 }
 
 fn main() {
@@ -70,6 +73,7 @@ fn main() {
         Command::Score(a) => score::run(a),
         Command::Report(a) => report::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::VqaEval(a) => vqa::run(a),
     };
     if let Err(e) = result {
         // One line, naming the input: the chain of contexts joined.
