@@ -28,6 +28,8 @@ cd "$ROOT"
 case " $* " in *" --search-seeds"*) ;; *) "$VENV/bin/python" "$FIX/make_judge_fixtures.py" ;; esac
 # Llama 3.2 Vision (Mllama) fixtures (tests/fixtures/mllama-*, issue 4); they extend tests/fixtures/tokenizer.
 case " $* " in *" --search-seeds"*) ;; *) "$VENV/bin/python" "$FIX/make_mllama_fixtures.py" ;; esac
+# DeBERTa-v2/v3 reward-model fixtures (tests/fixtures/judges/deberta-*, issue 12).
+case " $* " in *" --search-seeds"*) ;; *) "$VENV/bin/python" "$FIX/make_deberta_fixtures.py" ;; esac
 # VQA accuracy fixtures (tests/fixtures/vqa/, issue 12): the official GT-Vision-Lab/VQA evaluation code
 # scores generated files. It is not vendored: point VQA_OFFICIAL at a checkout (git clone
 # https://github.com/GT-Vision-Lab/VQA) to regenerate them.
