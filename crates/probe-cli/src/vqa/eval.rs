@@ -22,15 +22,18 @@
 //! type and per answer type, and per question `round(100 * acc, 2)`. Means are taken over the
 //! unrounded per-question values, summed in the annotation file's order.
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 /// One annotator's answer: its text and the rest of its JSON object (`answer_confidence`,
-/// `answer_id`), which decides which answers are "the others" when this one is left out.
+/// `answer_id`), which decides which answers are "the others" when this one is left out. The
+/// rest is shared: a whole annotation file has only a few dozen distinct ones (ten ids times
+/// three confidences), see `files::read_annotations`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GtAnswer {
     pub answer: String,
-    pub rest: Map<String, Value>,
+    pub rest: Arc<Map<String, Value>>,
 }
 
 impl GtAnswer {
@@ -40,7 +43,7 @@ impl GtAnswer {
         let mut rest = Map::new();
         rest.insert("answer_confidence".into(), Value::String("yes".into()));
         rest.insert("answer_id".into(), Value::from(answer_id));
-        Self { answer: answer.to_string(), rest }
+        Self { answer: answer.to_string(), rest: Arc::new(rest) }
     }
 }
 
@@ -319,33 +322,36 @@ fn python_eq(a: &Value, b: &Value) -> bool {
         (Value::Bool(x), Value::Bool(y)) => x == y,
         (Value::Bool(_) | Value::Number(_), Value::Bool(_) | Value::Number(_)) => number(a) == number(b),
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| python_eq(p, q)),
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| python_eq(v, w)))
-        }
+        (Value::Object(x), Value::Object(y)) => python_eq_map(x, y),
         _ => a == b,
     }
 }
 
-fn same_answer_object(a: &GtAnswer, b: &GtAnswer) -> bool {
-    a.answer == b.answer && python_eq(&Value::Object(a.rest.clone()), &Value::Object(b.rest.clone()))
+fn python_eq_map(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
+    a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| python_eq(v, w)))
+}
+
+fn same_answer_object(a: (&str, &Map<String, Value>), b: (&str, &Map<String, Value>)) -> bool {
+    a.0 == b.0 && (std::ptr::eq(a.1, b.1) || python_eq_map(a.1, b.1))
 }
 
 /// The official accuracy of `prediction` for one question, in `[0, 1]` (unrounded).
 /// `answers` must not be empty.
 pub fn question_accuracy(answers: &[GtAnswer], prediction: &str) -> f64 {
-    let mut gts: Vec<GtAnswer> =
-        answers.iter().map(|a| GtAnswer { answer: clean(&a.answer), rest: a.rest.clone() }).collect();
+    let mut gts: Vec<(String, &Map<String, Value>)> = answers.iter().map(|a| (clean(&a.answer), &*a.rest)).collect();
     let mut prediction = clean(prediction);
-    let all_same = gts.iter().all(|g| g.answer == gts[0].answer);
+    let all_same = gts.iter().all(|g| g.0 == gts[0].0);
     if !all_same {
         for g in &mut gts {
-            g.answer = normalize(&g.answer);
+            g.0 = normalize(&g.0);
         }
         prediction = normalize(&prediction);
     }
     let mut sum = 0.0f64;
     for left_out in &gts {
-        let matches = gts.iter().filter(|o| !same_answer_object(o, left_out) && o.answer == prediction).count();
+        let left_out = (left_out.0.as_str(), left_out.1);
+        let matches =
+            gts.iter().filter(|o| o.0 == prediction && !same_answer_object((o.0.as_str(), o.1), left_out)).count();
         sum += (matches as f64 / 3.0).min(1.0);
     }
     sum / gts.len() as f64
@@ -504,7 +510,8 @@ mod tests {
     fn identical_answer_objects_leave_each_other_out() {
         // Without answer ids the ten objects {"answer": "yes"} are all equal: leaving one out
         // removes all ten (Python's `item != gtAnsDatum` compares dicts), no match is left.
-        let bare: Vec<GtAnswer> = (0..10).map(|_| GtAnswer { answer: "yes".into(), rest: Map::new() }).collect();
+        let bare: Vec<GtAnswer> =
+            (0..10).map(|_| GtAnswer { answer: "yes".into(), rest: Arc::new(Map::new()) }).collect();
         assert_eq!(pct(&bare, "yes"), 0.0);
         // Two objects sharing answer id 1 (both "cat"), a third "cat" with id 2, seven "dog":
         // the id-1 pair leaves 1 match each (1/3), the id-2 "cat" leaves 2 (2/3), each dog
@@ -515,10 +522,10 @@ mod tests {
         assert_eq!(pct(&split(3, "cat", "dog"), "cat"), 90.0);
         // Objects equal as Python compares them: answer_id 1 and 1.0, and true == 1.
         let mut b = split(3, "cat", "dog");
-        b[1].rest.insert("answer_id".into(), serde_json::json!(1.0));
+        Arc::make_mut(&mut b[1].rest).insert("answer_id".into(), serde_json::json!(1.0));
         assert_eq!(pct(&b, "cat"), 83.33);
         let mut c = split(3, "cat", "dog");
-        c[1].rest.insert("answer_id".into(), serde_json::json!(true));
+        Arc::make_mut(&mut c[1].rest).insert("answer_id".into(), serde_json::json!(true));
         assert_eq!(pct(&c, "cat"), 83.33);
         // Objects that became equal only after normalisation ("Cat" vs "cat", same id) too.
         let mut d = split(3, "cat", "dog");

@@ -123,7 +123,22 @@ fn parse_question(index: usize, v: Value) -> std::result::Result<Question, Strin
     })
 }
 
-fn parse_annotation(index: usize, v: Value) -> std::result::Result<Annotation, String> {
+/// The distinct `rest`s of answer objects seen so far, shared (see [`GtAnswer`]).
+type Interner = std::cell::RefCell<std::collections::HashMap<String, std::sync::Arc<Map<String, Value>>>>;
+
+fn intern(interner: &Interner, rest: Map<String, Value>) -> std::sync::Arc<Map<String, Value>> {
+    let key = Value::Object(rest).to_string();
+    let mut seen = interner.borrow_mut();
+    if let Some(shared) = seen.get(&key) {
+        return shared.clone();
+    }
+    let Ok(Value::Object(rest)) = serde_json::from_str(&key) else { unreachable!("a map serialises to an object") };
+    let shared = std::sync::Arc::new(rest);
+    seen.insert(key, shared.clone());
+    shared
+}
+
+fn parse_annotation(index: usize, v: Value, interner: &Interner) -> std::result::Result<Annotation, String> {
     let Value::Object(mut obj) = v else {
         return Err(format!("annotation {} is not a JSON object", index + 1));
     };
@@ -146,7 +161,7 @@ fn parse_annotation(index: usize, v: Value) -> std::result::Result<Annotation, S
                 return Err(format!("{at}: answer {} is not a JSON object", i + 1));
             };
             match rest.remove("answer") {
-                Some(Value::String(answer)) => Ok(GtAnswer { answer, rest }),
+                Some(Value::String(answer)) => Ok(GtAnswer { answer, rest: intern(interner, rest) }),
                 None => Err(format!("{at}: answer {} has no `answer`", i + 1)),
                 Some(other) => Err(format!("{at}: answer {} is not a string (got {other})", i + 1)),
             }
@@ -279,7 +294,9 @@ pub fn read_questions(path: &Path) -> Result<QuestionsFile> {
 }
 
 pub fn read_annotations(path: &Path) -> Result<AnnotationsFile> {
-    let (annotations, mut f) = read_object(path, "annotations", &["data_subtype"], &parse_annotation)?;
+    let interner = Interner::default();
+    let parse = |i: usize, v: Value| parse_annotation(i, v, &interner);
+    let (annotations, mut f) = read_object(path, "annotations", &["data_subtype"], &parse)?;
     Ok(AnnotationsFile { data_subtype: f.remove("data_subtype").flatten(), annotations })
 }
 
@@ -331,6 +348,13 @@ mod tests {
         assert_eq!(ann.answers[0].answer, "cat");
         assert_eq!(ann.answers[0].rest.get("answer_id"), Some(&serde_json::json!(1)));
         assert!(!ann.answers[0].rest.contains_key("answer"), "the answer text is held once");
+        let two = write(
+            "a2.json",
+            r#"{"annotations": [{"question_type": "what", "image_id": 1, "answer_type": "other", "question_id": 1,
+                "answers": [{"answer": "a", "answer_id": 1}, {"answer": "b", "answer_id": 1}, {"answer": "c", "answer_id": 2}]}]}"#,
+        );
+        let a = read_annotations(&two).unwrap().annotations.remove(0).answers;
+        assert!(std::sync::Arc::ptr_eq(&a[0].rest, &a[1].rest) && !std::sync::Arc::ptr_eq(&a[0].rest, &a[2].rest));
         let r = write("r.json", r#"[{"question_id": 42000, "answer": "cat", "extra": 1}]"#);
         assert_eq!(read_results(&r).unwrap(), [VqaResult { question_id: 42000, answer: "cat".into() }]);
     }
