@@ -5,7 +5,8 @@
 #   scripts/make-fixtures.sh                 # create/refresh the venv, then generate
 #   scripts/make-fixtures.sh --search-seeds 1729:40   # extra args go to make_fixtures.py
 #
-# Environment: PYTHON (default python3, needs 3.10+), SKIP_PIP=1 to skip the pip install step.
+# Environment: PYTHON (default python3, needs 3.10+), SKIP_PIP=1 to skip the pip install step,
+# VQA_OFFICIAL=<GT-Vision-Lab/VQA checkout> to regenerate the VQA accuracy fixtures.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,3 +28,15 @@ cd "$ROOT"
 case " $* " in *" --search-seeds"*) ;; *) "$VENV/bin/python" "$FIX/make_judge_fixtures.py" ;; esac
 # Llama 3.2 Vision (Mllama) fixtures (tests/fixtures/mllama-*, issue 4); they extend tests/fixtures/tokenizer.
 case " $* " in *" --search-seeds"*) ;; *) "$VENV/bin/python" "$FIX/make_mllama_fixtures.py" ;; esac
+# DeBERTa-v2/v3 reward-model fixtures (tests/fixtures/judges/deberta-*, issue 12).
+case " $* " in *" --search-seeds"*) ;; *) "$VENV/bin/python" "$FIX/make_deberta_fixtures.py" ;; esac
+# VQA accuracy fixtures (tests/fixtures/vqa/, issue 12): the official GT-Vision-Lab/VQA evaluation code
+# scores generated files. It is not vendored: point VQA_OFFICIAL at a checkout (git clone
+# https://github.com/GT-Vision-Lab/VQA) to regenerate them.
+case " $* " in *" --search-seeds"*) ;; *)
+    if [ -n "${VQA_OFFICIAL:-}" ]; then
+        "$VENV/bin/python" "$FIX/make_vqa_fixtures.py" --official "$VQA_OFFICIAL"
+    else
+        echo "skipping tests/fixtures/vqa (set VQA_OFFICIAL to a GT-Vision-Lab/VQA checkout to regenerate)" >&2
+    fi ;;
+esac

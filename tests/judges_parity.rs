@@ -7,6 +7,9 @@
 //!   errors (`raise_exception`) carry the template's message;
 //! - classifiers (GPT-2 reward, BERT and RoBERTa toxicity): token ids equal to transformers'
 //!   tokenizer (`truncation=True`), logits within 1e-4 relative (`max |ours - ref| / max |ref|`);
+//! - DeBERTa-v2/v3 (the DeBERTa-v3 reward model and two variants covering the other code paths):
+//!   ids and token type ids equal to transformers 5.24's `DebertaV2Tokenizer` (question, answer)
+//!   pairs, logits within 1e-4 relative, log buckets equal to `make_log_bucket_position`;
 //! - Llama Guard: prompt ids equal, first-step logits within 1e-4 relative, greedy verdict tokens equal;
 //! - Llama Guard 3 Vision (tiny Mllama): the same, judged with images (two distinct images and
 //!   text-only pairs in one batch).
@@ -22,8 +25,10 @@ use icet_models::backend::cpu::Cpu;
 use icet_models::backend::cuda::DType;
 use icet_models::backend::Backend;
 use icet_models::chat_template::{ChatTemplate, Message};
+use icet_models::deberta::{log_bucket_position, DebertaV2ForSequenceClassification};
 use icet_models::generation::{run_batch, DecodeOptions, Request};
 use icet_models::judges::classifier::{hh_pair, RewardModel, ToxicityClassifier};
+use icet_models::judges::deberta_reward::{deberta_v2_tokenizer, is_deberta_dir, DebertaReward};
 use icet_models::judges::llama_guard::{LlamaGuard, LlamaGuardVersion};
 use icet_models::judges::llama_guard_vision::{GuardItem, LlamaGuardVision};
 use icet_models::llama::TextStream;
@@ -205,6 +210,101 @@ fn roberta_toxicity_logits_match() {
     check_toxicity(&Cpu, CPU, "roberta-toxic-tiny", "toxic", "softmax");
 }
 
+/// The ids, token types and logits of every case of a DeBERTa fixture; `reward` also goes through
+/// the judge API (`DebertaReward::score` of the recorded pair).
+fn check_deberta_model<B: Backend>(b: &B, tol: Tol, name: &str) {
+    let dir = fixture(&format!("judges/{name}"));
+    let refs = read_json(&dir.join("reference.json"));
+    let tokenizer = deberta_v2_tokenizer(&dir).unwrap();
+    let model = DebertaV2ForSequenceClassification::load(&dir, b).unwrap();
+    let reward = (model.config.labels() == 1 && name.contains("reward")).then(|| DebertaReward::load(&dir, b).unwrap());
+    let mut worst = 0.0f64;
+    for case in refs["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let enc = match case.get("text_pair") {
+            Some(pair) => tokenizer.encode((text, pair.as_str().unwrap()), true),
+            None => tokenizer.encode(text, true),
+        }
+        .unwrap();
+        let (got, types) = (enc.get_ids().to_vec(), enc.get_type_ids().to_vec());
+        assert_eq!(got, ids(&case["input_ids"]), "{name}: ids of {case}");
+        assert_eq!(types, ids(&case["token_type_ids"]), "{name}: token types of {text:?}");
+        let logits = model.classify(b, &got, &types).unwrap();
+        let err = rel_err(&logits, &floats(&case["logits"]));
+        worst = worst.max(err);
+        if let (Some(rm), Some(pair)) = (&reward, case.get("text_pair")) {
+            let pair = pair.as_str().unwrap();
+            assert_eq!(rm.encode_pair(text, pair).unwrap(), (got.clone(), types.clone()));
+            let score = rm.score(b, text, pair).unwrap();
+            assert!(rel_err(&[score], &floats(&case["logits"])) <= tol.logits, "{name}: score of {text:?}");
+        }
+    }
+    eprintln!("{name} ({}): worst logits rel err {worst:.2e}", b.name());
+    assert!(worst <= tol.logits, "{name}: {worst}");
+}
+
+fn check_deberta<B: Backend>(b: &B, tol: Tol) {
+    for name in ["deberta-v3-reward-tiny", "deberta-v2-variant-tiny", "deberta-v2-absolute-tiny"] {
+        check_deberta_model(b, tol, name);
+    }
+}
+
+#[test]
+fn deberta_reward_and_variants_logits_match() {
+    check_deberta(&Cpu, CPU);
+}
+
+#[test]
+fn deberta_fixtures_cover_what_they_claim() {
+    let refs = read_json(&fixture("judges/deberta-v3-reward-tiny/reference.json"));
+    let cases = refs["cases"].as_array().unwrap();
+    let longest = cases.iter().map(|c| c["input_ids"].as_array().unwrap().len()).max().unwrap();
+    // Bucket span ±4, log buckets to 64 positions: the longest case goes beyond both.
+    assert!(longest > 64, "{longest}");
+    assert!(cases.iter().filter(|c| c.get("text_pair").is_some()).count() >= 8);
+    // transformers 5.24 rebuilds the normalizer: some cases tokenize differently from the raw file,
+    // and the engine follows the rebuild (checked above), not tokenizer.json's own pipeline.
+    assert!(cases.iter().any(|c| !c["raw_tokenizer_json_ids"].is_null()));
+    let dir = fixture("judges/deberta-v3-reward-tiny");
+    let ours: Value = serde_json::from_str(&deberta_v2_tokenizer(&dir).unwrap().to_string(false).unwrap()).unwrap();
+    for part in ["normalizer", "pre_tokenizer", "post_processor", "decoder"] {
+        assert_eq!(ours[part], refs["backend_components"][part], "{part} as DebertaV2Tokenizer builds it");
+    }
+    assert!(is_deberta_dir(&dir) && !is_deberta_dir(&fixture("judges/bert-toxic-tiny")));
+}
+
+#[test]
+fn deberta_log_buckets_match_transformers() {
+    let refs = read_json(&fixture("judges/deberta-v3-reward-tiny/reference.json"));
+    for key in ["log_buckets", "tiny_log_buckets"] {
+        let t = &refs[key];
+        let (size, max, from) = (
+            t["position_buckets"].as_i64().unwrap(),
+            t["max_relative_positions"].as_i64().unwrap(),
+            t["relative_from"].as_i64().unwrap(),
+        );
+        let want: Vec<i64> = t["buckets"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let got: Vec<i64> = (0..want.len() as i64).map(|i| log_bucket_position(from + i, size, max)).collect();
+        assert_eq!(got, want, "{key}");
+    }
+}
+
+#[test]
+fn deberta_bad_inputs_are_errors() {
+    // Three labels are no reward model; absolute positions bound the length.
+    let e = DebertaReward::load(&fixture("judges/deberta-v2-variant-tiny"), &Cpu).err().unwrap().to_string();
+    assert!(e.contains("config.json") && e.contains("one label"), "{e}");
+    let m = DebertaV2ForSequenceClassification::load(&fixture("judges/deberta-v2-variant-tiny"), &Cpu).unwrap();
+    let e = m.classify(&Cpu, &[1; 65], &[0; 65]).unwrap_err().to_string();
+    assert!(e.contains("65 tokens exceed the model's 64 absolute positions"), "{e}");
+    let e = m.classify(&Cpu, &[1, 2], &[0, 2]).unwrap_err().to_string();
+    assert!(e.contains("token type 2"), "{e}");
+    let e = m.classify(&Cpu, &[1, 9999], &[0, 0]).unwrap_err().to_string();
+    assert!(e.contains("token id 9999"), "{e}");
+    let e = DebertaReward::load(&fixture("judges/bert-toxic-tiny"), &Cpu).err().unwrap().to_string();
+    assert!(e.contains("bert-toxic-tiny/config.json") && e.contains("deberta-v2"), "{e}");
+}
+
 #[test]
 fn llama_guard_prompts_logits_and_verdict_tokens_match() {
     check_llama_guard(&Cpu, CPU);
@@ -317,6 +417,7 @@ fn check_judges_on_cuda(dtype: DType, label: &str) {
     check_toxicity(&b, tol, "roberta-toxic-tiny", "toxic", "softmax");
     check_llama_guard(&b, tol);
     check_llama_guard_vision(&b, tol);
+    check_deberta(&b, tol);
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bert;
 pub mod chat_template;
 pub mod clip;
+pub mod deberta;
 pub mod error;
 pub mod flops;
 pub mod generation;

@@ -11,6 +11,7 @@
 //! * [`report`]: per-layer tables with bootstrap intervals ([`stats`]) and plots ([`plot`]),
 //!   grouped as the paper does ([`grouping`]); the sweep's own [`summary`] uses the same pieces.
 //! * [`generate`], [`features`], [`bench`]: one answer, one image's features, stage throughput.
+//! * [`vqa`]: VQA-v2's official files, the official VQA accuracy and VQA-v2 sweep items.
 //! * [`data`] (data files and datasets), [`decode`] (decoding options), [`device`] (backend
 //!   choice), [`refusal`] (the keyword detector), [`demo`] (the embedded demo).
 pub mod bench;
@@ -30,6 +31,7 @@ pub mod score;
 pub mod stats;
 pub mod summary;
 pub mod sweep;
+pub mod vqa;
 
 /// A family's settings of an answer as a note after other facts: `, exit rule clamp`.
 pub fn settings_note(settings: &serde_json::Map<String, serde_json::Value>) -> String {

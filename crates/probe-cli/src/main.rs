@@ -48,6 +48,8 @@ enum Command {
     Report(commands::report::Args),
     /// Throughput of each stage (vision pass, prefill, decode by batch size) with achieved TFLOP/s
     Bench(commands::bench::Args),
+    /// The official VQA-v2 accuracy of a results file (overall, per answer/question type, per question)
+    VqaEval(commands::vqa_eval::Args),
 }
 
 fn main() {
@@ -60,6 +62,7 @@ fn main() {
         Command::Score(a) => a.run(),
         Command::Report(a) => a.run(),
         Command::Bench(a) => a.run(),
+        Command::VqaEval(a) => a.run(),
     };
     if let Err(e) = result {
         // One line, naming the input: the chain of contexts joined.

@@ -9,8 +9,11 @@
 //! * [`classifier::ToxicityClassifier`]: BERT/RoBERTa sequence classification ([`crate::bert`]),
 //!   e.g. `unitary/toxic-bert` and `s-nlp/roberta_toxicity_classifier`; the score is the
 //!   probability of the "toxic" label (see its docs for the definition per layout).
+//! * [`deberta_reward::DebertaReward`]: the DeBERTa-v3 reward model ([`crate::deberta`]) scoring
+//!   (question, answer) pairs, the utility reward of the study.
 //!
 //! The Perspective API client lives in the CLI (it is a network service, not a model).
 pub mod classifier;
+pub mod deberta_reward;
 pub mod llama_guard;
 pub mod llama_guard_vision;

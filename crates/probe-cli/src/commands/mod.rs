@@ -16,6 +16,7 @@ pub mod info;
 pub mod report;
 pub mod score;
 pub mod sweep;
+pub mod vqa_eval;
 
 /// A command: parses into its `Args`, then runs.
 pub trait Run {
