@@ -10,6 +10,7 @@ mod mllama_cmd;
 mod perspective;
 mod refusal;
 mod report;
+mod report_html;
 mod score;
 mod summary;
 mod sweep;

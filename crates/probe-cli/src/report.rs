@@ -34,6 +34,8 @@ use crate::summary::{third_of, ResponseRow};
   report.md / report.csv / report.json   per-layer and Early/Middle/Late/Average rows, 95% intervals;
                                          Llama Guard hazard categories by layer in their own tables
   <metric>.svg / <metric>.png            each metric against layer, one line per run, default layer marked
+  report.html                            one self-contained page: the tables, interactive plots, an answer
+                                         browser with filters and each prompt's answers at every layer
 
 Example: icet report runs/rt-llava runs/rt-llava-defended --label before --label after --out runs/compare")]
 pub struct Args {
@@ -52,6 +54,8 @@ pub struct Args {
     /// Seed of the bootstrap
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub html: crate::report_html::HtmlArgs,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -649,7 +653,9 @@ pub fn run(args: Args) -> Result<()> {
     let json = serde_json::json!({"bootstrap": args.bootstrap, "seed": args.seed, "runs": reports});
     write("report.json", serde_json::to_string_pretty(&json)? + "\n")?;
     let files = plots(&reports, &out)?;
+    let page = crate::report_html::from_report::page(&reports, &out, &args.html, args.bootstrap, args.seed)?;
+    crate::report_html::write(&page, &out.join("report.html"))?;
     println!("{md}");
-    eprintln!("icet: report.md, report.csv, report.json and {} plots in {}", files.len(), out.display());
+    eprintln!("icet: report.md, report.csv, report.json, report.html and {} plots in {}", files.len(), out.display());
     Ok(())
 }
