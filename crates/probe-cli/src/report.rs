@@ -34,8 +34,8 @@ use crate::summary::{third_of, ResponseRow};
   report.md / report.csv / report.json   per-layer and Early/Middle/Late/Average rows, 95% intervals;
                                          Llama Guard hazard categories by layer in their own tables
   <metric>.svg / <metric>.png            each metric against layer, one line per run, default layer marked
-  report.html                            one self-contained page: the tables, interactive plots, an answer
-                                         browser with filters and each prompt's answers at every layer
+  report.html                            one page: tables, hover plots, answer browser,
+                                         each prompt's answers at every layer
 
 Example: icet report runs/rt-llava runs/rt-llava-defended --label before --label after --out runs/compare")]
 pub struct Args {
