@@ -414,9 +414,11 @@ pub struct ReportRequest {
     pub out: Option<PathBuf>,
     pub bootstrap: usize,
     pub seed: u64,
+    /// How report.html shows images.
+    pub html: crate::report_html::HtmlArgs,
 }
 
-/// Writes report.md/.csv/.json and the plots; returns the Markdown and the output folder.
+/// Writes report.md/.csv/.json, the plots and report.html; returns the Markdown and the output folder.
 pub fn report(req: &ReportRequest) -> Result<(String, PathBuf, usize)> {
     if !req.labels.is_empty() && req.labels.len() != req.runs.len() {
         bail!("--label given {} times for {} runs", req.labels.len(), req.runs.len());
@@ -451,5 +453,7 @@ pub fn report(req: &ReportRequest) -> Result<(String, PathBuf, usize)> {
     let json = serde_json::json!({"bootstrap": req.bootstrap, "seed": req.seed, "runs": reports});
     write("report.json", serde_json::to_string_pretty(&json)? + "\n")?;
     let files = plots(&reports, &out)?;
+    let page = crate::report_html::from_report::page(&reports, &out, &req.html, req.bootstrap, req.seed)?;
+    crate::report_html::write(&page, &out.join("report.html"))?;
     Ok((md, out, files.len()))
 }

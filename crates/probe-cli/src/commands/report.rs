@@ -10,6 +10,8 @@ use icet_engine::report::{report, ReportRequest};
   report.md / report.csv / report.json   per-layer and Early/Middle/Late/Average rows, 95% intervals;
                                          Llama Guard hazard categories by layer in their own tables
   <metric>.svg / <metric>.png            each metric against layer, one line per run, default layer marked
+  report.html                            one page: tables, hover plots, answer browser,
+                                         each prompt's answers at every layer
 Metrics: refusal_rate (the sweep's keyword check), asr:JUDGE (a Llama Guard judge's unsafe share),
 toxicity:JUDGE, reward:JUDGE, category:JUDGE:CODE.
 
@@ -30,6 +32,8 @@ pub struct Args {
     /// Seed of the bootstrap
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub html: icet_engine::report_html::HtmlArgs,
 }
 
 impl super::Run for Args {
@@ -40,10 +44,11 @@ impl super::Run for Args {
             out: self.out,
             bootstrap: self.bootstrap,
             seed: self.seed,
+            html: self.html,
         };
         let (md, out, plots) = report(&req)?;
         println!("{md}");
-        eprintln!("icet: report.md, report.csv, report.json and {plots} plots in {}", out.display());
+        eprintln!("icet: report.md, report.csv, report.json, report.html and {plots} plots in {}", out.display());
         Ok(())
     }
 }
