@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 mod attention;
 pub mod pool;
 pub(crate) mod simd;
+mod skinny;
 
 /// A row-major f32 matrix in host memory. Its buffer goes back to [`pool`] when it is dropped.
 #[derive(Clone, Debug, PartialEq)]
@@ -295,8 +296,13 @@ impl Backend for Cpu {
                 row.copy_from_slice(&b.data);
             }
         }
-        // rhs = wᵀ: element (kk, j) lives at w[j*k + kk].
-        gemm_into(&mut out, &x.data, &w.data, m, n, k, k as isize, 1, bias.is_some());
+        if m <= skinny::MAX_ROWS && skinny::available() {
+            // Decode-sized: stream the weights once instead of packing them.
+            skinny::linear(&x.data, &w.data, &mut out, m, k, n, bias.is_some());
+        } else {
+            // rhs = wᵀ: element (kk, j) lives at w[j*k + kk].
+            gemm_into(&mut out, &x.data, &w.data, m, n, k, k as isize, 1, bias.is_some());
+        }
         CpuTensor::new(out, m, n)
     }
 

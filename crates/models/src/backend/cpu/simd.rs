@@ -120,9 +120,18 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
+/// `out[j] = scale * (q · rows[j*stride..][..q.len()])` for `j < out.len()`.
+pub fn dot_rows(q: &[f32], rows: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    if super::skinny::available() {
+        super::skinny::dot_rows(q, rows, stride, scale, out)
+    } else {
+        dot_rows_portable(q, rows, stride, scale, out)
+    }
+}
+
 multiversion! {
-    /// `out[j] = scale * (q · rows[j*stride..][..q.len()])` for `j < out.len()`.
-    pub fn dot_rows(q: &[f32], rows: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    /// [`dot_rows`] as portable code (the AVX-512 version is in `skinny`).
+    pub fn dot_rows_portable(q: &[f32], rows: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
         let hd = q.len();
         let full = hd / LANES * LANES;
         let n = out.len();
