@@ -6,7 +6,7 @@
 # side's throughput and their ratio (icet ÷ torch, > 1 means icet is faster).
 #
 #   tools/bench/cpu_vs_torch.sh [--rounds 3] [--threads 1,2] [--shapes small,vitb-llama768]
-#                               [--dir DIR] [--pin] [--repeat 3] [--new-tokens 32]
+#                               [--dir DIR] [--pin] [--repeat 3] [--new-tokens 32] [--summary-only]
 #
 # Threads are pinned on both sides: RAYON_NUM_THREADS for icet (its GEMMs and loops run on
 # rayon's pool), torch.set_num_threads plus OMP_NUM_THREADS/MKL_NUM_THREADS for torch; --pin also
@@ -16,7 +16,7 @@
 # Environment: PYTHON (default: the fixtures venv), ICET (default: target/release/icet, built).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROUNDS=3 THREADS=1,2 SHAPES=small,vitb-llama768 DIR=${TMPDIR:-/tmp}/icet-cpu-vs-torch PIN=0 REPEAT=3 NEW=32
+ROUNDS=3 THREADS=1,2 SHAPES=small,vitb-llama768 DIR=${TMPDIR:-/tmp}/icet-cpu-vs-torch PIN=0 REPEAT=3 NEW=32 ONLY_SUMMARY=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -24,6 +24,7 @@ while [[ $# -gt 0 ]]; do
     --shapes) SHAPES=$2; shift 2 ;;
     --dir) DIR=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
+    --summary-only) ONLY_SUMMARY=1; shift ;;
     --repeat) REPEAT=$2; shift 2 ;;
     --new-tokens) NEW=$2; shift 2 ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
@@ -34,7 +35,7 @@ PYTHON=${PYTHON:-/work/main/tools/fixtures/.venv/bin/python}
 [[ -x $PYTHON ]] || PYTHON=tools/fixtures/.venv/bin/python
 TWIN=tools/bench/llava_reference_bench.py
 IMAGE=demo/images/checker.png
-if [[ -z ${ICET:-} ]]; then
+if [[ $ONLY_SUMMARY == 0 && -z ${ICET:-} ]]; then
   cargo build --release -p probe-cli >&2
   ICET=target/release/icet
 fi
@@ -54,6 +55,7 @@ run_icet() { pin "$2" "$ICET" bench --model "$DIR/models/$1" --image "$IMAGE" --
   --new-tokens "$NEW" --out "$3" > "$3.log" 2>&1; }
 run_torch() { pin "$2" "$PYTHON" "$TWIN" bench "$DIR/models/$1" --device cpu --dtype f32 --image "$IMAGE" \
   --repeat "$REPEAT" --new-tokens "$NEW" --threads "$2" --out "$3" > "$3.log" 2>&1; }
+if [[ $ONLY_SUMMARY == 0 ]]; then
 echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), rounds $ROUNDS, threads $THREADS, pin $PIN" \
   | tee "$DIR/results/run.txt"
 for round in $(seq 1 "$ROUNDS"); do
@@ -66,14 +68,18 @@ for round in $(seq 1 "$ROUNDS"); do
     done
   done
 done
-"$PYTHON" - "$DIR/results" "$ROUNDS" "$THREADS" "$SHAPES" <<'PY'
+fi
+summarise() { "$PYTHON" - "$DIR/results" "$ROUNDS" "$THREADS" "$SHAPES" <<'PY'
 import json, statistics, sys
 from pathlib import Path
 res, rounds, threads, shapes = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(","), sys.argv[4].split(",")
 def load(shape, t, side):
     out = {}
     for r in range(1, rounds + 1):
-        for m in json.loads((res / f"{shape}-t{t}-r{r}-{side}.json").read_text())["measurements"]:
+        f = res / f"{shape}-t{t}-r{r}-{side}.json"
+        if not f.exists():  # an interrupted run: summarise the rounds it finished
+            continue
+        for m in json.loads(f.read_text())["measurements"]:
             out.setdefault((m["stage"], m["batch"]), []).append(m["throughput"])
     return out
 print("| shape | threads | stage | batch | icet max / median | torch max / median | ratio (median) | ratio (best) |")
@@ -96,3 +102,5 @@ for shape in shapes:
 print("\n(throughput: max = the best round, i.e. the minimum time; every round is itself the median of --repeat runs)")
 print("below target: " + ("; ".join(short) if short else "none"))
 PY
+}
+summarise

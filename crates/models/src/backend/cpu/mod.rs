@@ -481,7 +481,10 @@ impl Backend for Cpu {
     ) -> Result<CpuKvCache> {
         let width = kv_heads * head_dim;
         let size = slots * capacity * width;
-        Ok(CpuKvCache { k: vec![vec![0.0; size]; layers], v: vec![vec![0.0; size]; layers], slots, capacity, width })
+        // One `vec!` per layer (not `vec![vec; layers]`, which clones — writing every page): fresh
+        // zeroed allocations are mapped lazily, so slots never used cost no memory.
+        let zeroed = || (0..layers).map(|_| vec![0.0f32; size]).collect::<Vec<_>>();
+        Ok(CpuKvCache { k: zeroed(), v: zeroed(), slots, capacity, width })
     }
 
     fn cached_attention(
