@@ -7,6 +7,7 @@
 #
 #   tools/bench/cpu_vs_torch.sh [--rounds 3] [--threads 1,2] [--shapes small,vitb-llama768]
 #                               [--dir DIR] [--pin] [--repeat 3] [--new-tokens 32] [--summary-only]
+#                               [--from-round N]   (add rounds N.. to an earlier run's DIR)
 #
 # Threads are pinned on both sides: RAYON_NUM_THREADS for icet (its GEMMs and loops run on
 # rayon's pool), torch.set_num_threads plus OMP_NUM_THREADS/MKL_NUM_THREADS for torch; --pin also
@@ -16,7 +17,7 @@
 # Environment: PYTHON (default: the fixtures venv), ICET (default: target/release/icet, built).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROUNDS=3 THREADS=1,2 SHAPES=small,vitb-llama768 DIR=${TMPDIR:-/tmp}/icet-cpu-vs-torch PIN=0 REPEAT=3 NEW=32 ONLY_SUMMARY=0
+ROUNDS=3 THREADS=1,2 SHAPES=small,vitb-llama768 DIR=${TMPDIR:-/tmp}/icet-cpu-vs-torch PIN=0 REPEAT=3 NEW=32 ONLY_SUMMARY=0 FROM=1
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -25,6 +26,7 @@ while [[ $# -gt 0 ]]; do
     --dir) DIR=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
     --summary-only) ONLY_SUMMARY=1; shift ;;
+    --from-round) FROM=$2; shift 2 ;;
     --repeat) REPEAT=$2; shift 2 ;;
     --new-tokens) NEW=$2; shift 2 ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
@@ -58,7 +60,7 @@ run_torch() { pin "$2" "$PYTHON" "$TWIN" bench "$DIR/models/$1" --device cpu --d
 if [[ $ONLY_SUMMARY == 0 ]]; then
 echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), rounds $ROUNDS, threads $THREADS, pin $PIN" \
   | tee "$DIR/results/run.txt"
-for round in $(seq 1 "$ROUNDS"); do
+for round in $(seq "$FROM" "$ROUNDS"); do
   for shape in ${SHAPES//,/ }; do
     for t in ${THREADS//,/ }; do
       base=$DIR/results/$shape-t$t-r$round
