@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 use icet_models::backend::cpu::Cpu;
-use icet_models::backend::cuda::{Cuda, DType};
+use icet_models::backend::cuda::{Cuda, CudaDevice, DType};
 use icet_models::backend::Backend;
 use icet_models::chat_template::ChatTemplate;
 use icet_models::llava::{FeatureStrategy, Llava, LoadParts};
@@ -18,6 +18,8 @@ pub enum Device {
     Cpu,
     /// NVIDIA GPU
     Cuda,
+    /// The CUDA backend on an emulated GPU: the same kernels run on the CPU (for testing; slow)
+    CudaEmu,
 }
 
 /// Storage type of tensors on the GPU (kernels compute in f32 and GEMMs accumulate in f32 either way).
@@ -164,6 +166,13 @@ impl ModelArgs {
             Device::Cuda => match Cuda::new(dtype) {
                 Ok(cuda) => Ok(SelectedBackend::Cuda(cuda)),
                 Err(e) => bail!("--device cuda: {e}"),
+            },
+            Device::CudaEmu => match Cuda::open(CudaDevice::Emulator, dtype) {
+                Ok(cuda) => {
+                    say_once(format!("icet: using the {} ({dtype})", cuda.describe()));
+                    Ok(SelectedBackend::Cuda(cuda))
+                }
+                Err(e) => bail!("--device cuda-emu: {e}"),
             },
             Device::Auto => match Cuda::new(dtype) {
                 Ok(cuda) => {
