@@ -8,12 +8,14 @@ applies to the source (the kernel changed: update the mutant), fails the check.
     scripts/mutation-check.py --only attn-    the mutants whose name starts so
     scripts/mutation-check.py --list          the mutant table
 
-How: the tree (tracked and unignored files, without fixtures) is copied to a temporary directory
-and built there against this checkout's target directory, so the dependencies are reused and the
-checkout's own artifacts are not touched. A kernel mutant rebuilds only the emulator library
-(build.rs recompiles the one changed file) and runs the unmutated test binary with
-ICET_EMU_LIB pointing at it; a launcher mutant (Rust) rebuilds the test binary. nvcc is never
-used. Each run has a timeout; a hang counts as caught (and is reported as one).
+How: this checkout's gpu_kernels test binary is built as usual; the tree (tracked and unignored
+files, without fixtures) is copied to a temporary directory and the mutants are built there, in
+a target directory of their own (target/mutants: only icet-kernels and its few dependencies, so
+the checkout's artifacts are never replaced by mutated ones). A kernel mutant rebuilds only the
+emulator library (build.rs recompiles the one changed file) and runs the unmutated gpu_kernels
+binary with ICET_EMU_LIB pointing at it; the launcher mutant (Rust) rebuilds icet-kernels' own
+emulated flash test (crates/kernels/tests/emu_launchers.rs) and runs that. nvcc is never used.
+Each run has a timeout; a hang counts as caught (and is reported as one).
 """
 import argparse
 import json
@@ -49,7 +51,8 @@ MUTANTS = [
     ("launcher-short-smem", "under-sized shared memory in a launcher", "crates/kernels/src/launch.rs",
      "(bm * ldq + 2 * bn * ldq + bm * ldp) * dtype.size() + bm * lds * 4 + bm * ldo * 4\n",
      "(bm * ldq + 2 * bn * ldq + bm * ldp) * dtype.size() + bm * lds * 4 + bm * ldo * 4 - 64\n",
-     ["flash_attention_matches_twin"], "flash_smem_bytes 64 bytes short of the kernel's layout"),
+     ["flash_attention_launcher_matches_twin_on_the_emulated_device"],
+     "flash_smem_bytes 64 bytes short of the kernel's layout"),
     ("norms-block-sum-barrier", "barrier only a second schedule needs", "kernels-cu/common.cuh",
      "    __syncthreads();  // the previous use of `scratch` is finished\n", "",
      ["norms_and_fused_residual_norms_match_twins"], "warp 0 overwrites the mean before every warp read it"),
@@ -153,17 +156,19 @@ def main() -> int:
             continue
         (tree / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, tree / f)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ICET_", "NVCC"))}
-    env["CARGO_TARGET_DIR"] = str(ROOT / "target")
-    env["ICET_CUDA_DEVICE"] = "emu"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("ICET_", "NVCC"))}
+    base_env["ICET_CUDA_DEVICE"] = "emu"
+    env = {**base_env, "CARGO_TARGET_DIR": str(ROOT / "target" / "mutants")}
 
     t0 = time.time()
-    log("mutation-check: building the unmutated test binary (a copy of the tree, this checkout's target directory)")
-    msgs = cargo_json(["test", "-p", "icet-models", "--test", "gpu_kernels", "--no-run"], tree, env)
-    baseline = executable(msgs, "gpu_kernels")
+    log("mutation-check: building this checkout's gpu_kernels test binary")
+    baseline = executable(cargo_json(["test", "-p", "icet-models", "--test", "gpu_kernels", "--no-run"], ROOT,
+                                     base_env), "gpu_kernels")
+    log("mutation-check: building the copy's icet-kernels (target/mutants)")
+    cargo_json(["build", "-p", "icet-kernels", "--profile", "test"], tree, env)
     log(f"mutation-check: built in {time.time() - t0:.0f} s")
     if not args.skip_baseline:
-        tests = sorted({t for m in mutants for t in m[5]})
+        tests = sorted({t for m in mutants for t in m[5] if m[2].endswith((".cu", ".cuh"))})
         for sched in SCHEDULES:
             failed, evidence, secs = run_tests(baseline, tests, {**env, "ICET_EMU_SCHEDULE": sched}, args.timeout)
             if failed:
@@ -187,8 +192,8 @@ def main() -> int:
                 shutil.copy2(lib, saved)
                 binary, run_env = baseline, {**env, "ICET_EMU_LIB": str(saved)}
             else:
-                binary = executable(cargo_json(["test", "-p", "icet-models", "--test", "gpu_kernels", "--no-run"], tree, env),
-                                    "gpu_kernels")
+                binary = executable(cargo_json(["test", "-p", "icet-kernels", "--test", "emu_launchers", "--no-run"], tree,
+                                               env), "emu_launchers")
                 run_env = dict(env)
             build_secs = time.time() - t1
             caught, evidence = {}, ""
@@ -203,6 +208,7 @@ def main() -> int:
                 + ", ".join(f"{s} {'fails' if f else 'passes'} in {t:.0f} s" for s, (f, t) in caught.items()) + ")")
         finally:
             path.write_text(original)
+
 
     log("")
     log("| mutant | kind | file | rr | greedy | verdict | first failure |")
