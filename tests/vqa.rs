@@ -150,3 +150,82 @@ fn bad_inputs_are_one_line_errors_naming_file_and_question() {
     let out = icet(&["vqa-eval", "--questions", "/nonexistent/q.json", "--annotations", "a", "--results", "r"]);
     assert_one_line_error(&out, "/nonexistent/q.json: cannot read");
 }
+
+// ---- VQA-v2 as a sweep's data ----------------------------------------------------------------
+
+/// The fixture images as COCO val2014 files (PNG content under a .jpg name: formats are sniffed).
+const COCO: [(u64, &str); 3] = [(1, "square.png"), (2, "wide.jpg"), (3, "gray.png")];
+
+/// A VQA-v2 set in the official layouts under `dir`: `(question id, image id, answer type,
+/// question type, the ten annotators' answers)`; the COCO folder `dir/val2014` holds the images.
+fn vqa_set(dir: &Path, rows: &[(u64, u64, &str, &str, Vec<String>)]) -> (PathBuf, PathBuf, PathBuf) {
+    let qs: Vec<Value> = rows
+        .iter()
+        .map(|(q, i, _, qt, _)| json!({"image_id": i, "question": format!("{qt} thing {q}?"), "question_id": q}))
+        .collect();
+    let anns: Vec<Value> = rows
+        .iter()
+        .map(|(q, i, at, qt, answers)| {
+            let answers: Vec<Value> = answers
+                .iter()
+                .enumerate()
+                .map(|(k, a)| json!({"answer": a, "answer_confidence": "yes", "answer_id": k + 1}))
+                .collect();
+            json!({"question_type": qt, "multiple_choice_answer": answers[0]["answer"], "answers": answers,
+                   "image_id": i, "answer_type": at, "question_id": q})
+        })
+        .collect();
+    let q = dir.join("v2_OpenEnded_mscoco_val2014_questions.json");
+    let a = dir.join("v2_mscoco_val2014_annotations.json");
+    std::fs::write(
+        &q,
+        json!({"info": {}, "task_type": "OpenEnded", "data_type": "mscoco", "license": {}, "data_subtype": "val2014",
+               "questions": qs})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        &a,
+        json!({"info": {}, "license": {}, "data_type": "mscoco", "data_subtype": "val2014", "annotations": anns})
+            .to_string(),
+    )
+    .unwrap();
+    let images = dir.join("val2014");
+    std::fs::create_dir_all(&images).unwrap();
+    for (id, file) in COCO {
+        std::fs::copy(fixture("images").join(file), images.join(format!("COCO_val2014_{id:012}.jpg"))).unwrap();
+    }
+    (q, a, images)
+}
+
+fn ten(answer: &str) -> Vec<String> {
+    vec![answer.to_string(); 10]
+}
+
+#[test]
+fn sweep_names_missing_coco_images_before_the_model() {
+    let d = scratch("vqa-missing");
+    let rows = vec![
+        (11, 1, "yes/no", "is the", ten("yes")),
+        (12, 7, "number", "how many", ten("2")),
+        (13, 9, "other", "what color", ten("red")),
+    ];
+    let (q, a, images) = vqa_set(&d, &rows);
+    let out = cli_common::command()
+        .args(["sweep", "--device", "cpu", "--model", "/nonexistent-model", "--data"])
+        .arg(&q)
+        .arg("--vqa-annotations")
+        .arg(&a)
+        .arg("--images")
+        .arg(&images)
+        .arg("--out")
+        .arg(d.join("run"))
+        .output()
+        .unwrap();
+    assert_one_line_error(
+        &out,
+        "2 COCO image(s) not found: COCO_val2014_000000000007.jpg, COCO_val2014_000000000009.jpg",
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("nonexistent-model"), "the data is checked first");
+    assert!(!d.join("run").exists(), "nothing written");
+}
