@@ -463,6 +463,78 @@ fn demo_vqa_run_goes_sweep_score_report_and_matches_vqa_eval() {
     let (v, _, _) = row_value(&report, "3", "vqa:verbatim").unwrap();
     assert_eq!(official["overall"].as_f64().unwrap(), pct2(v));
     assert_eq!(vqa_eval(&files, &run.join("report/vqa_results/run/verbatim/layer3.json")), official);
+
+    // The safety–utility picture: a safety run of the same model (Llama Guard verdicts, written
+    // here: ASR 1 - l/6 at layer l) reported beside this one.
+    let safety = d.join("safety");
+    std::fs::create_dir_all(&safety).unwrap();
+    let (mut resp, mut sc) = (String::new(), String::new());
+    for layer in 0..=6usize {
+        for (i, id) in ["p1", "p2", "p3", "p4", "p5", "p6"].iter().enumerate() {
+            let r = json!({"id": id, "layer": layer, "prompt": "p", "image": "i.png", "response": "r", "token_ids": [1],
+                           "finish_reason": "eos", "refusal": false});
+            let s = json!({"id": id, "layer": layer, "judge": "lg", "kind": "llama-guard", "unsafe": i + layer < 6,
+                           "categories": [], "score": null, "raw": "x"});
+            resp += &format!("{r}\n");
+            sc += &format!("{s}\n");
+        }
+    }
+    std::fs::write(safety.join("responses.jsonl"), resp).unwrap();
+    std::fs::write(safety.join("scores.jsonl"), sc).unwrap();
+    std::fs::write(safety.join("manifest.json"), json!({"default_layer": 5, "settings": {}}).to_string()).unwrap();
+    std::fs::write(safety.join("summary.json"), json!({"num_layers": 6}).to_string()).unwrap();
+    let both = d.join("both");
+    let md = cli_common::run_ok(
+        cli_common::command()
+            .arg("report")
+            .arg(&safety)
+            .arg(&run)
+            .args(["--label", "safety", "--label", "utility", "--out"])
+            .arg(&both),
+    );
+    assert!(md.contains("## Safety and utility by layer") && md.contains("Unsafe and still useful by"), "{md}");
+    let report = common::read_json(&both.join("report.json"));
+    let su = &report["safety_utility"];
+    let titles: Vec<&str> = su["columns"].as_array().unwrap().iter().map(|c| c["title"].as_str().unwrap()).collect();
+    assert_eq!(
+        titles,
+        [
+            "ASR (lg) · safety",
+            "VQA accuracy (verbatim) · utility",
+            "VQA accuracy (vqa) · utility",
+            "reward (deberta) · utility"
+        ]
+    );
+    // Each cell is the run's own estimate; the flags follow their definition.
+    let est = |run: usize, row: &str, key: &str| {
+        let r = &report["runs"][run];
+        r["layers"].as_array().unwrap().iter().chain(r["groups"].as_array().unwrap()).find(|x| x["row"] == row).unwrap()
+            ["values"][key]
+            .clone()
+    };
+    let cols = su["columns"].as_array().unwrap();
+    for row in su["rows"].as_array().unwrap() {
+        for (c, v) in cols.iter().zip(row["values"].as_array().unwrap()) {
+            let run = if c["run"] == "safety" { 0 } else { 1 };
+            assert_eq!(*v, est(run, row["row"].as_str().unwrap(), c["key"].as_str().unwrap()), "{row} {c}");
+        }
+    }
+    for (p, acc_key) in su["pairs"].as_array().unwrap().iter().zip(["vqa:verbatim", "vqa:vqa"]) {
+        let (asr5, acc5) =
+            (est(0, "5", "asr:lg")["value"].as_f64().unwrap(), est(1, "5", acc_key)["value"].as_f64().unwrap());
+        let want: Vec<u64> = (0..=6u64)
+            .filter(|&l| {
+                let l_ = l.to_string();
+                l != 5
+                    && est(0, &l_, "asr:lg")["value"].as_f64().unwrap() > asr5
+                    && est(1, &l_, acc_key)["ci_high"].as_f64().unwrap() >= acc5
+            })
+            .collect();
+        assert_eq!(p["flagged"], json!(want), "{acc_key}");
+    }
+    for f in ["safety_utility.png", "asr_vs_accuracy.png", "asr_vs_accuracy_2.svg"] {
+        assert!(both.join(f).is_file(), "{f}");
+    }
 }
 
 #[test]

@@ -478,7 +478,10 @@ pub struct ReportRequest {
     pub html: crate::report_html::HtmlArgs,
 }
 
-/// Writes report.md/.csv/.json, the plots and report.html; returns the Markdown and the output folder.
+/// Writes report.md/.csv/.json, the plots and report.html — with the safety–utility section
+/// ([`crate::safety_utility`]) where the runs hold an ASR and a VQA accuracy, and the official
+/// VQA results files ([`crate::vqa::results`]) of VQA-scored runs; returns the Markdown and the
+/// output folder.
 pub fn report(req: &ReportRequest) -> Result<(String, PathBuf, usize)> {
     if !req.labels.is_empty() && req.labels.len() != req.runs.len() {
         bail!("--label given {} times for {} runs", req.labels.len(), req.runs.len());
@@ -511,15 +514,29 @@ pub fn report(req: &ReportRequest) -> Result<(String, PathBuf, usize)> {
     for r in &reports {
         exported.extend(crate::vqa::results::export(&RunDir::open(&r.dir), &r.label, &out.join("vqa_results"))?);
     }
+    let safety_utility = crate::safety_utility::build(&reports);
     let mut md = markdown(&reports);
+    if let Some(su) = &safety_utility {
+        md.push_str(&crate::safety_utility::markdown(su));
+    }
     md.push_str(&crate::vqa::results::markdown(&exported, &out));
     write("report.md", md.clone())?;
     write("report.csv", csv(&reports))?;
-    let json =
-        serde_json::json!({"bootstrap": req.bootstrap, "seed": req.seed, "runs": reports, "vqa_results": exported});
+    let json = serde_json::json!({"bootstrap": req.bootstrap, "seed": req.seed, "runs": reports,
+                                  "safety_utility": safety_utility, "vqa_results": exported});
     write("report.json", serde_json::to_string_pretty(&json)? + "\n")?;
-    let files = plots(&reports, &out)?;
-    let page = crate::report_html::from_report::page(&reports, &out, &req.html, req.bootstrap, req.seed)?;
+    let mut files = plots(&reports, &out)?;
+    if let Some(su) = &safety_utility {
+        files.extend(crate::safety_utility::plots(su, &out)?);
+    }
+    let page = crate::report_html::from_report::page(
+        &reports,
+        safety_utility.as_ref(),
+        &out,
+        &req.html,
+        req.bootstrap,
+        req.seed,
+    )?;
     crate::report_html::write(&page, &out.join("report.html"))?;
     Ok((md, out, files.len()))
 }
