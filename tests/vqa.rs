@@ -443,6 +443,11 @@ fn demo_vqa_run_goes_sweep_score_report_and_matches_vqa_eval() {
         for id in &asked {
             assert_eq!(official["perQuestion"][*id].as_f64().unwrap(), pct2(vqa_score("vqa", id, layer)));
         }
+        // report.md shows the official (Python 2-rounded) number.
+        let line =
+            md.lines().find(|l| l.starts_with(&format!("| {layer} |")) || l.starts_with(&format!("| {layer} * |")));
+        let shown = format!(" {:.2} [", official["overall"].as_f64().unwrap());
+        assert!(line.is_some_and(|l| l.contains(&shown)), "layer {layer}: {shown} not in {line:?}");
         checked += 1;
     }
     assert_eq!(checked, 7);

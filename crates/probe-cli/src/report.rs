@@ -257,6 +257,15 @@ fn shown(m: &Metric, v: f64) -> f64 {
     }
 }
 
+/// A table cell: `value [low, high]` as shown, 2 decimals. VQA accuracies are rounded as the
+/// official code rounds its percentages (Python 2: exact ties away from zero; `{:.2}` alone rounds
+/// them to even), so the Markdown shows `icet vqa-eval`'s number.
+fn cell(m: &Metric, e: &Estimate) -> String {
+    let r =
+        |v: f64| if m.key.starts_with("vqa:") { crate::vqa::eval::round_python2(shown(m, v), 2) } else { shown(m, v) };
+    format!("{:.2} [{:.2}, {:.2}]", r(e.value), r(e.ci_low), r(e.ci_high))
+}
+
 /// The Markdown tables (one per run).
 pub fn markdown(runs: &[RunReport]) -> String {
     let mut s = String::from("# ICET report\n\n");
@@ -282,13 +291,7 @@ pub fn markdown(runs: &[RunReport]) -> String {
             for m in &r.metrics {
                 match row.values.get(&m.key) {
                     Some(e) => {
-                        let _ = write!(
-                            s,
-                            " {:.2} [{:.2}, {:.2}] |",
-                            shown(m, e.value),
-                            shown(m, e.ci_low),
-                            shown(m, e.ci_high)
-                        );
+                        let _ = write!(s, " {} |", cell(m, e));
                     }
                     None => s.push_str(" – |"),
                 }
@@ -326,8 +329,7 @@ fn answer_type_tables(s: &mut String, r: &RunReport) {
             for m in &cols {
                 match row.values.get(&m.key) {
                     Some(e) => {
-                        let _ =
-                            write!(s, " {:.2} [{:.2}, {:.2}] |", e.value * 100.0, e.ci_low * 100.0, e.ci_high * 100.0);
+                        let _ = write!(s, " {} |", cell(m, e));
                     }
                     None => s.push_str(" – |"),
                 }
