@@ -7,7 +7,10 @@
 //!   runs (no alert, no injected element, no CSP violation);
 //! - two hand-made runs compared (Llama Guard verdicts with hazard categories, a policy column in
 //!   the data file): every filter's count against the count in the run files, verdict flips
-//!   marked at the layers where they happen, the plot tooltip's n, embedded thumbnails.
+//!   marked at the layers where they happen, the plot tooltip's n, embedded thumbnails;
+//! - a safety run and a VQA utility run reported together: the safety–utility table equals
+//!   report.json's, the layers flagged unsafe and still useful are marked in the table and the
+//!   ASR-vs-accuracy scatter, whose tooltip shows both values.
 //!
 //! Screenshots go to `$ICET_SCREENSHOT_DIR` (default: the test's temporary folder);
 //! docs/img/report-per-prompt.png is the second test's per-prompt view.
@@ -122,6 +125,7 @@ fn table_matches_report_json(b: &Browser, report: &Value) {
             .unwrap()
             .iter()
             .chain(run["category_metrics"].as_array().unwrap())
+            .chain(run["answer_type_metrics"].as_array().unwrap())
             .map(|m| (m["key"].as_str().unwrap(), m["unit"].as_str().unwrap()))
             .collect();
         let rows: Vec<&Value> =
@@ -601,4 +605,123 @@ fn two_runs_compared_filters_flips_tooltips_and_thumbnails() {
     assert_eq!(img[0], "data:image/jpeg;base64,");
     assert!(img[1].as_u64() > Some(0), "{img}");
     assert_eq!(nothing_injected(&b)["violations"], json!([]));
+}
+
+/// A hand-made run of layers 0..=4 (default 3): `per_layer[l]` is each answer's value at layer
+/// l — a Llama Guard verdict (1 unsafe, 0 safe) for `kind` llama-guard, else a VQA accuracy.
+fn scored_run(dir: &Path, kind: &str, ids: &[&str], per_layer: &[[f64; 4]; 5]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (mut responses, mut scores) = (Vec::new(), Vec::new());
+    for (layer, values) in per_layer.iter().enumerate() {
+        for (id, v) in ids.iter().zip(values) {
+            responses.push(json!({"id": id, "layer": layer, "prompt": format!("prompt {id}"), "image": "i.png",
+                "response": format!("answer {id} {layer}"), "token_ids": [1], "finish_reason": "eos", "refusal": false}));
+            scores.push(if kind == "llama-guard" {
+                json!({"id": id, "layer": layer, "judge": "lg", "kind": kind, "unsafe": *v == 1.0, "categories": [], "score": null, "raw": "x"})
+            } else {
+                json!({"id": id, "layer": layer, "judge": "vqa", "kind": kind, "unsafe": null, "categories": [], "score": v,
+                       "raw": {"answer": "a", "answer_type": "other", "question_type": "what"}})
+            });
+        }
+    }
+    write_jsonl(&dir.join("responses.jsonl"), &responses);
+    write_jsonl(&dir.join("scores.jsonl"), &scores);
+    std::fs::write(
+        dir.join("manifest.json"),
+        json!({"engine": "icet", "default_layer": 3, "settings": {}}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("summary.json"), json!({"num_layers": 4}).to_string()).unwrap();
+}
+
+#[test]
+fn safety_and_utility_side_by_side_with_unsafe_and_useful_layers_marked() {
+    let d = tmp("safety-utility");
+    // ASR by layer: .5, 1, .75, .25 (default), .5; VQA accuracy: 0, .075, .975, .875 (default), .475.
+    let verdicts = [[1.0, 1.0, 0.0, 0.0], [1.0; 4], [1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0]];
+    let accuracy = [[0.0; 4], [0.0, 0.0, 0.0, 0.3], [1.0, 1.0, 1.0, 0.9], [1.0, 1.0, 0.9, 0.6], [1.0, 0.6, 0.3, 0.0]];
+    scored_run(&d.join("safety"), "llama-guard", &["s1", "s2", "s3", "s4"], &verdicts);
+    scored_run(&d.join("utility"), "vqa", &["101", "102", "103", "104"], &accuracy);
+    let out = d.join("report");
+    let md = ok(icet()
+        .arg("report")
+        .arg(d.join("safety"))
+        .arg(d.join("utility"))
+        .args(["--bootstrap", "300", "--out"])
+        .arg(&out));
+    assert!(md.contains("## Safety and utility by layer"), "{md}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let su = &report["safety_utility"];
+    let titles: Vec<&str> = su["columns"].as_array().unwrap().iter().map(|c| c["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["ASR (lg) · safety", "VQA accuracy (vqa) · utility"]);
+    // The flags by their definition, from report.json's own numbers: more unsafe than layer 3,
+    // and the accuracy interval reaching layer 3's accuracy.
+    let layer = |run: usize, l: usize, key: &str| report["runs"][run]["layers"][l]["values"][key].clone();
+    let (asr3, acc3) =
+        (layer(0, 3, "asr:lg")["value"].as_f64().unwrap(), layer(1, 3, "vqa:vqa")["value"].as_f64().unwrap());
+    let flagged: Vec<u64> = (0..5)
+        .filter(|&l| {
+            l != 3
+                && layer(0, l, "asr:lg")["value"].as_f64().unwrap() > asr3
+                && layer(1, l, "vqa:vqa")["ci_high"].as_f64().unwrap() >= acc3
+        })
+        .map(|l| l as u64)
+        .collect();
+    assert!(flagged.contains(&2) && !flagged.contains(&0) && !flagged.contains(&1), "{flagged:?}");
+    assert_eq!(su["pairs"][0]["flagged"], json!(flagged));
+    for f in ["safety_utility.svg", "safety_utility.png", "asr_vs_accuracy.svg", "asr_vs_accuracy.png"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+
+    let Some(b) = Browser::start("safety_and_utility_side_by_side_with_unsafe_and_useful_layers_marked") else {
+        return;
+    };
+    open(&b, &out.join("report.html"));
+    // The table: every cell is report.json's, flagged rows marked.
+    let cells = b.exec(
+        "return [...document.querySelectorAll('#safety-utility td.su-est')].map(td => [td.dataset.row, Number(td.dataset.col),
+           td.dataset.value === undefined ? null : Number(td.dataset.value), td.dataset.lo === undefined ? null : Number(td.dataset.lo),
+           td.dataset.hi === undefined ? null : Number(td.dataset.hi)]);",
+        vec![],
+    );
+    let rows = su["rows"].as_array().unwrap();
+    assert_eq!(cells.as_array().unwrap().len(), rows.len() * 2);
+    for c in cells.as_array().unwrap() {
+        let row = rows.iter().find(|r| r["row"] == c[0]).unwrap();
+        let e = &row["values"][c[1].as_u64().unwrap() as usize];
+        for (i, f) in [(2, "value"), (3, "ci_low"), (4, "ci_high")] {
+            assert!(ulps(c[i].as_f64().unwrap(), e[f].as_f64().unwrap()) <= 1, "{c} vs {e}");
+        }
+    }
+    let marked = b.exec(
+        "return [...document.querySelectorAll('#safety-utility tbody tr')].filter(tr => tr.dataset.flagged === '1').map(tr => Number(tr.dataset.row));",
+        vec![],
+    );
+    assert_eq!(marked, json!(flagged));
+    let line = b.text(&b.find("#safety-utility .su-flagged"));
+    assert!(line.contains("layer 2"), "{line}");
+    // The plots: rates against layer (one line per column), ASR against accuracy (one point per layer).
+    tab(&b, "plots");
+    assert_eq!(b.find_all(".plot[data-key=\"safety_utility\"] polyline").len(), 2);
+    let points = b.exec(
+        "return [...document.querySelectorAll('.plot.scatter circle.su-point')].map(c => [Number(c.dataset.layer), c.dataset.flagged === '1']);",
+        vec![],
+    );
+    let want: Vec<Value> = (0..5u64).map(|l| json!([l, flagged.contains(&l)])).collect();
+    assert_eq!(points, json!(want));
+    b.hover(&b.find(".plot.scatter circle.su-point[data-layer=\"2\"]"));
+    b.wait_for("!document.getElementById('tooltip').hidden", Duration::from_secs(5));
+    let tip = b.text(&b.find("#tooltip"));
+    let asr2 = layer(0, 2, "asr:lg")["value"].as_f64().unwrap() * 100.0;
+    let acc2 = layer(1, 2, "vqa:vqa")["value"].as_f64().unwrap() * 100.0;
+    assert!(tip.contains("layer 2") && tip.contains("unsafe and still useful"), "{tip}");
+    assert!(
+        tip.contains(&format!("ASR (lg) · safety: {asr2:.2}")) && tip.contains(&format!("utility: {acc2:.2}")),
+        "{tip}"
+    );
+    assert_eq!(nothing_injected(&b)["violations"], json!([]));
+    let shots = screenshot_dir(&d);
+    b.window_size(1300, 1000);
+    b.exec("window.scrollTo(0, 0);", vec![]);
+    b.screenshot(&shots.join("report-safety-utility.png"));
 }

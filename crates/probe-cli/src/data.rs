@@ -13,6 +13,8 @@
 //!               needs `--images DIR` (the paper pairs these with JailBreakV's benign images)
 //!   advbench    AdvBench `harmful_behaviors.csv`: `goal`, `target`; prompt = `goal`, id = row
 //!               number; needs `--images DIR` (the paper's AdvBench-COCO pairs each with a COCO image)
+//!   vqa-v2      VQA-v2's official questions file, with `--vqa-annotations` and the COCO folder as
+//!               `--images` ([`crate::vqa::source`]); id = question id
 //! Rows without an image column are paired with the images of `--images DIR` (`.png`, `.jpg`,
 //! `.jpeg`, `.bmp`, `.webp`, sorted by name): `--pairing random` draws one image per prompt with
 //! SplitMix64 seeded by `--pair-seed`; `--pairing cross` takes every prompt × every image (the
@@ -46,6 +48,9 @@ pub enum DataFormat {
     Redteam2k,
     /// AdvBench harmful_behaviors.csv
     Advbench,
+    /// VQA-v2 questions (with --vqa-annotations and the COCO images as --images)
+    #[value(name = "vqa-v2")]
+    VqaV2,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
@@ -83,12 +88,17 @@ pub struct DataArgs {
     /// any of them, different columns must all match. Applied before --max-prompts.
     #[arg(long = "where", value_name = "COLUMN=VALUE")]
     pub filters: Vec<String>,
+    #[command(flatten)]
+    pub vqa: crate::vqa::source::VqaArgs,
 }
 
 impl DataArgs {
     /// What decides which rows are read and which image a prompt gets (recorded in a sweep's
     /// manifest).
     pub fn settings(&self) -> Option<serde_json::Value> {
+        if crate::vqa::source::is_vqa(self) {
+            return Some(crate::vqa::source::settings(self));
+        }
         let mut v = match &self.images {
             Some(d) => serde_json::json!({
                 "images": std::fs::canonicalize(d).unwrap_or(d.clone()),
@@ -113,6 +123,9 @@ impl DataArgs {
         let mut args = DataArgs::default();
         let Some(v) = v else { return Ok(args) };
         let text = |key: &str| v.get(key).and_then(|x| x.as_str());
+        if text("data_format") == Some(crate::vqa::source::FORMAT_NAME) {
+            return Ok(crate::vqa::source::from_settings(v));
+        }
         if let Some(d) = text("images") {
             args.images = Some(PathBuf::from(d));
         }
@@ -137,7 +150,7 @@ impl DataArgs {
 pub type Fields = std::collections::BTreeMap<String, String>;
 
 /// `--where COLUMN=VALUE` arguments grouped by column (lower-cased): the values a row may have.
-fn parse_filters(filters: &[String]) -> Result<Vec<(String, Vec<String>)>> {
+pub(crate) fn parse_filters(filters: &[String]) -> Result<Vec<(String, Vec<String>)>> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     for f in filters {
         let Some((col, value)) = f.split_once('=') else {
@@ -215,6 +228,9 @@ fn make_row(
 /// Reads and validates every row, pairs prompts with images where asked, and checks that every
 /// image exists, so that a bad row or a missing image is reported before any model is loaded.
 pub fn load_with(path: &Path, opts: &DataArgs) -> Result<Vec<DataRow>> {
+    if crate::vqa::source::is_vqa(opts) {
+        return Ok(crate::vqa::source::rows(path, opts, true)?.into_iter().map(|(r, _)| r).collect());
+    }
     let rows: Vec<DataRow> = load_with_fields(path, opts)?.into_iter().map(|(r, _)| r).collect();
     let missing: Vec<String> =
         rows.iter().filter(|r| !r.image_path.is_file()).map(|r| r.image_path.display().to_string()).collect();
@@ -228,6 +244,10 @@ pub fn load_with(path: &Path, opts: &DataArgs) -> Result<Vec<DataRow>> {
 /// that the images exist: how a report finds the columns (policy, format, ...) of a finished
 /// run's prompts.
 pub fn load_with_fields(path: &Path, opts: &DataArgs) -> Result<Vec<(DataRow, Fields)>> {
+    if crate::vqa::source::is_vqa(opts) {
+        return crate::vqa::source::rows(path, opts, false);
+    }
+    crate::vqa::source::check_not_vqa(path, opts)?;
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read data file", path.display()))?;
     let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("json"));
     let format = match opts.data_format {
@@ -397,7 +417,7 @@ fn load_csv(path: &Path, text: &str, format: DataFormat, prompt_column: Option<&
         },
         DataFormat::Redteam2k => Columns { id: col("id"), prompt: need("question")?, fallback: None, image: None },
         DataFormat::Advbench => Columns { id: None, prompt: need("goal")?, fallback: None, image: None },
-        DataFormat::Auto | DataFormat::Jsonl => unreachable!("resolved above"),
+        DataFormat::Auto | DataFormat::Jsonl | DataFormat::VqaV2 => unreachable!("resolved above"),
     };
     if let Some(name) = prompt_column {
         cols.prompt = need(name)?;
@@ -501,6 +521,7 @@ mod tests {
             data_format: DataFormat::Redteam2k,
             prompt_column: Some("question".into()),
             filters: vec!["policy=Violence".into(), "policy=Illegal Activity".into()],
+            vqa: Default::default(),
         };
         let back = DataArgs::from_settings(opts.settings().as_ref()).unwrap();
         assert_eq!(back.images, Some(std::fs::canonicalize(images_dir()).unwrap()));

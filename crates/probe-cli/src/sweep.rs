@@ -81,6 +81,7 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
     // Everything that can be wrong with the inputs is found before the model loads.
     let rows = data::load_with(&req.data, &req.data_options)?;
     let judge_specs = judge::preflight(&req.judges)?;
+    judge::vqa::check_sweep(&judge_specs, &req.data_options)?;
     let spec = registry::open::<B>(&req.model_dir, req.family_options.clone())?;
     let num_layers = spec.num_layers();
     let default_layer = spec.default_layer()?;

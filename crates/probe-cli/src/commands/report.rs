@@ -12,10 +12,17 @@ use icet_engine::report::{report, ReportRequest};
   <metric>.svg / <metric>.png            each metric against layer, one line per run, default layer marked
   report.html                            one page: tables, hover plots, answer browser,
                                          each prompt's answers at every layer
+  safety_utility.svg/.png                with an ASR and a VQA accuracy among the runs: ASR beside
+  asr_vs_accuracy.svg/.png               accuracy, reward by layer; unsafe but useful layers marked
+  vqa_results/RUN/JUDGE/                 VQA runs: each layer's answers as official results files
+                                         (layerL.json) with the run's questions and annotations
 Metrics: refusal_rate (the sweep's keyword check), asr:JUDGE (a Llama Guard judge's unsafe share),
-toxicity:JUDGE, reward:JUDGE, category:JUDGE:CODE.
+toxicity:JUDGE, reward:JUDGE, category:JUDGE:CODE, vqa:JUDGE (official VQA accuracy) and
+vqa:JUDGE:TYPE (per answer type).
 
-Example: icet report runs/rt-llava runs/rt-llava-defended --label before --label after --out runs/compare")]
+Examples:
+  icet report runs/rt-llava runs/rt-llava-defended --label before --label after --out runs/compare
+  icet report runs/rt-llava runs/vqa-llava --label safety --label utility --out runs/safety-utility")]
 pub struct Args {
     /// Scored sweep folders (responses.jsonl, manifest.json, optionally scores.jsonl)
     #[arg(value_name = "RUN_DIR", required = true)]

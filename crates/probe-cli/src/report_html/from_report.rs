@@ -7,11 +7,15 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use super::images::{ImageMode, Images};
-use super::{Answer, HtmlArgs, Interval, JudgeColumn, MetricColumn, Page, RunPage, TableRow, Verdict};
+use super::{
+    Answer, HtmlArgs, Interval, JudgeColumn, MetricColumn, Page, RunPage, SafetyUtilityColumn, SafetyUtilityPage,
+    SafetyUtilityPair, SafetyUtilityRow, TableRow, Verdict,
+};
 use crate::data::{self, DataArgs, Fields};
 use crate::refusal::REFUSAL_RATE;
 use crate::report::{Metric, Row, RunReport};
 use crate::run_dir::{read_jsonl, JudgeKind, ResponseRow, ScoreRow, MANIFEST, RESPONSES, SCORES};
+use crate::safety_utility::SafetyUtility;
 use crate::stats::Estimate;
 
 /// A data column is offered as a filter when it has at most this many distinct values (a
@@ -20,13 +24,66 @@ const MAX_COLUMN_VALUES: usize = 100;
 /// ... each at most this long.
 const MAX_COLUMN_VALUE_CHARS: usize = 120;
 
-/// The page of `reports`, to be written into `page_dir`.
-pub fn page(reports: &[RunReport], page_dir: &Path, args: &HtmlArgs, bootstrap: usize, seed: u64) -> Result<Page> {
+/// The page of `reports` (and their safety–utility picture), to be written into `page_dir`.
+pub fn page(
+    reports: &[RunReport],
+    safety_utility: Option<&SafetyUtility>,
+    page_dir: &Path,
+    args: &HtmlArgs,
+    bootstrap: usize,
+    seed: u64,
+) -> Result<Page> {
     let mode =
         if args.html_thumbnails { ImageMode::Thumbnail } else { ImageMode::Link { page_dir: page_dir.to_path_buf() } };
     let mut images = Images::new(mode);
     let runs = reports.iter().map(|r| run_page(r, &mut images)).collect::<Result<Vec<_>>>()?;
-    Ok(Page { generator: format!("icet {}", env!("CARGO_PKG_VERSION")), bootstrap, seed, runs })
+    Ok(Page {
+        generator: format!("icet {}", env!("CARGO_PKG_VERSION")),
+        bootstrap,
+        seed,
+        runs,
+        safety_utility: safety_utility.map(safety_utility_page),
+    })
+}
+
+fn interval(e: &Estimate) -> Interval {
+    Interval { value: e.value, ci_low: e.ci_low, ci_high: e.ci_high, n: e.n }
+}
+
+fn safety_utility_page(su: &SafetyUtility) -> SafetyUtilityPage {
+    SafetyUtilityPage {
+        default_layer: su.default_layer,
+        num_layers: su.num_layers,
+        columns: su
+            .columns
+            .iter()
+            .map(|c| SafetyUtilityColumn {
+                run: c.run.clone(),
+                key: c.key.clone(),
+                title: c.title.clone(),
+                unit: c.unit.into(),
+                kind: c.kind.into(),
+            })
+            .collect(),
+        rows: su
+            .rows
+            .iter()
+            .map(|r| SafetyUtilityRow {
+                row: r.row.clone(),
+                layers: r.layers.clone(),
+                is_default: r.is_default,
+                is_group: r.row.parse::<usize>().is_err(),
+                flagged: r.flagged,
+                values: r.values.iter().map(|v| v.as_ref().map(interval)).collect(),
+            })
+            .collect(),
+        pairs: su
+            .pairs
+            .iter()
+            .map(|p| SafetyUtilityPair { asr: p.asr, accuracy: p.accuracy, flagged: p.flagged.clone() })
+            .collect(),
+        notes: su.notes.clone(),
+    }
 }
 
 fn column(m: &Metric) -> MetricColumn {
@@ -120,6 +177,7 @@ fn run_page(report: &RunReport, images: &mut Images) -> Result<RunPage> {
         default_layer: report.default_layer,
         metrics: report.metrics.iter().map(column).collect(),
         category_metrics: report.category_metrics.iter().map(column).collect(),
+        answer_type_metrics: report.answer_type_metrics.iter().map(column).collect(),
         unparsed_verdicts: report.unparsed_verdicts.clone(),
         rows: report.layers.iter().chain(&report.groups).map(table_row).collect(),
         judges: judges.iter().map(|(name, k)| JudgeColumn { name: name.clone(), kind: k.as_str().into() }).collect(),

@@ -49,6 +49,51 @@ pub struct Page {
     pub seed: u64,
     /// One run, or several compared (same views, overlaid plots, answers side by side).
     pub runs: Vec<RunPage>,
+    /// ASR beside VQA accuracy and reward by layer, across the runs (when they hold both).
+    pub safety_utility: Option<SafetyUtilityPage>,
+}
+
+/// The safety–utility table and plots ([`crate::safety_utility`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SafetyUtilityPage {
+    pub default_layer: Option<usize>,
+    pub num_layers: usize,
+    pub columns: Vec<SafetyUtilityColumn>,
+    /// Layers, then the groups; one value per column.
+    pub rows: Vec<SafetyUtilityRow>,
+    /// (ASR column, accuracy column) pairs and the layers each flags as unsafe and still useful.
+    pub pairs: Vec<SafetyUtilityPair>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SafetyUtilityColumn {
+    /// The run's label and the metric's key in it.
+    pub run: String,
+    pub key: String,
+    pub title: String,
+    /// "rate" (shown as %) or "score".
+    pub unit: String,
+    /// "asr", "accuracy" or "reward".
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SafetyUtilityRow {
+    pub row: String,
+    pub layers: Vec<usize>,
+    pub is_default: bool,
+    pub is_group: bool,
+    /// Unsafe and still useful by some pair.
+    pub flagged: bool,
+    pub values: Vec<Option<Interval>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SafetyUtilityPair {
+    pub asr: usize,
+    pub accuracy: usize,
+    pub flagged: Vec<usize>,
 }
 
 /// One run: its table and its answers.
@@ -64,6 +109,8 @@ pub struct RunPage {
     pub metrics: Vec<MetricColumn>,
     /// Per Llama Guard judge, the share of its parsed verdicts flagging each hazard category.
     pub category_metrics: Vec<MetricColumn>,
+    /// Per VQA judge, its accuracy on each answer type (`vqa:JUDGE:TYPE`).
+    pub answer_type_metrics: Vec<MetricColumn>,
     /// Per Llama Guard judge: answers whose verdict was neither safe nor unsafe.
     pub unparsed_verdicts: BTreeMap<String, usize>,
     /// Per-layer rows in layer order, then the Early / Middle / Late / Average rows.
@@ -242,6 +289,7 @@ mod tests {
                     judge: String::new(),
                 }],
                 category_metrics: vec![],
+                answer_type_metrics: vec![],
                 unparsed_verdicts: BTreeMap::new(),
                 rows,
                 judges: vec![],
@@ -260,6 +308,7 @@ mod tests {
                 }],
                 notes: vec![],
             }],
+            safety_utility: None,
         }
     }
 

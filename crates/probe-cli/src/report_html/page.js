@@ -213,7 +213,80 @@
     return wrap;
   }
 
+  // The safety–utility table: every run's ASR beside VQA accuracy and reward, by layer; the
+  // layers flagged unsafe and still useful marked.
+  function renderSafetyUtilityTable() {
+    const su = DATA.safety_utility;
+    if (!su) return;
+    const box = $('safety-utility');
+    box.append(el('h2', null, 'Safety and utility by layer'));
+    box.append(el('p', 'explain', 'ASR beside VQA accuracy and reward, with 95% intervals (rates in %). ' +
+      '! marks a layer that is unsafe and still useful: more unsafe than the default layer (★) while its VQA ' +
+      'accuracy interval still reaches the default layer\'s accuracy.'));
+    const table = el('table', 'metrics safety-utility');
+    const head = el('tr');
+    head.append(el('th', null, 'layer'));
+    su.columns.forEach((c) => {
+      const th = el('th', null, c.title);
+      th.title = `${c.run}: ${c.key}`;
+      head.append(th);
+    });
+    const thead = el('thead');
+    thead.append(head);
+    table.append(thead);
+    const body = el('tbody');
+    let firstGroup = true;
+    for (const row of su.rows) {
+      const tr = el('tr', row.is_group ? 'group' : row.is_default ? 'default' : row.flagged ? 'flagged' : '');
+      if (row.is_group && firstGroup) {
+        tr.classList.add('group-start');
+        firstGroup = false;
+      }
+      tr.dataset.row = row.row;
+      tr.dataset.flagged = row.flagged ? '1' : '0';
+      const label = el('td', 'row', row.is_default ? `${row.row} ★` : row.row);
+      if (row.flagged) {
+        const flag = el('span', 'flag', ' !');
+        flag.title = 'unsafe and still useful';
+        label.append(flag);
+      }
+      tr.append(label);
+      su.columns.forEach((c, k) => {
+        const td = el('td', 'su-est');
+        const e = row.values[k];
+        td.dataset.col = String(k);
+        td.dataset.row = row.row;
+        if (!e) {
+          td.textContent = '–';
+        } else {
+          td.dataset.value = String(e.value);
+          td.dataset.lo = String(e.ci_low);
+          td.dataset.hi = String(e.ci_high);
+          td.dataset.n = String(e.n);
+          td.append(el('span', 'v', fmt(c.unit, e.value)), ' ', el('span', 'ci', `[${fmt(c.unit, e.ci_low)}, ${fmt(c.unit, e.ci_high)}]`));
+          td.title = `${c.title}, row ${row.row}: n = ${e.n}`;
+        }
+        tr.append(td);
+      });
+      body.append(tr);
+    }
+    table.append(body);
+    const wrap = el('div', 'table-scroll');
+    wrap.append(table);
+    box.append(wrap);
+    for (const p of su.pairs) {
+      const names = `${su.columns[p.asr].title} and ${su.columns[p.accuracy].title}`;
+      const what = su.default_layer === null ? 'no default layer known, so none flagged'
+        : p.flagged.length ? `layer ${p.flagged.join(', ')}` : 'none';
+      const line = el('p', 'explain su-flagged', `Unsafe and still useful by ${names}: ${what}.`);
+      line.dataset.flagged = p.flagged.join(',');
+      box.append(line);
+    }
+    for (const n of su.notes) box.append(el('p', 'note', `Note: ${n}.`));
+  }
+
   function renderTables() {
+    renderSafetyUtilityTable();
     const box = $('tables');
     for (const run of DATA.runs) {
       const h = el('h2');
@@ -227,6 +300,10 @@
       for (const judge of judges) {
         box.append(el('h3', null, `Hazard categories flagged by ${judge} (% of its parsed verdicts)`));
         box.append(metricTable(run, run.category_metrics.filter((m) => m.judge === judge), false, 1, 'categories'));
+      }
+      for (const judge of [...new Set(run.answer_type_metrics.map((m) => m.judge))]) {
+        box.append(el('h3', null, `VQA accuracy (${judge}) by answer type (%)`));
+        box.append(metricTable(run, run.answer_type_metrics.filter((m) => m.judge === judge), false, 2, 'answer-types'));
       }
     }
   }
@@ -292,10 +369,12 @@
       }
     }
     if (runs.length > 1) {
+      // Wide enough for the longest label (about 6 px a character at the legend's size).
+      const width = Math.min(W - L - R - 20, 20 + 6.2 * Math.max(...series.map(({ run }) => String(run.label).length)));
       series.forEach(({ run }, i) => {
         const yy = T + 10 + i * 14;
-        s.append(svg('rect', { x: W - R - 120, y: yy - 8, width: 10, height: 10, fill: run.color }));
-        s.append(svg('text', { class: 'legend', x: W - R - 105, y: yy + 1 }, run.label));
+        s.append(svg('rect', { x: W - R - width, y: yy - 8, width: 10, height: 10, fill: run.color }));
+        s.append(svg('text', { class: 'legend', x: W - R - width + 15, y: yy + 1 }, run.label));
       });
     }
     const guide = svg('line', { class: 'axis', x1: 0, x2: 0, y1: T, y2: H - B, visibility: 'hidden' });
@@ -338,7 +417,90 @@
     container.append(box);
   }
 
+  // The safety–utility rates against layer, drawn by renderPlot with one series per column.
+  function renderSafetyUtilityPlots() {
+    const su = DATA.safety_utility;
+    if (!su) return;
+    const series = su.columns.map((c, k) => ({ c, k })).filter(({ c }) => c.unit === 'rate').map(({ c, k }, i) => ({
+      label: c.title,
+      color: COLORS[i % COLORS.length],
+      num_layers: su.num_layers,
+      rows: su.rows.filter((r) => !r.is_group).map((r) => ({
+        is_group: false, layers: r.layers, is_default: r.is_default,
+        values: r.values[k] ? { safety_utility: r.values[k] } : {},
+      })),
+    }));
+    renderPlot($('su-plots'), { key: 'safety_utility', title: 'ASR and VQA accuracy', unit: 'rate' }, series,
+      'ASR and VQA accuracy by vision layer');
+    su.pairs.forEach((p, i) => renderScatter($('su-plots'), su, p, i));
+  }
+
+  // ASR (y) against VQA accuracy (x), one point per layer, both in %; the default layer's point
+  // crossed by dashed lines, the layers flagged unsafe and still useful in red.
+  function renderScatter(container, su, pair, index) {
+    const W = 560, H = 400, L = 52, R = 14, T = 12, B = 40;
+    const asr = su.columns[pair.asr], acc = su.columns[pair.accuracy];
+    const points = su.rows.filter((r) => !r.is_group && r.values[pair.asr] && r.values[pair.accuracy]).map((r) => ({
+      layer: r.layers[0], y: r.values[pair.asr], x: r.values[pair.accuracy], isDefault: r.is_default,
+      flagged: pair.flagged.includes(r.layers[0]),
+    }));
+    if (!points.length) return;
+    // 0–100 % on both axes, with 3 % to spare so points at the edges keep their labels.
+    const px = (v) => L + ((v + 0.03) / 1.06) * (W - L - R);
+    const py = (v) => T + (1 - (v + 0.03) / 1.06) * (H - T - B);
+    const box = el('div', 'plot scatter');
+    box.dataset.key = `scatter:${index}`;
+    box.append(el('h3', null, `${asr.title} vs ${acc.title}, one point per layer`));
+    const s = svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img' });
+    s.append(svg('title', {}, `${asr.title} vs ${acc.title}`));
+    for (const t of [0, 20, 40, 60, 80, 100]) {
+      s.append(svg('line', { class: 'grid', x1: L, x2: W - R, y1: py(t / 100), y2: py(t / 100) }));
+      s.append(svg('text', { class: 'label', x: L - 6, y: py(t / 100) + 4, 'text-anchor': 'end' }, t));
+      s.append(svg('line', { class: 'grid', x1: px(t / 100), x2: px(t / 100), y1: T, y2: H - B }));
+      s.append(svg('text', { class: 'label', x: px(t / 100), y: H - B + 15, 'text-anchor': 'middle' }, t));
+    }
+    s.append(svg('line', { class: 'axis', x1: L, x2: W - R, y1: H - B, y2: H - B }));
+    s.append(svg('line', { class: 'axis', x1: L, x2: L, y1: T, y2: H - B }));
+    s.append(svg('text', { class: 'label', x: (L + W - R) / 2, y: H - 6, 'text-anchor': 'middle' }, `${acc.title} (%)`));
+    s.append(svg('text', { class: 'label', x: 12, y: (T + H - B) / 2, 'text-anchor': 'middle',
+      transform: `rotate(-90 12 ${(T + H - B) / 2})` }, `${asr.title} (%)`));
+    const def = points.find((p) => p.isDefault);
+    if (def) {
+      s.append(svg('line', { class: 'su-cross', x1: px(def.x.value), x2: px(def.x.value), y1: T, y2: H - B }));
+      s.append(svg('line', { class: 'su-cross', x1: L, x2: W - R, y1: py(def.y.value), y2: py(def.y.value) }));
+    }
+    const tip = $('tooltip');
+    for (const p of points) {
+      const color = p.flagged ? '#c62828' : COLORS[0];
+      s.append(svg('line', { class: 'su-bar', stroke: color, x1: px(p.x.ci_low), x2: px(p.x.ci_high), y1: py(p.y.value), y2: py(p.y.value) }));
+      s.append(svg('line', { class: 'su-bar', stroke: color, x1: px(p.x.value), x2: px(p.x.value), y1: py(p.y.ci_low), y2: py(p.y.ci_high) }));
+      const dot = svg('circle', { class: `su-point${p.flagged ? ' flagged' : ''}`, cx: px(p.x.value), cy: py(p.y.value),
+        r: p.isDefault ? 6.5 : 4.5, fill: p.isDefault ? '#1f2328' : color });
+      dot.dataset.layer = String(p.layer);
+      dot.dataset.flagged = p.flagged ? '1' : '0';
+      const text = `layer ${p.layer}${p.isDefault ? ' ★ default' : ''}${p.flagged ? ' — unsafe and still useful' : ''}\n` +
+        `${asr.title}: ${fmt('rate', p.y.value)} [${fmt('rate', p.y.ci_low)}, ${fmt('rate', p.y.ci_high)}]  n=${p.y.n}\n` +
+        `${acc.title}: ${fmt('rate', p.x.value)} [${fmt('rate', p.x.ci_low)}, ${fmt('rate', p.x.ci_high)}]  n=${p.x.n}`;
+      dot.addEventListener('mouseenter', (ev) => {
+        tip.textContent = text;
+        tip.hidden = false;
+        tip.style.left = `${Math.min(ev.clientX + 14, window.innerWidth - tip.offsetWidth - 8)}px`;
+        tip.style.top = `${ev.clientY + 14}px`;
+      });
+      dot.addEventListener('mouseleave', () => { tip.hidden = true; });
+      s.append(dot);
+      s.append(svg('text', { class: 'su-label', x: px(p.x.value) + 7, y: py(p.y.value) - 7 }, p.layer));
+    }
+    s.append(svg('circle', { cx: W - R - 150, cy: T + 8, r: 4.5, fill: COLORS[0] }));
+    s.append(svg('text', { class: 'legend', x: W - R - 140, y: T + 12 }, 'layer'));
+    s.append(svg('circle', { cx: W - R - 150, cy: T + 24, r: 4.5, fill: '#c62828' }));
+    s.append(svg('text', { class: 'legend', x: W - R - 140, y: T + 28 }, 'unsafe and still useful'));
+    box.append(s);
+    container.append(box);
+  }
+
   function renderPlots() {
+    renderSafetyUtilityPlots();
     const seen = new Map();
     for (const run of DATA.runs) for (const m of run.metrics) if (!seen.has(m.key)) seen.set(m.key, m);
     for (const m of seen.values()) renderPlot($('plots'), m, DATA.runs);
@@ -347,6 +509,12 @@
     if (cats.size) {
       $('category-plots-box').hidden = false;
       for (const m of cats.values()) renderPlot($('category-plots'), m, DATA.runs, `${m.judge}: hazard ${m.title} by vision layer`);
+    }
+    const types = new Map();
+    for (const run of DATA.runs) for (const m of run.answer_type_metrics) if (!types.has(m.key)) types.set(m.key, m);
+    if (types.size) {
+      $('answer-type-plots-box').hidden = false;
+      for (const m of types.values()) renderPlot($('answer-type-plots'), m, DATA.runs, `VQA accuracy (${m.judge}), ${m.title} questions, by vision layer`);
     }
   }
 
@@ -500,7 +668,8 @@
         else if (v === -1) container.append(badge('neither', `${j.name}: unparsed`, 'the verdict was neither safe nor unsafe'));
       } else {
         const sc = j.data.score[i];
-        if (sc !== null) container.append(badge('score', `${j.name} ${fmtScore(sc)}`, `${j.kind} score`));
+        if (sc !== null && j.kind === 'vqa') container.append(badge('score', `${j.name} ${(sc * 100).toFixed(0)}%`, 'VQA accuracy of this answer'));
+        else if (sc !== null) container.append(badge('score', `${j.name} ${fmtScore(sc)}`, `${j.kind} score`));
       }
     }
   }

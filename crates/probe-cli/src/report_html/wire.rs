@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::{JudgeColumn, MetricColumn, Page, TableRow};
+use super::{JudgeColumn, MetricColumn, Page, SafetyUtilityPage, TableRow};
 
 #[derive(Serialize)]
 pub struct Wire<'a> {
@@ -18,6 +18,7 @@ pub struct Wire<'a> {
     bootstrap: usize,
     seed: u64,
     runs: Vec<WireRun<'a>>,
+    safety_utility: Option<&'a SafetyUtilityPage>,
 }
 
 #[derive(Serialize)]
@@ -28,6 +29,7 @@ struct WireRun<'a> {
     default_layer: Option<usize>,
     metrics: &'a [MetricColumn],
     category_metrics: &'a [MetricColumn],
+    answer_type_metrics: &'a [MetricColumn],
     unparsed_verdicts: &'a std::collections::BTreeMap<String, usize>,
     rows: &'a [TableRow],
     judges: &'a [JudgeColumn],
@@ -148,6 +150,7 @@ pub fn encode(page: &Page) -> Result<Wire<'_>> {
             default_layer: run.default_layer,
             metrics: &run.metrics,
             category_metrics: &run.category_metrics,
+            answer_type_metrics: &run.answer_type_metrics,
             unparsed_verdicts: &run.unparsed_verdicts,
             rows: &run.rows,
             judges: &run.judges,
@@ -157,5 +160,11 @@ pub fn encode(page: &Page) -> Result<Wire<'_>> {
             answers,
         });
     }
-    Ok(Wire { generator: &page.generator, bootstrap: page.bootstrap, seed: page.seed, runs })
+    Ok(Wire {
+        generator: &page.generator,
+        bootstrap: page.bootstrap,
+        seed: page.seed,
+        runs,
+        safety_utility: page.safety_utility.as_ref(),
+    })
 }
