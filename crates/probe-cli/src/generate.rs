@@ -46,7 +46,7 @@ pub fn generate<B: Backend>(b: &B, req: GenerateRequest) -> Result<Answer> {
     };
     let rendered = spec.render_prompts(req.template, &[req.prompt])?;
     let model = spec.load(b, LoadParts { deepest_vision_layer: Some(layer), text: true })?;
-    let prompt_ids = model.prompt_ids(&rendered.texts[0])?;
+    let prompt_ids = model.prompt_ids(&rendered.texts[0], req.image)?;
     let features = model.image_features(b, req.image, &[layer])?.remove(0);
     let opts = req.decode.options(model.eos_token_ids().to_vec())?;
     let request = Request::with_image(prompt_ids.clone(), Arc::new(features), req.decode.seed);

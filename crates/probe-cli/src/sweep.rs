@@ -212,7 +212,8 @@ fn generate_answers<B: Backend>(
     let mut prompt_ids: HashMap<usize, Vec<u32>> = HashMap::new();
     for &(i, _) in answers.pending {
         if let std::collections::hash_map::Entry::Vacant(e) = prompt_ids.entry(i) {
-            e.insert(model.prompt_ids(&answers.texts[i]).with_context(|| format!("data row `{}`", rows[i].id))?);
+            let ids = model.prompt_ids(&answers.texts[i], &rows[i].image_path);
+            e.insert(ids.with_context(|| format!("data row `{}`", rows[i].id))?);
         }
     }
     let work = order_work(answers.pending, rows, model.work_order());

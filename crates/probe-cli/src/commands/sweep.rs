@@ -47,7 +47,8 @@ pub struct Args {
     /// Output folder (default for the demo: icet-runs/demo-<time>)
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Conversation template [default: the model family's (llava-v1 for LLaVA, llama3 for Llama 3.2 Vision)]
+    /// Conversation template [default: the model's (llava-v1 for LLaVA, llama3 for Llama 3.2 Vision;
+    /// for LLaVA-NeXT its language model's: mistral-instruct, llava-v1 for Vicuna, llava-next-llama3)]
     #[arg(long, value_parser = super::template_values())]
     pub template: Option<String>,
     #[command(flatten)]
