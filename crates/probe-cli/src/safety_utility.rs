@@ -15,7 +15,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::plot::{self, Chart, Point, Scatter, ScatterPoint, Series};
-use crate::report::{Row as ReportRow, RunReport};
+use crate::report::estimates::{Row as ReportRow, RunReport};
 use crate::stats::Estimate;
 
 /// One column: a metric of one run.
@@ -306,7 +306,7 @@ pub fn plots(su: &SafetyUtility, out: &Path) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Metric;
+    use crate::report::estimates::Metric;
     use std::collections::BTreeMap;
 
     fn e(value: f64, lo: f64, hi: f64) -> Estimate {

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::data::{self, DataArgs, Fields};
 use crate::refusal::REFUSAL_RATE;
-use crate::report::{Metric, Row, RunReport};
+use crate::report::estimates::{Metric, Row, RunReport};
 use crate::run_dir::{read_jsonl, JudgeKind, ResponseRow, ScoreRow, MANIFEST, RESPONSES, SCORES};
 use crate::safety_utility::SafetyUtility;
 use crate::stats::Estimate;

@@ -10,43 +10,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
-use clap::Args as ClapArgs;
 
-use super::data::{self as items, VqaItem, VqaOptions, DEFAULT_PROMPT_SUFFIX};
-use crate::data::{DataArgs, DataFormat, DataRow, Fields, Pairing};
+use super::data::{self as items, VqaItem, VqaOptions};
+use crate::data::options::{parse_filters, DataArgs, DataFormat, Pairing, VqaArgs};
+use crate::data::row::{DataRow, Fields};
 
 /// The `data_format` a VQA-v2 run records.
 pub const FORMAT_NAME: &str = "vqa-v2";
-
-/// The sweep's VQA-v2 options (part of [`DataArgs`]).
-#[derive(ClapArgs, Clone, Debug, Default, PartialEq)]
-pub struct VqaArgs {
-    /// VQA-v2: the annotations file of the questions given as --data
-    /// (v2_mscoco_<split>_annotations.json); implies --data-format vqa-v2
-    #[arg(long, value_name = "FILE")]
-    pub vqa_annotations: Option<PathBuf>,
-    /// VQA-v2: the split in the COCO image names (COCO_<split>_<id>.jpg) [default: the questions
-    /// file's data_subtype]
-    #[arg(long, value_name = "SPLIT")]
-    pub vqa_split: Option<String>,
-    /// VQA-v2: ask a seeded sample of N questions, stratified by answer type (yes/no, number,
-    /// other keep their shares), instead of all
-    #[arg(long, value_name = "N")]
-    pub max_items: Option<usize>,
-    /// Seed of the --max-items sample
-    #[arg(long, value_name = "SEED", default_value_t = 0)]
-    pub sample_seed: u64,
-    /// VQA-v2: the line put after each question [default: LLaVA-1.5's evaluation prompt, "Answer
-    /// the question using a single word or phrase."]; '' asks the question alone
-    #[arg(long, value_name = "TEXT")]
-    pub prompt_suffix: Option<String>,
-}
-
-impl VqaArgs {
-    fn suffix(&self) -> &str {
-        self.prompt_suffix.as_deref().unwrap_or(DEFAULT_PROMPT_SUFFIX)
-    }
-}
 
 /// Whether `opts` read VQA-v2 (the format named, or implied by `--vqa-annotations`).
 pub fn is_vqa(opts: &DataArgs) -> bool {
@@ -131,7 +101,7 @@ pub fn load_items(questions: &Path, opts: &DataArgs, check_images: bool) -> Resu
         bail!("--max-items 0 selects no question");
     }
     let mut all = items::read_all(&vqa)?;
-    let filters = crate::data::parse_filters(&opts.filters)?;
+    let filters = parse_filters(&opts.filters)?;
     if !filters.is_empty() {
         let known = ["answer_type", "question_type", "multiple_choice_answer"];
         if let Some((col, _)) = filters.iter().find(|(c, _)| !known.contains(&c.as_str())) {
@@ -330,7 +300,7 @@ mod tests {
         assert!(recorded_annotations(&serde_json::json!({"data_options": {"data_format": "jsonl"}})).is_none());
         // The default suffix is recorded as the text it is.
         let default = dataset(&d, &rows).settings().unwrap();
-        assert_eq!(default["prompt_suffix"], DEFAULT_PROMPT_SUFFIX);
+        assert_eq!(default["prompt_suffix"], super::items::DEFAULT_PROMPT_SUFFIX);
     }
 
     #[test]

@@ -23,74 +23,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args as ClapArgs, ValueEnum};
+use clap::ValueEnum;
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct DataRow {
-    pub id: String,
-    pub prompt: String,
-    /// As written in the data file (or the image file name, for paired prompts).
-    pub image: String,
-    /// Resolved against the data file's folder (or `--images`).
-    pub image_path: PathBuf,
-}
+pub mod options;
+pub mod row;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
-pub enum DataFormat {
-    /// From the extension and the CSV header
-    #[default]
-    Auto,
-    Jsonl,
-    Csv,
-    /// JailBreakV-28K (full or mini split)
-    Jailbreakv,
-    /// RedTeam-2K (from JailBreakV-28K)
-    Redteam2k,
-    /// AdvBench harmful_behaviors.csv
-    Advbench,
-    /// VQA-v2 questions (with --vqa-annotations and the COCO images as --images)
-    #[value(name = "vqa-v2")]
-    VqaV2,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
-pub enum Pairing {
-    /// One seeded random image per prompt
-    #[default]
-    Random,
-    /// Every prompt with every image
-    Cross,
-}
-
-/// Data options of `sweep`.
-#[derive(ClapArgs, Clone, Debug, Default)]
-pub struct DataArgs {
-    /// Format of --data
-    #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
-    pub data_format: DataFormat,
-    /// Image folder: paired with prompt-only data, or the base of relative image paths
-    #[arg(long, value_name = "DIR")]
-    pub images: Option<PathBuf>,
-    /// How prompt-only data is paired with --images
-    #[arg(long, value_enum, default_value_t = Pairing::Random)]
-    pub pairing: Pairing,
-    /// Seed of the random pairing
-    #[arg(long, default_value_t = 0)]
-    pub pair_seed: u64,
-    /// Use only the first N prompts (before pairing)
-    #[arg(long, value_name = "N")]
-    pub max_prompts: Option<usize>,
-    /// CSV column to read prompts from (overrides the format's choice)
-    #[arg(long, value_name = "NAME")]
-    pub prompt_column: Option<String>,
-    /// Keep only rows whose column (CSV) or field (JSONL) COLUMN equals VALUE, e.g. `label=safe`
-    /// (XSTest's safe prompts) or `policy=Malware`; repeat: several values of one column keep
-    /// any of them, different columns must all match. Applied before --max-prompts.
-    #[arg(long = "where", value_name = "COLUMN=VALUE")]
-    pub filters: Vec<String>,
-    #[command(flatten)]
-    pub vqa: crate::vqa::source::VqaArgs,
-}
+use options::parse_filters;
+pub use options::{DataArgs, DataFormat, Pairing, VqaArgs};
+pub use row::{DataRow, Fields};
 
 impl DataArgs {
     /// What decides which rows are read and which image a prompt gets (recorded in a sweep's
@@ -144,28 +84,6 @@ impl DataArgs {
         };
         Ok(args)
     }
-}
-
-/// A data row's columns (CSV) or string/number fields (JSONL), names lower-cased.
-pub type Fields = std::collections::BTreeMap<String, String>;
-
-/// `--where COLUMN=VALUE` arguments grouped by column (lower-cased): the values a row may have.
-pub(crate) fn parse_filters(filters: &[String]) -> Result<Vec<(String, Vec<String>)>> {
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
-    for f in filters {
-        let Some((col, value)) = f.split_once('=') else {
-            bail!("--where {f}: expected COLUMN=VALUE");
-        };
-        let col = col.trim().to_ascii_lowercase();
-        if col.is_empty() {
-            bail!("--where {f}: empty column name");
-        }
-        match out.iter_mut().find(|(c, _)| *c == col) {
-            Some((_, values)) => values.push(value.trim().to_string()),
-            None => out.push((col, vec![value.trim().to_string()])),
-        }
-    }
-    Ok(out)
 }
 
 /// Keeps the items every filter accepts; a column no row has is an error naming the file.
