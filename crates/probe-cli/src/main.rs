@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run prompts × images × vision layers through the model; write responses, summary and plots
-    Sweep(commands::sweep::Args),
+    Sweep(Box<commands::sweep::Args>),
     /// Generate one answer for one image and prompt with the vision features of one layer
     Generate(commands::generate::Args),
     /// Write pixel values, hidden states and projected features of chosen layers to safetensors
@@ -55,7 +55,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sweep(a) => a.run(),
+        Command::Sweep(a) => (*a).run(),
         Command::Generate(a) => a.run(),
         Command::Features(a) => a.run(),
         Command::Info(a) => a.run(),

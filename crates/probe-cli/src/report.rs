@@ -108,7 +108,8 @@ pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> Collected {
     let mut metrics = vec![Metric::new(REFUSAL_RATE.into(), "refusal rate".into(), "rate")];
     let mut samples: Samples = BTreeMap::new();
     let answered: BTreeSet<(String, usize)> = responses.iter().map(|r| (r.id.clone(), r.layer)).collect();
-    for r in responses {
+    // Empty answers are neither refusals nor compliance (as in the sweep's summary).
+    for r in responses.iter().filter(|r| !r.is_empty_answer()) {
         samples.entry(REFUSAL_RATE.into()).or_default().entry(r.layer).or_default().push(r.refusal as u8 as f64);
     }
     let mut judges: Vec<(String, JudgeKind)> = Vec::new();

@@ -58,6 +58,14 @@ pub struct ResponseRow {
     pub refusal: bool,
 }
 
+impl ResponseRow {
+    /// An answer with no text: neither a refusal nor a compliance (summary and report leave it
+    /// out of the refusal rate and count it).
+    pub fn is_empty_answer(&self) -> bool {
+        self.response.trim().is_empty()
+    }
+}
+
 /// What kind of judge produced a score, and so what its numbers mean.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -7,15 +7,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use icet_models::backend::Backend;
 use icet_models::generation::{run_stream, ImageFeatures, Request, SlotCost, Stream};
 use icet_models::layers::parse_layers;
-use icet_models::vlm::{registry, EarlyExitVlm, FamilyOptions, LoadParts, ModelSpec, WorkOrder};
+use icet_models::vlm::{registry, EarlyExitVlm, FamilyOptions, LoadParts, ModelSpec, RenderedPrompts, WorkOrder};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::{self, DataArgs, DataRow};
 use crate::decode::DecodeArgs;
+use crate::generate::{apply_no_special_tokens, NON_FINITE_HINT};
 use crate::judge::{self, JudgeArgs};
 use crate::refusal::{is_refusal, REFUSAL_PHRASES};
 use crate::run_dir::{Appender, Manifest, ResponseRow, Resume, RunDir};
@@ -32,6 +33,8 @@ pub struct SweepRequest {
     pub layers: String,
     pub out: PathBuf,
     pub template: Option<String>,
+    /// `--no-special-tokens` (with `--template raw`).
+    pub no_special_tokens: bool,
     pub family_options: FamilyOptions,
     pub decode: DecodeArgs,
     pub batch_size: BatchSize,
@@ -79,13 +82,15 @@ pub fn answer_seed(seed: u64, id: &str, layer: usize) -> u64 {
 /// Runs the sweep on `b`; returns its summary (also written into the run and printed).
 pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
     // Everything that can be wrong with the inputs is found before the model loads.
+    req.decode.check()?;
     let rows = data::load_with(&req.data, &req.data_options)?;
     let judge_specs = judge::preflight(&req.judges)?;
     let spec = registry::open::<B>(&req.model_dir, req.family_options.clone())?;
     let num_layers = spec.num_layers();
     let default_layer = spec.default_layer()?;
     let prompts: Vec<&str> = rows.iter().map(|r| r.prompt.as_str()).collect();
-    let rendered = spec.render_prompts(req.template.as_deref(), &prompts)?;
+    let mut rendered = spec.render_prompts(req.template.as_deref(), &prompts)?;
+    apply_no_special_tokens(&mut rendered, req.no_special_tokens)?;
     if let Some(note) = &rendered.note {
         eprintln!("icet: {note}");
     }
@@ -96,7 +101,7 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
         engine: "icet".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         command: std::env::args().collect(),
-        settings: settings(req, &rendered.template, &layers, spec.as_ref()),
+        settings: settings(req, &rendered, &layers, spec.as_ref()),
         backend: b.name().into(),
         batch_size: req.batch_size.to_string(),
         default_layer: Some(default_layer),
@@ -121,7 +126,7 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
             .iter()
             .map(|(k, v)| format!(", {} {}", k.replace('_', " "), v.as_str().unwrap_or("")))
             .collect();
-        let answers = Answers { rows: &rows, texts: &rendered.texts, pending: &pending };
+        let answers = Answers { rows: &rows, rendered: &rendered, pending: &pending };
         generate_answers(b, model.as_ref(), req, &answers, &run, &mut all_rows, &run_note)?;
     }
 
@@ -144,7 +149,7 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
 /// its own (Llama 3.2 Vision: `exit_rule`).
 fn settings<B: Backend>(
     req: &SweepRequest,
-    template: &str,
+    rendered: &RenderedPrompts,
     layers: &[usize],
     spec: &dyn ModelSpec<B>,
 ) -> serde_json::Value {
@@ -153,7 +158,7 @@ fn settings<B: Backend>(
         "model": canonical(&req.model_dir),
         "data": canonical(&req.data),
         "layers": layers,
-        "template": template,
+        "template": rendered.template,
         "strategy": req.family_options.get("strategy"),
         "pad_square": req.family_options.get("pad-square").is_some(),
         "max_new_tokens": req.decode.max_new_tokens,
@@ -161,6 +166,10 @@ fn settings<B: Backend>(
         "top_p": req.decode.top_p,
         "seed": req.decode.seed,
     });
+    if rendered.template == "raw" {
+        // Only `raw` lets the user choose (`--no-special-tokens`); every other template fixes it.
+        settings["add_special_tokens"] = rendered.add_special_tokens.into();
+    }
     if let Some(pairing) = req.data_options.settings() {
         settings["data_options"] = pairing;
     }
@@ -174,7 +183,7 @@ fn settings<B: Backend>(
 /// (row, layer) pairs.
 struct Answers<'a> {
     rows: &'a [DataRow],
-    texts: &'a [String],
+    rendered: &'a RenderedPrompts,
     pending: &'a [(usize, usize)],
 }
 
@@ -211,7 +220,8 @@ fn generate_answers<B: Backend>(
     let mut prompt_ids: HashMap<usize, Vec<u32>> = HashMap::new();
     for &(i, _) in answers.pending {
         if let std::collections::hash_map::Entry::Vacant(e) = prompt_ids.entry(i) {
-            e.insert(model.prompt_ids(&answers.texts[i]).with_context(|| format!("data row `{}`", rows[i].id))?);
+            let (text, specials) = (&answers.rendered.texts[i], answers.rendered.add_special_tokens);
+            e.insert(model.prompt_ids(text, specials).with_context(|| format!("data row `{}`", rows[i].id))?);
         }
     }
     let work = order_work(answers.pending, rows, model.work_order());
@@ -253,6 +263,17 @@ fn generate_answers<B: Backend>(
         let (i, l) = work[index];
         let response = model.decode(&g.token_ids)?;
         writer.push(response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str()), all_rows)
+    })
+    .map_err(|e| match e {
+        icet_models::Error::NonFiniteLogits { request, token } => {
+            let (i, l) = work[request];
+            anyhow!(
+                "data row `{}` at vision layer {l}: the model's logits are not finite (NaN or infinity) at new token \
+                 {token}: {NON_FINITE_HINT}, or leave layer {l} out (--layers)",
+                rows[i].id
+            )
+        }
+        e => e.into(),
     })?;
     writer.finish(run_note);
     Ok(())

@@ -29,6 +29,11 @@ pub struct Args {
     /// Conversation template [default: the model family's (llava-v1 for LLaVA, llama3 for Llama 3.2 Vision)]
     #[arg(long, value_parser = super::template_values())]
     pub template: Option<String>,
+    /// With --template raw: the tokenizer adds no special tokens (transformers'
+    /// `add_special_tokens=False`; by default raw is the processor's default call, which adds
+    /// them: LLaVA's BOS, and for Llama 3.2 Vision a BOS before the `<|image|>` too)
+    #[arg(long)]
+    pub no_special_tokens: bool,
     /// Vision layer whose features feed the projector (default: the model's default layer)
     #[arg(long, allow_hyphen_values = true)]
     pub layer: Option<i64>,
@@ -51,6 +56,7 @@ impl super::OnBackend for Args {
             image: &self.image,
             prompt: &self.prompt,
             template: self.template.as_deref(),
+            no_special_tokens: self.no_special_tokens,
             layer: self.layer,
             decode: &self.decode,
         };

@@ -46,6 +46,11 @@ pub struct Args {
     /// Conversation template [default: the model family's (llava-v1 for LLaVA, llama3 for Llama 3.2 Vision)]
     #[arg(long, value_parser = super::template_values())]
     pub template: Option<String>,
+    /// With --template raw: the tokenizer adds no special tokens (transformers'
+    /// `add_special_tokens=False`; by default raw is the processor's default call, which adds
+    /// them: LLaVA's BOS, and for Llama 3.2 Vision a BOS before the `<|image|>` too)
+    #[arg(long)]
+    pub no_special_tokens: bool,
     #[command(flatten)]
     pub decode: DecodeArgs,
     /// Sequences in flight at once (continuous batching: a finished answer's slot is refilled at
@@ -98,6 +103,7 @@ impl super::OnBackend for Args {
             layers: self.layers,
             out,
             template: self.template,
+            no_special_tokens: self.no_special_tokens,
             family_options: self.model.family_options(),
             decode: self.decode,
             batch_size: self.batch_size,
