@@ -5,7 +5,8 @@
 //! branches on a family.
 //!
 //! * [`sweep`]: prompts × images × vision layers through a model, answers appended to a run
-//!   directory as they finish, resumable ([`run_dir`] owns the run's files and rows).
+//!   directory as they finish, resumable ([`run_dir`] owns the run's files, rows, lock and
+//!   manifest; [`fingerprint`] says what answers are made from).
 //! * [`score`]: every answer by every judge ([`judge`]: one trait, Llama Guard, reward and
 //!   toxicity models, Perspective) into `scores.jsonl`.
 //! * [`report`]: per-layer tables with bootstrap intervals ([`stats`]) and plots ([`plot`]),
@@ -20,6 +21,7 @@ pub mod decode;
 pub mod demo;
 pub mod device;
 pub mod features;
+pub mod fingerprint;
 pub mod generate;
 pub mod grouping;
 pub mod judge;

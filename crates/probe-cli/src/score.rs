@@ -2,8 +2,9 @@
 //! per (answer, judge), the judge's raw output kept. One loop for every judge ([`Judge`]).
 //!
 //! Resumable and idempotent: rows already in `scores.jsonl` are skipped; a judge name is bound to
-//! its identity in `judges.json`, so a rerun cannot mix two models under one name. Judges load one
-//! at a time (a Llama Guard 8B and a GPT-2 large need not fit in memory together).
+//! its identity in `judges.json`, so a rerun cannot mix two models under one name. One scorer per
+//! run at a time (the run's lock on `scores.jsonl`); each logs itself in `invocations.jsonl`.
+//! Judges load one at a time (a Llama Guard 8B and a GPT-2 large need not fit in memory together).
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +13,7 @@ use icet_models::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::judge::{self, Answer, JudgeArgs, JudgeSpec};
-use crate::run_dir::{ResponseRow, RunDir, ScoreRow, RESPONSES, SCORES};
+use crate::run_dir::{Invocation, ResponseRow, RunDir, ScoreRow, RESPONSES, SCORES};
 
 /// Scores every answer of `run` with every judge of `args`.
 pub fn score_run<B: Backend>(b: &B, run: &RunDir, args: &JudgeArgs) -> Result<()> {
@@ -22,6 +23,7 @@ pub fn score_run<B: Backend>(b: &B, run: &RunDir, args: &JudgeArgs) -> Result<()
     if !run.has_responses() {
         bail!("{}: no responses.jsonl here; run `icet sweep` first", run.root().display());
     }
+    let _lock = run.lock(SCORES)?;
     let responses = run.responses()?;
     let specs = judge::preflight(args)?;
     let mut seen = HashSet::new();
@@ -33,6 +35,7 @@ pub fn score_run<B: Backend>(b: &B, run: &RunDir, args: &JudgeArgs) -> Result<()
         identities.push((s.name.clone(), s.identity(args.judge_text_only)?));
     }
     run.bind_judges(&identities)?;
+    run.log_invocation(&Invocation::now(b.name(), SCORES))?;
     let done: HashSet<(String, String, usize)> =
         run.scores_for_resume()?.into_iter().map(|r| (r.judge, r.id, r.layer)).collect();
     let mut scores = run.score_appender()?;

@@ -215,6 +215,7 @@ mod tests {
             token_ids: vec![0; tokens],
             finish_reason: "eos".into(),
             refusal,
+            inputs: None,
         }
     }
 

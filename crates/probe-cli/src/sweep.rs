@@ -16,10 +16,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::{self, DataArgs, DataRow};
 use crate::decode::DecodeArgs;
+use crate::fingerprint::{self, ImageHashes};
 use crate::generate::{apply_no_special_tokens, NON_FINITE_HINT};
 use crate::judge::{self, JudgeArgs};
 use crate::refusal::{is_refusal, REFUSAL_PHRASES};
-use crate::run_dir::{Appender, Manifest, ResponseRow, Resume, RunDir};
+use crate::run_dir::{
+    precision_of, utc_now, Appender, Invocation, Manifest, ResponseRow, Resume, RowInputs, RowSource, RunDir,
+    MANIFEST_FORMAT, RESPONSES,
+};
 use crate::stats::{fnv1a, FNV_OFFSET};
 use crate::summary::{summarize, Summary};
 
@@ -42,6 +46,8 @@ pub struct SweepRequest {
     pub judges: JudgeArgs,
     /// The run is the embedded demo (recorded in the manifest).
     pub demo: bool,
+    /// `--allow-mixed-precision`: add answers in another precision than the run's.
+    pub allow_mixed_precision: bool,
 }
 
 /// `--batch-size`: a number of sequences, or `auto`.
@@ -96,20 +102,41 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
     }
     let layers = parse_layers(&req.layers, num_layers)?;
 
-    let run = RunDir::create(&req.out)?;
-    run.start(&Manifest {
+    // The folder is this process's (or refused) before anything is loaded, and a run made
+    // otherwise (settings, model files, precision) is refused before the model loads.
+    let (run, _lock) = RunDir::create(&req.out)?;
+    let mut manifest = Manifest {
+        format: MANIFEST_FORMAT,
         engine: "icet".into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        created: utc_now(),
         command: std::env::args().collect(),
         settings: settings(req, &rendered, &layers, spec.as_ref()),
+        model_files: fingerprint::model_files(&req.model_dir)?,
+        precision: precision_of(b.name()),
         backend: b.name().into(),
         batch_size: req.batch_size.to_string(),
         default_layer: Some(default_layer),
         refusal_phrases: REFUSAL_PHRASES.iter().map(|p| p.to_string()).collect(),
         demo: req.demo,
-    })?;
+        skipped_rows: vec![],
+    };
+    run.check_resume(&manifest, req.allow_mixed_precision)?;
 
+    // What each row's answers are made from now; answers made from anything else are refused.
+    let mut images = ImageHashes::default();
+    let inputs: Vec<RowInputs> = rows
+        .iter()
+        .zip(&rendered.texts)
+        .map(|(r, text)| images.row_inputs(text, rendered.add_special_tokens, &r.image_path))
+        .collect::<Result<_>>()?;
+    let sources: HashMap<&str, RowSource> = rows
+        .iter()
+        .zip(&inputs)
+        .map(|(r, i)| (r.id.as_str(), RowSource { prompt: &r.prompt, image: &r.image, inputs: i.clone() }))
+        .collect();
     let mut all_rows = run.responses_for_resume()?;
+    Resume::check_inputs(&all_rows, &sources, &run.path(RESPONSES))?;
     let resume = Resume::new(&all_rows);
     let pending: Vec<(usize, usize)> = rows
         .iter()
@@ -119,14 +146,21 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
     if resume.done() > 0 {
         eprintln!("icet: resuming {}: {} answers done, {} to go", req.out.display(), resume.done(), pending.len());
     }
-    if !pending.is_empty() {
+    let mut invocation = Invocation::now(b.name(), RESPONSES);
+    invocation.batch_size = req.batch_size.to_string();
+    invocation.allow_mixed_precision = req.allow_mixed_precision;
+    if pending.is_empty() {
+        run.start(&manifest, &invocation)?;
+    } else {
         let model = spec.load(b, LoadParts { deepest_vision_layer: layers.last().copied(), text: true })?;
+        manifest.skipped_rows = invocation.skipped_rows.clone();
+        run.start(&manifest, &invocation)?;
         let run_note: String = spec
             .settings()
             .iter()
             .map(|(k, v)| format!(", {} {}", k.replace('_', " "), v.as_str().unwrap_or("")))
             .collect();
-        let answers = Answers { rows: &rows, rendered: &rendered, pending: &pending };
+        let answers = Answers { rows: &rows, rendered: &rendered, inputs: &inputs, pending: &pending };
         generate_answers(b, model.as_ref(), req, &answers, &run, &mut all_rows, &run_note)?;
     }
 
@@ -184,6 +218,8 @@ fn settings<B: Backend>(
 struct Answers<'a> {
     rows: &'a [DataRow],
     rendered: &'a RenderedPrompts,
+    /// Per row, what its answers are made from (recorded in each).
+    inputs: &'a [RowInputs],
     pending: &'a [(usize, usize)],
 }
 
@@ -262,7 +298,8 @@ fn generate_answers<B: Backend>(
     run_stream(b, &mut *model.stream(slots)?, requests, &opts, stream, |index, g| {
         let (i, l) = work[index];
         let response = model.decode(&g.token_ids)?;
-        writer.push(response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str()), all_rows)
+        let inputs = answers.inputs[i].clone();
+        writer.push(response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str(), inputs), all_rows)
     })
     .map_err(|e| match e {
         icet_models::Error::NonFiniteLogits { request, token } => {
@@ -352,7 +389,14 @@ impl AnswerWriter {
     }
 }
 
-fn response_row(row: &DataRow, layer: usize, response: String, token_ids: Vec<u32>, finish: &str) -> ResponseRow {
+fn response_row(
+    row: &DataRow,
+    layer: usize,
+    response: String,
+    token_ids: Vec<u32>,
+    finish: &str,
+    inputs: RowInputs,
+) -> ResponseRow {
     ResponseRow {
         id: row.id.clone(),
         layer,
@@ -363,6 +407,7 @@ fn response_row(row: &DataRow, layer: usize, response: String, token_ids: Vec<u3
         response,
         token_ids,
         finish_reason: finish.to_string(),
+        inputs: Some(inputs),
     }
 }
 

@@ -63,6 +63,10 @@ pub struct Args {
     /// Judges to score the answers with once generated (as `icet score`; see `icet score --help`)
     #[command(flatten)]
     pub judges: JudgeArgs,
+    /// Resume a run made in another precision (--dtype, or CPU f32 vs GPU bf16) anyway, mixing
+    /// answers of both in one run (recorded in invocations.jsonl)
+    #[arg(long)]
+    pub allow_mixed_precision: bool,
 }
 
 impl super::OnBackend for Args {
@@ -109,6 +113,7 @@ impl super::OnBackend for Args {
             batch_size: self.batch_size,
             judges: self.judges,
             demo,
+            allow_mixed_precision: self.allow_mixed_precision,
         };
         sweep(b, &req)?;
         Ok(())
