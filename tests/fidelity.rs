@@ -201,3 +201,46 @@ fn mllama_raw_is_the_processors_default_call() {
     let out = generate_on_cpu(&model, &fixture("images/square.png"), "Hi", &["--no-special-tokens"]);
     assert_one_line_error(&out, "--no-special-tokens goes with --template raw");
 }
+
+/// Finding 8: an over-long prompt or an `<image>` inside a LLaVA prompt stopped the sweep
+/// without naming the row (and only the first). Every such row is named before the first answer;
+/// `--skip-invalid` leaves them out and records them in the manifest.
+#[test]
+fn every_row_that_cannot_be_answered_is_named_before_the_first_answer() {
+    let dir = scratch("fidelity-bad-rows");
+    let long = "word ".repeat(300);
+    let data = data_file(&dir, &["Describe the image.", "Compare <image> with this one.", &long, "What is this?"]);
+    let model = fixture("llava-tiny");
+    let out = dir.join("run");
+    let run = icet(&sweep_args(&model, &data, &out, &["--layers", "1", "--max-new-tokens", "4"]));
+    assert_one_line_error(
+        &run,
+        "data.jsonl: 2 data rows cannot be answered (`r1`: the prompt has 2 image placeholders",
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("`r2`: the prompt's ") && stderr.contains("the model's 256 positions"), "{stderr}");
+    assert!(stderr.contains("--skip-invalid"), "{stderr}");
+    assert!(!out.join("responses.jsonl").exists() && !out.join("manifest.json").exists(), "no answer, no run");
+
+    let run = icet(&sweep_args(&model, &data, &out, &["--layers", "1", "--max-new-tokens", "4", "--skip-invalid"]));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("leaving out 2 data rows (--skip-invalid): `r1`"), "{stderr}");
+    let ids: Vec<String> = std::fs::read_to_string(out.join("responses.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["r0", "r3"]);
+    let skipped = read_json(&out.join("manifest.json"))["skipped_rows"].clone();
+    let skipped: Vec<&str> = skipped.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(skipped, ["r1", "r2"]);
+
+    // Template-time refusals (a raw prompt without `<image>`) are named the same way.
+    let data = data_file(&dir, &["<image>\nDescribe the image.", "No image token here."]);
+    let run = icet(&sweep_args(&model, &data, &dir.join("raw"), &["--template", "raw", "--layers", "1"]));
+    assert_one_line_error(
+        &run,
+        "1 data rows cannot be answered (`r1`: a raw prompt must contain `<image>` exactly once)",
+    );
+}

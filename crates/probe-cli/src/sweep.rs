@@ -2,12 +2,12 @@
 //! model family. The vision tower runs once per image for all layers; answers are generated with
 //! continuous batching and appended to `responses.jsonl` as they finish, so an interrupted run
 //! resumes where it stopped.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use icet_models::backend::Backend;
 use icet_models::generation::{run_stream, ImageFeatures, Request, SlotCost, Stream};
 use icet_models::layers::parse_layers;
@@ -17,12 +17,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::data::{self, DataArgs, DataRow};
 use crate::decode::DecodeArgs;
 use crate::fingerprint::{self, ImageHashes};
-use crate::generate::{apply_no_special_tokens, NON_FINITE_HINT};
+use crate::generate::{apply_no_special_tokens, too_long, NON_FINITE_HINT};
 use crate::judge::{self, JudgeArgs};
 use crate::refusal::{is_refusal, REFUSAL_PHRASES};
 use crate::run_dir::{
     precision_of, utc_now, Appender, Invocation, Manifest, ResponseRow, Resume, RowInputs, RowSource, RunDir,
-    MANIFEST_FORMAT, RESPONSES,
+    SkippedRow, MANIFEST_FORMAT, RESPONSES,
 };
 use crate::stats::{fnv1a, FNV_OFFSET};
 use crate::summary::{summarize, Summary};
@@ -48,6 +48,8 @@ pub struct SweepRequest {
     pub demo: bool,
     /// `--allow-mixed-precision`: add answers in another precision than the run's.
     pub allow_mixed_precision: bool,
+    /// `--skip-invalid`: leave out rows that cannot be answered instead of stopping.
+    pub skip_invalid: bool,
 }
 
 /// `--batch-size`: a number of sequences, or `auto`.
@@ -94,8 +96,10 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
     let spec = registry::open::<B>(&req.model_dir, req.family_options.clone())?;
     let num_layers = spec.num_layers();
     let default_layer = spec.default_layer()?;
-    let prompts: Vec<&str> = rows.iter().map(|r| r.prompt.as_str()).collect();
-    let mut rendered = spec.render_prompts(req.template.as_deref(), &prompts)?;
+    // Prompts the template refuses (a raw prompt without the image token) are all found now;
+    // those the tokenizer refuses or that do not fit, once the model is loaded. Both stop the
+    // sweep before its first answer, naming every such row, unless --skip-invalid.
+    let (rows, mut rendered, mut skipped) = render_rows(spec.as_ref(), req, rows)?;
     apply_no_special_tokens(&mut rendered, req.no_special_tokens)?;
     if let Some(note) = &rendered.note {
         eprintln!("icet: {note}");
@@ -138,7 +142,7 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
     let mut all_rows = run.responses_for_resume()?;
     Resume::check_inputs(&all_rows, &sources, &run.path(RESPONSES))?;
     let resume = Resume::new(&all_rows);
-    let pending: Vec<(usize, usize)> = rows
+    let mut pending: Vec<(usize, usize)> = rows
         .iter()
         .enumerate()
         .flat_map(|(i, r)| layers.iter().filter(|&&l| !resume.is_done(&r.id, l)).map(move |&l| (i, l)))
@@ -150,23 +154,31 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
     invocation.batch_size = req.batch_size.to_string();
     invocation.allow_mixed_precision = req.allow_mixed_precision;
     if pending.is_empty() {
+        invocation.skipped_rows = skipped.clone();
         run.start(&manifest, &invocation)?;
     } else {
         let model = spec.load(b, LoadParts { deepest_vision_layer: layers.last().copied(), text: true })?;
-        manifest.skipped_rows = invocation.skipped_rows.clone();
+        let prompt_ids = tokenize_rows(model.as_ref(), req, &rows, &rendered, &mut pending, &mut skipped)?;
+        invocation.skipped_rows = skipped.clone();
+        manifest.skipped_rows = skipped.clone();
         run.start(&manifest, &invocation)?;
         let run_note: String = spec
             .settings()
             .iter()
             .map(|(k, v)| format!(", {} {}", k.replace('_', " "), v.as_str().unwrap_or("")))
             .collect();
-        let answers = Answers { rows: &rows, rendered: &rendered, inputs: &inputs, pending: &pending };
+        let answers = Answers { rows: &rows, prompt_ids: &prompt_ids, inputs: &inputs, pending: &pending };
         generate_answers(b, model.as_ref(), req, &answers, &run, &mut all_rows, &run_note)?;
     }
 
-    // The summary covers the requested layers of this data file, resumed rows included.
-    let wanted: BTreeSet<(&str, usize)> =
-        rows.iter().flat_map(|r| layers.iter().map(move |&l| (r.id.as_str(), l))).collect();
+    // The summary covers the requested layers of this data file (rows left out aside), resumed
+    // rows included.
+    let left_out: HashSet<&str> = skipped.iter().map(|r| r.id.as_str()).collect();
+    let wanted: BTreeSet<(&str, usize)> = rows
+        .iter()
+        .filter(|r| !left_out.contains(r.id.as_str()))
+        .flat_map(|r| layers.iter().map(move |&l| (r.id.as_str(), l)))
+        .collect();
     all_rows.retain(|r| wanted.contains(&(r.id.as_str(), r.layer)));
     let summary = summarize(&all_rows, num_layers, default_layer);
     summary.write(&run)?;
@@ -217,10 +229,105 @@ fn settings<B: Backend>(
 /// (row, layer) pairs.
 struct Answers<'a> {
     rows: &'a [DataRow],
-    rendered: &'a RenderedPrompts,
+    /// The prompt ids of every row with pending work.
+    prompt_ids: &'a HashMap<usize, Vec<u32>>,
     /// Per row, what its answers are made from (recorded in each).
     inputs: &'a [RowInputs],
     pending: &'a [(usize, usize)],
+}
+
+/// The rows' prompts under the template; rows whose prompt the template refuses are named all
+/// at once, or left out with `--skip-invalid` (returned as skipped). An error that every row
+/// gets alike is the template's own, given as it is.
+fn render_rows<B: Backend>(
+    spec: &dyn ModelSpec<B>,
+    req: &SweepRequest,
+    rows: Vec<DataRow>,
+) -> Result<(Vec<DataRow>, RenderedPrompts, Vec<SkippedRow>)> {
+    let template = req.template.as_deref();
+    let prompts: Vec<&str> = rows.iter().map(|r| r.prompt.as_str()).collect();
+    let all = match spec.render_prompts(template, &prompts) {
+        Ok(rendered) => return Ok((rows, rendered, vec![])),
+        Err(e) => e,
+    };
+    let bad: Vec<SkippedRow> = rows
+        .iter()
+        .filter_map(|r| {
+            let e = spec.render_prompts(template, &[r.prompt.as_str()]).err()?;
+            Some(SkippedRow { id: r.id.clone(), reason: e.to_string() })
+        })
+        .collect();
+    if bad.is_empty() {
+        return Err(all.into());
+    }
+    if bad.len() == rows.len() && bad.len() > 1 && bad.iter().all(|b| b.reason == bad[0].reason) {
+        return Err(anyhow!(all).context(format!("{}: all {} data rows", req.data.display(), bad.len())));
+    }
+    invalid_rows(req, &bad)?;
+    let rows: Vec<DataRow> = rows.into_iter().filter(|r| !bad.iter().any(|b| b.id == r.id)).collect();
+    let prompts: Vec<&str> = rows.iter().map(|r| r.prompt.as_str()).collect();
+    Ok((rows.clone(), spec.render_prompts(template, &prompts)?, bad))
+}
+
+/// The prompt ids of every row with pending work, once the tokenizer is loaded: rows the
+/// tokenizer refuses (LLaVA: an `<image>` of the user's besides the template's) and rows whose
+/// prompt and `--max-new-tokens` do not fit the model's positions are named all at once, or left
+/// out with `--skip-invalid` (their work dropped from `pending`, the rows added to `skipped`).
+fn tokenize_rows<B: Backend>(
+    model: &dyn EarlyExitVlm<B>,
+    req: &SweepRequest,
+    rows: &[DataRow],
+    rendered: &RenderedPrompts,
+    pending: &mut Vec<(usize, usize)>,
+    skipped: &mut Vec<SkippedRow>,
+) -> Result<HashMap<usize, Vec<u32>>> {
+    let limit = model.stream(1)?.max_positions();
+    let mut ids: HashMap<usize, Vec<u32>> = HashMap::new();
+    let mut bad: Vec<SkippedRow> = Vec::new();
+    for &(i, _) in pending.iter() {
+        if ids.contains_key(&i) || bad.iter().any(|b| b.id == rows[i].id) {
+            continue;
+        }
+        let why = match model.prompt_ids(&rendered.texts[i], rendered.add_special_tokens) {
+            Ok(p) => match too_long(p.len(), req.decode.max_new_tokens, limit) {
+                None => {
+                    ids.insert(i, p);
+                    continue;
+                }
+                Some(why) => why,
+            },
+            Err(e) => e.to_string(),
+        };
+        bad.push(SkippedRow { id: rows[i].id.clone(), reason: why });
+    }
+    invalid_rows(req, &bad)?;
+    pending.retain(|(i, _)| ids.contains_key(i));
+    skipped.extend(bad);
+    Ok(ids)
+}
+
+/// Rows that cannot be answered: an error naming every one (the first 50 with their reasons),
+/// or with `--skip-invalid` a note that they are left out.
+fn invalid_rows(req: &SweepRequest, bad: &[SkippedRow]) -> Result<()> {
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let mut list: Vec<String> = bad.iter().take(50).map(|b| format!("`{}`: {}", b.id, b.reason)).collect();
+    if bad.len() > 50 {
+        let rest: Vec<String> = bad[50..].iter().map(|b| format!("`{}`", b.id)).collect();
+        list.push(format!("and {} more: {}", rest.len(), rest.join(", ")));
+    }
+    if !req.skip_invalid {
+        bail!(
+            "{}: {} data rows cannot be answered ({}); fix them, or give --skip-invalid to leave them out \
+             (recorded in the run's manifest)",
+            req.data.display(),
+            bad.len(),
+            list.join("; ")
+        );
+    }
+    eprintln!("icet: leaving out {} data rows (--skip-invalid): {}", bad.len(), list.join("; "));
+    Ok(())
 }
 
 /// The pending work in the model's order: image by image (in the order of each image's first
@@ -251,15 +358,8 @@ fn generate_answers<B: Backend>(
     all_rows: &mut Vec<ResponseRow>,
     run_note: &str,
 ) -> Result<()> {
-    let rows = answers.rows;
+    let (rows, prompt_ids) = (answers.rows, answers.prompt_ids);
     let opts = req.decode.options(model.eos_token_ids().to_vec())?;
-    let mut prompt_ids: HashMap<usize, Vec<u32>> = HashMap::new();
-    for &(i, _) in answers.pending {
-        if let std::collections::hash_map::Entry::Vacant(e) = prompt_ids.entry(i) {
-            let (text, specials) = (&answers.rendered.texts[i], answers.rendered.add_special_tokens);
-            e.insert(model.prompt_ids(text, specials).with_context(|| format!("data row `{}`", rows[i].id))?);
-        }
-    }
     let work = order_work(answers.pending, rows, model.work_order());
     let longest = prompt_ids.values().map(Vec::len).max().unwrap_or(0);
     let capacity = longest + opts.max_new_tokens;

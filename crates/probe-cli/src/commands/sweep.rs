@@ -67,6 +67,11 @@ pub struct Args {
     /// answers of both in one run (recorded in invocations.jsonl)
     #[arg(long)]
     pub allow_mixed_precision: bool,
+    /// Leave out data rows that cannot be answered (a prompt the template or the tokenizer
+    /// refuses, one too long for the model with --max-new-tokens) instead of stopping before the
+    /// first answer; each is named on stderr and recorded in the run's manifest
+    #[arg(long)]
+    pub skip_invalid: bool,
 }
 
 impl super::OnBackend for Args {
@@ -114,6 +119,7 @@ impl super::OnBackend for Args {
             judges: self.judges,
             demo,
             allow_mixed_precision: self.allow_mixed_precision,
+            skip_invalid: self.skip_invalid,
         };
         sweep(b, &req)?;
         Ok(())
