@@ -296,3 +296,55 @@ fn every_command_is_logged_and_a_resume_names_what_differs() {
             .unwrap();
     assert_eq!(last["allow_mixed_precision"], true);
 }
+
+/// `icet sweep` of the embedded demo (2 layers, 2 new tokens) into `out`, unpacking the demo
+/// into the temporary folder `tmp`.
+fn demo_sweep(tmp: &Path, out: &Path) -> Command {
+    let mut c = command();
+    c.args(["sweep", "--device", "cpu", "--layers", "1,2", "--max-new-tokens", "2", "--out"]).arg(out);
+    c.env("TMPDIR", tmp);
+    c
+}
+
+/// Finding 6: the demo unpacked into one fixed path of the temporary folder: parallel first
+/// runs failed or died of SIGBUS (one truncated a file another had mapped), and a link planted
+/// there was followed (a file outside was overwritten). Now each process unpacks privately and
+/// publishes by rename, and what is planted is never written through.
+#[test]
+fn parallel_first_demo_runs_succeed_and_planted_links_are_not_followed() {
+    let d = scratch("integrity-demo");
+    let tmp = d.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let runs: Vec<_> =
+        (0..4).map(|k| demo_sweep(&tmp, &d.join(format!("run{k}"))).stderr(Stdio::piped()).spawn().unwrap()).collect();
+    for r in runs {
+        let out = r.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let first = sorted_lines(&d.join("run0/responses.jsonl"));
+    for k in 1..4 {
+        assert_eq!(sorted_lines(&d.join(format!("run{k}/responses.jsonl"))), first, "run {k}");
+    }
+    // The name the demo unpacks under, planted elsewhere as a link to a victim's folder.
+    let name = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("icet-demo-"))
+        .expect("the demo's folder");
+    let planted = d.join("planted");
+    let victim = d.join("victim");
+    std::fs::create_dir_all(victim.join("model")).unwrap();
+    std::fs::create_dir_all(&planted).unwrap();
+    std::fs::write(victim.join("model/model.safetensors"), "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, planted.join(&name)).unwrap();
+    let out = run(&mut demo_sweep(&planted, &d.join("run-planted")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(victim.join("model/model.safetensors")).unwrap(), "precious");
+    assert_eq!(std::fs::read_dir(victim.join("model")).unwrap().count(), 1, "nothing written there");
+    // The demo's own answers (from its private copy, so only the image paths differ).
+    let answers = |p: &Path| -> Vec<(Value, Value, Value)> {
+        let rows = sorted_lines(p).into_iter().map(|l| serde_json::from_str::<Value>(&l).unwrap());
+        rows.map(|r| (r["id"].clone(), r["layer"].clone(), r["token_ids"].clone())).collect()
+    };
+    assert_eq!(answers(&d.join("run-planted/responses.jsonl")), answers(&d.join("run0/responses.jsonl")));
+}
