@@ -244,3 +244,31 @@ fn every_row_that_cannot_be_answered_is_named_before_the_first_answer() {
         "1 data rows cannot be answered (`r1`: a raw prompt must contain `<image>` exactly once)",
     );
 }
+
+/// Finding 11: `icet features` files said nothing of what made them. Their `__metadata__` does.
+#[test]
+fn features_files_record_what_made_them() {
+    let dir = scratch("fidelity-features");
+    let out = dir.join("f.safetensors");
+    let model = fixture("llava-tiny");
+    let image = fixture("images/square.png");
+    let args = ["features", "--device", "cpu", "--model", model.to_str().unwrap(), "--image", image.to_str().unwrap()];
+    ok(&icet(&[&args[..], &["--layers", "1,-2", "--strategy", "full", "--out", out.to_str().unwrap()]].concat()));
+    let bytes = std::fs::read(&out).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().expect("__metadata__");
+    assert_eq!(meta["format"], "icet features");
+    assert_eq!(meta["model"], std::fs::canonicalize(&model).unwrap().display().to_string());
+    assert_eq!((meta["model_type"].as_str(), meta["layers"].as_str()), ("llava", "[1,5]"));
+    assert_eq!((meta["vision_layers"].as_str(), meta["default_layer"].as_str()), ("6", "5"));
+    assert!(meta["layer_indexing"].contains("hidden_states"), "{meta:?}");
+    assert!(meta["image_sha256"].starts_with("sha256:"), "{meta:?}");
+    assert!(meta["note"].contains("full strategy") && meta["settings"].contains("\"strategy\":\"full\""), "{meta:?}");
+    let mllama = fixture("mllama-tiny");
+    let args = ["features", "--device", "cpu", "--model", mllama.to_str().unwrap(), "--image", image.to_str().unwrap()];
+    ok(&icet(&[&args[..], &["--layers", "2", "--exit-rule", "all-slots", "--out", out.to_str().unwrap()]].concat()));
+    let bytes = std::fs::read(&out).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().expect("__metadata__");
+    assert!(meta["settings"].contains("\"exit_rule\":\"all-slots\"") && meta["model_type"] == "mllama", "{meta:?}");
+}

@@ -348,3 +348,64 @@ fn parallel_first_demo_runs_succeed_and_planted_links_are_not_followed() {
     };
     assert_eq!(answers(&d.join("run-planted/responses.jsonl")), answers(&d.join("run0/responses.jsonl")));
 }
+
+/// Finding 11: Ctrl-C (and Slurm's SIGTERM) killed a sweep with no word on how to go on. Now
+/// the first signal stops it cleanly — every written answer whole, the ones in flight dropped,
+/// "interrupted — rerun to resume" — and the rerun gives exactly the uninterrupted result.
+#[test]
+fn a_signal_stops_a_sweep_cleanly_and_the_rerun_completes_it() {
+    let d = scratch("integrity-signal");
+    let (model, data) = setup(&d);
+    let many: Vec<&str> = PROMPTS.iter().copied().cycle().take(30).collect();
+    write_data(&data, &many);
+    let args = ["--max-new-tokens", "40", "--batch-size", "4"];
+    let reference = d.join("reference");
+    ok(&run(&mut sweep(&model, &data, &reference, &args)));
+    let whole = sorted_lines(&reference.join("responses.jsonl"));
+    for signal in ["INT", "TERM"] {
+        let out = d.join(format!("run-{signal}"));
+        let child = sweep(&model, &data, &out, &args).stderr(Stdio::piped()).spawn().unwrap();
+        let responses = out.join("responses.jsonl");
+        let start = Instant::now();
+        while !std::fs::read_to_string(&responses).is_ok_and(|t| t.lines().count() >= 3) {
+            assert!(start.elapsed() < Duration::from_secs(120), "no answers came");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let stopped = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&stopped.stderr);
+        if stopped.status.success() {
+            eprintln!("SIG{signal} came after the last answer; nothing to check");
+            continue;
+        }
+        assert_eq!(stopped.status.code(), Some(130), "{stderr}");
+        assert!(stderr.contains("icet: interrupted — rerun to resume"), "{stderr}");
+        let text = std::fs::read_to_string(&responses).unwrap();
+        assert!(text.ends_with('\n'), "no torn row");
+        let partial = text.lines().count();
+        assert!(partial < whole.len(), "stopped before the end");
+        text.lines().for_each(|l| drop(serde_json::from_str::<Value>(l).expect("whole rows")));
+        let resumed = run(&mut sweep(&model, &data, &out, &args));
+        let stderr = String::from_utf8_lossy(&resumed.stderr);
+        assert!(resumed.status.success() && stderr.contains(&format!("{} to go", whole.len() - partial)), "{stderr}");
+        assert_eq!(sorted_lines(&responses), whole, "SIG{signal}: resumed answers equal the uninterrupted ones");
+    }
+}
+
+/// Finding 11: with stderr not a terminal (Slurm, nohup) there was no progress at all. Now a
+/// line every ICET_PROGRESS_SECONDS (here after every answer).
+#[test]
+fn logs_get_progress_lines() {
+    let d = scratch("integrity-progress");
+    let (model, data) = setup(&d);
+    let out = run(sweep(&model, &data, &d.join("run"), &[]).env("ICET_PROGRESS_SECONDS", "0"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("icet: 1/9 answers (11.1%), ") && stderr.contains(" to go"), "{stderr}");
+    assert!(stderr.contains("icet: 9/9 answers (100.0%), "), "{stderr}");
+    assert!(stderr.contains("tokens/s"), "{stderr}");
+}

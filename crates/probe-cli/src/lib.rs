@@ -14,7 +14,8 @@
 //! * [`generate`], [`features`], [`bench`]: one answer, one image's features, stage throughput.
 //! * [`vqa`]: VQA-v2's official files, the official VQA accuracy and VQA-v2 sweep items.
 //! * [`data`] (data files and datasets), [`decode`] (decoding options), [`device`] (backend
-//!   choice), [`refusal`] (the keyword detector), [`demo`] (the embedded demo).
+//!   choice), [`refusal`] (the keyword detector), [`demo`] (the embedded demo), [`progress`]
+//!   (progress on a terminal and in logs).
 pub mod bench;
 pub mod data;
 pub mod decode;
@@ -26,6 +27,7 @@ pub mod generate;
 pub mod grouping;
 pub mod judge;
 pub mod plot;
+pub mod progress;
 pub mod refusal;
 pub mod report;
 pub mod run_dir;

@@ -52,8 +52,22 @@ enum Command {
     VqaEval(commands::vqa_eval::Args),
 }
 
+/// SIGINT and SIGTERM (Ctrl-C, Slurm's preemption) ask running work to stop at its next step
+/// (`icet_models::generation::interrupt`): what is finished stays written and whole, the answers
+/// in flight are dropped, and the command says how to resume. A second signal ends the process at
+/// once (rows are written whole or not at all as far as a resume is concerned: a torn tail is cut).
+fn stop_cleanly_on_signals() {
+    let flag = icet_models::generation::interrupt::flag();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, flag.clone());
+        let _ = signal_hook::flag::register(signal, flag.clone());
+    }
+}
+
 fn main() {
+    stop_cleanly_on_signals();
     let cli = Cli::parse();
+    let resumable = matches!(cli.command, Command::Sweep(_) | Command::Score(_));
     let result = match cli.command {
         Command::Sweep(a) => (*a).run(),
         Command::Generate(a) => a.run(),
@@ -65,6 +79,11 @@ fn main() {
         Command::VqaEval(a) => a.run(),
     };
     if let Err(e) = result {
+        if e.chain().any(|c| matches!(c.downcast_ref(), Some(icet_models::Error::Interrupted))) {
+            let hint = if resumable { " — rerun to resume (every finished answer is kept)" } else { "" };
+            eprintln!("icet: interrupted{hint}");
+            std::process::exit(130);
+        }
         // One line, naming the input: the chain of contexts joined.
         let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
         eprintln!("error: {}", msg.join(": "));

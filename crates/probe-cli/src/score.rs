@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use icet_models::backend::Backend;
-use indicatif::{ProgressBar, ProgressStyle};
+use icet_models::generation::interrupt;
 
 use crate::judge::{self, Answer, JudgeArgs, JudgeSpec};
+use crate::progress::Progress;
 use crate::run_dir::{Invocation, ResponseRow, RunDir, ScoreRow, RESPONSES, SCORES};
 
 /// Scores every answer of `run` with every judge of `args`.
@@ -57,10 +58,13 @@ pub fn score_run<B: Backend>(b: &B, run: &RunDir, args: &JudgeArgs) -> Result<()
             vec![None; todo.len()]
         };
         let mut judge = judge::load(spec, args, b, run)?;
-        let bar = ProgressBar::new(todo.len() as u64);
-        bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} scored  {msg}  eta {eta}").expect("template"));
+        let mut progress = Progress::new(todo.len(), "scored");
         let n = judge.batch_size().max(1);
         for (batch, batch_images) in todo.chunks(n).zip(images.chunks(n)) {
+            if interrupt::requested() {
+                progress.finish();
+                return Err(icet_models::Error::Interrupted.into());
+            }
             let answers: Vec<Answer> = batch
                 .iter()
                 .zip(batch_images)
@@ -69,9 +73,9 @@ pub fn score_run<B: Backend>(b: &B, run: &RunDir, args: &JudgeArgs) -> Result<()
             let verdicts = judge.judge(b, &answers)?;
             let rows: Vec<ScoreRow> = batch.iter().zip(verdicts).map(|(r, v)| score_row(r, spec, v)).collect();
             scores.append(&rows)?;
-            bar.inc(rows.len() as u64);
+            progress.inc(rows.len(), 0);
         }
-        bar.finish_and_clear();
+        progress.finish();
     }
     eprintln!("icet: scores in {}", run.path(SCORES).display());
     Ok(())

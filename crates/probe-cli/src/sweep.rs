@@ -12,13 +12,13 @@ use icet_models::backend::Backend;
 use icet_models::generation::{run_stream, ImageFeatures, Request, SlotCost, Stream};
 use icet_models::layers::parse_layers;
 use icet_models::vlm::{registry, EarlyExitVlm, FamilyOptions, LoadParts, ModelSpec, RenderedPrompts, WorkOrder};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::{self, DataArgs, DataRow};
 use crate::decode::DecodeArgs;
 use crate::fingerprint::{self, ImageHashes};
 use crate::generate::{apply_no_special_tokens, too_long, NON_FINITE_HINT};
 use crate::judge::{self, JudgeArgs};
+use crate::progress::Progress;
 use crate::refusal::{is_refusal, REFUSAL_PHRASES};
 use crate::run_dir::{
     precision_of, utc_now, Appender, Invocation, Manifest, ResponseRow, Resume, RowInputs, RowSource, RunDir,
@@ -395,13 +395,16 @@ fn generate_answers<B: Backend>(
         Some(features.map(|f| Request::with_image(prompt_ids[&i].clone(), f, seed)))
     });
     let mut writer = AnswerWriter::open(run, work.len())?;
-    run_stream(b, &mut *model.stream(slots)?, requests, &opts, stream, |index, g| {
+    let generated = run_stream(b, &mut *model.stream(slots)?, requests, &opts, stream, |index, g| {
         let (i, l) = work[index];
         let response = model.decode(&g.token_ids)?;
         let inputs = answers.inputs[i].clone();
         writer.push(response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str(), inputs), all_rows)
-    })
-    .map_err(|e| match e {
+    });
+    // What was written is said even when the run stops early (interrupted: the answers in
+    // flight are dropped, every written one is whole).
+    writer.finish(run_note);
+    generated.map_err(|e| match e {
         icet_models::Error::NonFiniteLogits { request, token } => {
             let (i, l) = work[request];
             anyhow!(
@@ -412,7 +415,6 @@ fn generate_answers<B: Backend>(
         }
         e => e.into(),
     })?;
-    writer.finish(run_note);
     Ok(())
 }
 
@@ -448,7 +450,7 @@ pub fn choose_slots(arg: BatchSize, free: Option<usize>, cost: &SlotCost, answer
 /// loses only the answers in flight — and shows progress (answers/s, tokens/s).
 struct AnswerWriter {
     appender: Appender,
-    bar: ProgressBar,
+    progress: Progress,
     started: Instant,
     answers: usize,
     tokens: usize,
@@ -456,28 +458,22 @@ struct AnswerWriter {
 
 impl AnswerWriter {
     fn open(run: &RunDir, total: usize) -> Result<Self> {
-        let bar = ProgressBar::new(total as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} answers  {per_sec}  {msg}  eta {eta}")
-                .expect("valid template"),
-        );
-        Ok(Self { appender: run.answer_appender()?, bar, started: Instant::now(), answers: 0, tokens: 0 })
+        let progress = Progress::new(total, "answers");
+        Ok(Self { appender: run.answer_appender()?, progress, started: Instant::now(), answers: 0, tokens: 0 })
     }
 
     fn push(&mut self, row: ResponseRow, all_rows: &mut Vec<ResponseRow>) -> icet_models::Result<()> {
         self.appender.append(std::slice::from_ref(&row))?;
         self.answers += 1;
         self.tokens += row.token_ids.len();
+        self.progress.inc(1, row.token_ids.len());
         all_rows.push(row);
-        self.bar.inc(1);
-        let rate = self.tokens as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        self.bar.set_message(format!("{rate:.1} tok/s"));
         Ok(())
     }
 
-    /// Clears the bar and says how fast it went (`note` is appended, e.g. the exit rule).
+    /// Clears the progress bar and says how fast it went (`note` is appended, e.g. the exit rule).
     fn finish(self, note: &str) {
-        self.bar.finish_and_clear();
+        self.progress.finish();
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
         eprintln!(
             "icet: {} answers, {} tokens in {secs:.1} s ({:.2} answers/s, {:.1} tokens/s{note})",

@@ -16,6 +16,8 @@ use super::ModelArgs;
 For Llama 3.2 Vision (Mllama): pixel_values [max_tiles, 3, H, W]; hidden.{l} [max_tiles, tokens,
 width] for local layer l (patch padding removed); global.{g} after global layer g (stock path);
 projected.{l} [max_tiles, tokens, text width], the cross-attention states of ICET-l under --exit-rule.
+The file's __metadata__ says what made it: model, model_type, image and its sha256, layers, how they
+are indexed, the family's settings (--strategy, --pad-square, --exit-rule), icet's version.
 
 Example: icet features --model llava-1.5-7b-hf --image cat.jpg --layers 0..24 --out cat.safetensors")]
 pub struct Args {

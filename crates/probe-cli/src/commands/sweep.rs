@@ -21,14 +21,22 @@ Also JailBreakV-28K (incl. mini), RedTeam-2K and AdvBench CSVs, detected from th
 (--data-format); prompt-only data is paired with --images DIR (--pairing random|cross).
 With --judge, the answers are scored as by `icet score` (scores.jsonl) once generated.
 
-Writes into --out:
+Writes into --out (a new or empty folder, or a run to resume):
   responses.jsonl       one row per (item, layer), appended as produced (id, layer, prompt, image,
-                        response, token_ids, finish_reason, refusal)
-  summary.json/.csv     per-layer n, refusals, refusal_rate (share of answers with a refusal phrase:
-                        the keyword check, not a judge's ASR), mean tokens; Early/Middle/Late/Average
+                        response, token_ids, finish_reason, refusal, inputs: sha256 of the rendered
+                        prompt and of the image)
+  summary.json/.csv     per-layer n, empty answers, refusals, refusal_rate (share of non-empty answers
+                        with a refusal phrase: the keyword check, not a judge's ASR), mean tokens;
+                        Early/Middle/Late/Average
   refusal_rate.svg/.png the per-layer plot
-  manifest.json         model, arguments, engine version, seed
-Rerunning the same command resumes: finished (id, layer) pairs are skipped.
+  manifest.json         what the answers are made from: settings, model files' sha256, precision
+  invocations.jsonl     every command that wrote here (time, command, device, dtype, version)
+Rerunning the same command resumes: finished (id, layer) pairs are skipped. A run resumes only with
+its settings, model files and precision, and only while each data row's prompt and image are what
+its answers were made from; anything else is refused, naming what differs. One process writes a run
+at a time (\"in use by pid N\"). Ctrl-C or SIGTERM stops cleanly (the answers in flight are dropped;
+rerun to resume); a second one stops at once. Progress: a bar on a terminal, else a line every 30 s
+(ICET_PROGRESS_SECONDS).
 
 Example: icet sweep --model llava-1.5-7b-hf --data redteam.jsonl --layers all --out runs/rt-llava")]
 pub struct Args {
