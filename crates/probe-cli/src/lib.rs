@@ -11,6 +11,9 @@
 //!   toxicity models, Perspective) into `scores.jsonl`.
 //! * [`report`]: per-layer tables with bootstrap intervals ([`stats`]) and plots ([`plot`]),
 //!   grouped as the paper does ([`grouping`]); the sweep's own [`summary`] uses the same pieces.
+//! * [`shard`]: a run's grid split by image over processes (Slurm tasks, [`workers`] on the
+//!   devices of one machine), each writing its own answers file, read back as one run;
+//!   [`slurm`] writes (and submits) the job array.
 //! * [`generate`], [`features`], [`bench`]: one answer, one image's features, stage throughput.
 //! * [`vqa`]: VQA-v2's official files, the official VQA accuracy and VQA-v2 sweep items.
 //! * [`data`] (data files and datasets), [`decode`] (decoding options), [`device`] (backend
@@ -32,10 +35,13 @@ pub mod refusal;
 pub mod report;
 pub mod run_dir;
 pub mod score;
+pub mod shard;
+pub mod slurm;
 pub mod stats;
 pub mod summary;
 pub mod sweep;
 pub mod vqa;
+pub mod workers;
 
 /// A family's settings of an answer as a note after other facts: `, exit rule clamp`.
 pub fn settings_note(settings: &serde_json::Map<String, serde_json::Value>) -> String {

@@ -23,7 +23,10 @@ Start here:
   icet sweep --model DIR --data prompts.jsonl --layers all --out runs/llava-all
   icet score runs/llava-all --judge llama-guard=GUARD_DIR --judge toxicity=DIR --judge reward=DIR
   icet report runs/llava-all               per-layer tables with 95% intervals, plots
-  icet bench --model DIR --device cuda     throughput of vision, prefill and decode, TFLOP/s";
+  icet bench --model DIR --device cuda     throughput of vision, prefill and decode, TFLOP/s
+  icet sweep ... --devices 0,1,2,3         one worker per GPU of this machine, one run
+  icet slurm --shards 8 --submit -- --model DIR --data prompts.jsonl --out /shared/runs/x
+                                           the sweep as a Slurm job array, one GPU per shard";
 
 #[derive(Parser)]
 #[command(name = "icet", version, about = "Layer-wise safety sweeps of vision-language models (image-encoder early exit)", long_about = ABOUT)]
@@ -50,6 +53,8 @@ enum Command {
     Bench(commands::bench::Args),
     /// The official VQA-v2 accuracy of a results file (overall, per answer/question type, per question)
     VqaEval(commands::vqa_eval::Args),
+    /// A sweep as a Slurm job array (one GPU per shard), with score and report jobs after it
+    Slurm(commands::slurm::Args),
 }
 
 /// SIGINT and SIGTERM (Ctrl-C, Slurm's preemption) ask running work to stop at its next step
@@ -77,6 +82,7 @@ fn main() {
         Command::Report(a) => a.run(),
         Command::Bench(a) => a.run(),
         Command::VqaEval(a) => a.run(),
+        Command::Slurm(a) => a.run(),
     };
     if let Err(e) = result {
         if e.chain().any(|c| matches!(c.downcast_ref(), Some(icet_models::Error::Interrupted))) {

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::plot::{self, Chart, Point, Series};
 use crate::refusal::REFUSAL_RATE;
 use crate::run_dir::{JudgeKind, ResponseRow, RunDir, ScoreRow, REPORT_DIR};
+use crate::shard::{describe_incomplete, ShardStatus};
 use crate::stats::{estimate, fnv1a, Estimate, FNV_OFFSET};
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -62,6 +63,10 @@ pub struct RunReport {
     pub unparsed_verdicts: BTreeMap<String, usize>,
     pub layers: Vec<Row>,
     pub groups: Vec<Row>,
+    /// A run made in shards: how far each shard got (one that still owes answers is named in the
+    /// report, whose numbers are then of the answers there are).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardStatus>,
 }
 
 /// Per metric, per layer: the per-answer values (0/1 for rates).
@@ -168,7 +173,12 @@ pub fn run_report(dir: &Path, label: &str, resamples: usize, seed: u64) -> Resul
     if !run.has_responses() {
         bail!("{}: no responses.jsonl (not a sweep folder)", dir.display());
     }
-    let responses = run.responses()?;
+    let answers = run.answers()?;
+    let shards = run.shard_status(&answers)?.unwrap_or_default();
+    if let Some(note) = describe_incomplete(&shards) {
+        eprintln!("icet: warning: {}: {note}; its tables are of the answers there are", dir.display());
+    }
+    let responses = answers.rows;
     if responses.is_empty() {
         bail!("{}: no answers", run.path(crate::run_dir::RESPONSES).display());
     }
@@ -222,6 +232,7 @@ pub fn run_report(dir: &Path, label: &str, resamples: usize, seed: u64) -> Resul
         unparsed_verdicts,
         layers: layer_rows.into_values().collect(),
         groups: group_rows,
+        shards,
     })
 }
 
@@ -241,6 +252,9 @@ pub fn markdown(runs: &[RunReport]) -> String {
     );
     for r in runs {
         let _ = writeln!(s, "\n## {}\n\n`{}` — {} vision layers\n", r.label, r.dir.display(), r.num_layers);
+        if let Some(note) = describe_incomplete(&r.shards) {
+            let _ = writeln!(s, "**Incomplete:** {note}. The numbers below are of the answers there are.\n");
+        }
         let _ = write!(s, "| layer | n |");
         for m in &r.metrics {
             let _ = write!(s, " {} |", m.title);

@@ -10,15 +10,21 @@
 //!                            version, pid, host, skipped rows), appended
 //!   responses.jsonl          ResponseRow per (id, layer), appended as answers finish, each with
 //!                            the fingerprints of its inputs (rendered prompt, image bytes)
+//!   responses.shard-K-of-N.jsonl  the same, of shard K of a run made in N shards (one file per
+//!                            shard, read back as one run; `crate::shard`)
 //!   summary.json/.csv        per-layer keyword refusal rates, Early/Middle/Late/Average
 //!   refusal_rate.svg/.png    the same, plotted
-//!   scores.jsonl             ScoreRow per (answer, judge), appended as judged
+//!   scores.jsonl             ScoreRow per (answer, judge), appended as judged (a scoring shard:
+//!                            scores.shard-K-of-N.jsonl)
 //!   judges.json              judge name -> identity (kind, version, model directory)
 //!   perspective_cache.jsonl  Perspective answers by text
 //!   report/                  `icet report`'s tables and plots
+//!   slurm/, logs/            `icet slurm`'s job scripts and the tasks' logs; `icet sweep
+//!                            --devices`' workers' logs
 //!   .responses.jsonl.lock    the advisory lock of the writer of responses.jsonl (its pid, host,
 //!   .scores.jsonl.lock       command while it runs); likewise for scores.jsonl
 //!   .manifest.lock           held for the moment a writer checks/creates the manifest and logs
+//!   .summary.lock            held while a shard reads the run and replaces its summary
 //! ```
 //!
 //! The rules, each kept in one place here:
@@ -26,7 +32,8 @@
 //!   exclusive `flock` on `.{file}.lock` ([`RunDir::lock`]); another is refused with "in use by
 //!   pid N". The kernel releases the lock however its holder ends, so a lock is never stale; the
 //!   holder's record left in the lock file only tells the next writer that the last one did not
-//!   finish. (Several writers of one run — shards — each write their own answers file.)
+//!   finish. Several writers of one run — shards — each write their own answers file
+//!   ([`RunDir::create_for`]); readers read every shard's file as one run.
 //! * **Nothing rewritten in place.** Rows are only appended; whole-file outputs (manifest,
 //!   summary, plots, judges.json) are replaced atomically ([`write_atomically`]: temporary
 //!   file, fsync, rename), so a full disk or a kill leaves the old file or the new one, never half
@@ -35,12 +42,15 @@
 //! * **Torn tails repaired byte by byte.** A last line without its newline is an interrupted
 //!   write (even when cut inside a multi-byte UTF-8 character): readers skip it, a writer cuts it
 //!   off before appending ([`read_jsonl`]). Any other bad line is an error naming the line.
-//! * **No duplicates.** Readers keep one row per key: identical copies (two writers of an older
-//!   icet without a lock) are dropped, and said; differing copies are an error naming the key.
+//! * **No duplicates.** Readers keep one row per key, across all the run's files: identical copies
+//!   (two writers of an older icet without a lock) are dropped, and said; differing copies are an
+//!   error naming the key. A run's rows are a set: readers return them in key order, so every
+//!   reader sees the same run however (and by how many processes) its rows were written.
 //! * **Never mixed.** A run resumes only with the same settings, the same model files and the
 //!   same precision ([`RunDir::check_resume`]), and an answer is kept only while its data row's
 //!   rendered prompt and image are what they were ([`Resume::check_inputs`]).
-//! * **Not somebody else's folder.** A sweep refuses an `--out` that has files but no manifest.
+//! * **Not somebody else's folder.** A sweep refuses an `--out` that has files but no manifest
+//!   (`icet slurm`'s `slurm/` and `logs/` aside).
 //!
 //! Writers open a run with [`RunDir::create`] (sweep) or [`RunDir::open_for_writing`] (score),
 //! read back with [`RunDir::responses_for_resume`] / [`RunDir::scores_for_resume`] and append
@@ -56,6 +66,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::shard::{parse_shard_file, Shard, ShardPlan, ShardStatus};
+
 pub const MANIFEST: &str = "manifest.json";
 pub const INVOCATIONS: &str = "invocations.jsonl";
 pub const RESPONSES: &str = "responses.jsonl";
@@ -69,6 +81,9 @@ pub const JUDGES: &str = "judges.json";
 pub const PERSPECTIVE_CACHE: &str = "perspective_cache.jsonl";
 /// `icet report`'s default output folder inside a run.
 pub const REPORT_DIR: &str = "report";
+/// `icet slurm`'s job scripts, and the logs of Slurm tasks and `--devices` workers.
+pub const SLURM_DIR: &str = "slurm";
+pub const LOGS_DIR: &str = "logs";
 /// The manifest's format: 2 since fingerprints, invocations and locks (absent, 0, before).
 pub const MANIFEST_FORMAT: u32 = 2;
 
@@ -196,6 +211,12 @@ pub struct Manifest {
     /// Data rows left out by `--skip-invalid` when the run started, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_rows: Vec<SkippedRow>,
+    /// The vision tower's depth (layers 0..=num_layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_layers: Option<usize>,
+    /// A run made in shards: how its grid is split (every shard must compute the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardPlan>,
 }
 
 /// A data row a sweep left out (`--skip-invalid`), and why.
@@ -359,10 +380,21 @@ impl Resume {
     }
 }
 
-/// A sweep's output folder.
+/// A sweep's output folder, as one of its writers (a shard, or the whole run) sees it.
 #[derive(Clone, Debug)]
 pub struct RunDir {
     root: PathBuf,
+    /// The shard this process writes (its own answers and scores files), if any.
+    shard: Option<Shard>,
+}
+
+/// Every answer of a run ([`RunDir::answers`]): one per (id, layer) in key order, and which file
+/// holds which.
+#[derive(Clone, Debug, Default)]
+pub struct RunAnswers {
+    pub rows: Vec<ResponseRow>,
+    /// Answers file name -> the answers in it.
+    pub by_file: HashMap<String, HashSet<AnswerKey>>,
 }
 
 /// What a writer of a run holds: an exclusive `flock` on `.{file}.lock`, with its own record
@@ -403,19 +435,64 @@ impl LockHolder {
 impl RunDir {
     /// A run to read (nothing is checked or created).
     pub fn open(root: &Path) -> Self {
-        Self { root: root.to_path_buf() }
+        Self { root: root.to_path_buf(), shard: None }
+    }
+
+    /// The same run, written as `shard` (its own answers and scores files).
+    pub fn with_shard(self, shard: Option<Shard>) -> Self {
+        Self { shard, ..self }
+    }
+
+    pub fn shard(&self) -> Option<Shard> {
+        self.shard
+    }
+
+    /// The answers file this writer appends to: `responses.jsonl`, or its shard's.
+    pub fn answers_file(&self) -> String {
+        self.own(RESPONSES)
+    }
+
+    /// The scores file this writer appends to: `scores.jsonl`, or its shard's.
+    pub fn scores_file(&self) -> String {
+        self.own(SCORES)
+    }
+
+    /// The Perspective cache this writer appends to (one per scoring shard: one writer per file).
+    pub fn perspective_cache_file(&self) -> String {
+        self.own(PERSPECTIVE_CACHE)
+    }
+
+    fn own(&self, file: &str) -> String {
+        match self.shard {
+            Some(s) => s.file(file),
+            None => file.to_string(),
+        }
     }
 
     /// A run this process makes answers for (`icet sweep`): the folder is created if missing,
     /// refused if it holds files but no manifest (somebody else's folder), and its answers file
     /// locked for this process ([`Self::lock`]; the lock is released when it is dropped).
     pub fn create(root: &Path) -> Result<(Self, RunLock)> {
+        Self::create_for(root, None)
+    }
+
+    /// Refuses `root` if it exists and is not an icet run nor empty (somebody else's folder),
+    /// before anything is written into it.
+    pub fn refuse_foreign(root: &Path) -> Result<()> {
+        if root.exists() {
+            check_not_foreign(root)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::create`] for `shard` of the run: its own answers file is locked.
+    pub fn create_for(root: &Path, shard: Option<Shard>) -> Result<(Self, RunLock)> {
         if root.exists() {
             check_not_foreign(root)?;
         }
         std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
-        let run = Self::open(root);
-        let lock = run.lock(RESPONSES)?;
+        let run = Self::open(root).with_shard(shard);
+        let lock = run.lock(&run.answers_file())?;
         Ok((run, lock))
     }
 
@@ -502,43 +579,133 @@ impl RunDir {
         f()
     }
 
+    /// Whether the run has any answers file (its own or a shard's).
     pub fn has_responses(&self) -> bool {
-        self.path(RESPONSES).is_file()
+        !self.files_of(RESPONSES).is_empty()
     }
 
-    /// Every answer of the run, one per (id, layer) ([`dedupe`]); a torn last line (an
-    /// interrupted write) is ignored.
+    /// The run's files of one kind (`responses.jsonl` or `scores.jsonl`) that exist: the file
+    /// itself, then every shard's, by number of shards and shard.
+    pub fn files_of(&self, file: &str) -> Vec<String> {
+        let mut shards: Vec<(Shard, String)> = std::fs::read_dir(&self.root)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        parse_shard_file(&name, file).map(|s| (s, name))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        shards.sort_by_key(|(s, _)| (s.count, s.index));
+        let plain = self.path(file).is_file().then(|| file.to_string());
+        plain.into_iter().chain(shards.into_iter().map(|(_, n)| n)).collect()
+    }
+
+    /// Every answer of the run, from every answers file (each shard's), one per (id, layer)
+    /// ([`dedupe`]), in key order; a torn last line (an interrupted write, or one in progress) is
+    /// ignored.
     pub fn responses(&self) -> Result<Vec<ResponseRow>> {
-        let path = self.path(RESPONSES);
-        dedupe(&path, read_jsonl_numbered(&path, false)?, AnswerKey::of, describe_answer)
+        Ok(self.answers()?.rows)
     }
 
-    /// Every answer, for a writer about to append more: a torn last line is cut off first.
+    /// [`Self::responses`] with which file holds which answer (for [`Self::shard_status`]).
+    pub fn answers(&self) -> Result<RunAnswers> {
+        let files = self.files_of(RESPONSES);
+        let mut rows = Vec::new();
+        let mut by_file: HashMap<String, HashSet<AnswerKey>> = HashMap::new();
+        for (f, name) in files.iter().enumerate() {
+            let read: Vec<(usize, ResponseRow)> = read_jsonl_numbered(&self.path(name), false)?;
+            by_file.insert(name.clone(), read.iter().map(|(_, r)| AnswerKey::of(r)).collect());
+            rows.extend(read.into_iter().map(|(line, r)| ((f, line), r)));
+        }
+        let paths: Vec<PathBuf> = files.iter().map(|n| self.path(n)).collect();
+        let mut rows = dedupe(&paths, rows, AnswerKey::of, describe_answer)?;
+        rows.sort_by_cached_key(AnswerKey::of);
+        Ok(RunAnswers { rows, by_file })
+    }
+
+    /// This writer's answers (its own file: a shard resumes on its own), for a writer about to
+    /// append more: a torn last line is cut off first.
     pub fn responses_for_resume(&self) -> Result<Vec<ResponseRow>> {
-        let path = self.path(RESPONSES);
-        dedupe(&path, read_jsonl_numbered(&path, true)?, AnswerKey::of, describe_answer)
+        let path = self.path(&self.answers_file());
+        let rows: Vec<((usize, usize), ResponseRow)> =
+            read_jsonl_numbered(&path, true)?.into_iter().map(|(line, r)| ((0, line), r)).collect();
+        dedupe(&[path], rows, AnswerKey::of, describe_answer)
     }
 
-    /// Where new answers go.
+    /// Where new answers go (this writer's answers file).
     pub fn answer_appender(&self) -> Result<Appender> {
-        Appender::open(&self.path(RESPONSES))
+        Appender::open(&self.path(&self.answers_file()))
     }
 
-    /// Every score of the run, one per (answer, judge); a torn last line is ignored.
+    /// Every score of the run, from every scores file, one per (answer, judge), in key order; a
+    /// torn last line is ignored.
     pub fn scores(&self) -> Result<Vec<ScoreRow>> {
-        let path = self.path(SCORES);
-        dedupe(&path, read_jsonl_numbered(&path, false)?, score_key, describe_score)
+        self.read_scores(false)
     }
 
-    /// Every score, for a writer about to append more: a torn last line is cut off first.
+    /// Every score of the run, for a writer about to append more: a torn last line of its own
+    /// file is cut off first (other files are only read: their writers may be appending).
     pub fn scores_for_resume(&self) -> Result<Vec<ScoreRow>> {
-        let path = self.path(SCORES);
-        dedupe(&path, read_jsonl_numbered(&path, true)?, score_key, describe_score)
+        self.read_scores(true)
     }
 
-    /// Where new scores go.
+    fn read_scores(&self, repair_own: bool) -> Result<Vec<ScoreRow>> {
+        let own = self.scores_file();
+        let mut files = self.files_of(SCORES);
+        if repair_own && !files.contains(&own) {
+            files.push(own.clone());
+        }
+        let mut rows = Vec::new();
+        for (f, name) in files.iter().enumerate() {
+            let read: Vec<(usize, ScoreRow)> = read_jsonl_numbered(&self.path(name), repair_own && *name == own)?;
+            rows.extend(read.into_iter().map(|(line, r)| ((f, line), r)));
+        }
+        let paths: Vec<PathBuf> = files.iter().map(|n| self.path(n)).collect();
+        let mut rows = dedupe(&paths, rows, score_key, describe_score)?;
+        rows.sort_by_cached_key(score_key);
+        Ok(rows)
+    }
+
+    /// Where new scores go (this writer's scores file).
     pub fn score_appender(&self) -> Result<Appender> {
-        Appender::open(&self.path(SCORES))
+        Appender::open(&self.path(&self.scores_file()))
+    }
+
+    /// Data rows the run leaves out (`--skip-invalid`), as its manifest and every command that
+    /// wrote here recorded them: not owed.
+    pub fn left_out(&self) -> Result<HashSet<String>> {
+        let mut ids: HashSet<String> = HashSet::new();
+        if let Some(m) = self.manifest()? {
+            ids.extend(m.skipped_rows.into_iter().map(|r| r.id));
+        }
+        for i in self.invocations()? {
+            ids.extend(i.skipped_rows.into_iter().map(|r| r.id));
+        }
+        Ok(ids)
+    }
+
+    /// For a run made in shards, how far each shard got (`answers` as read by [`Self::answers`]);
+    /// `None` for a run made in one piece.
+    pub fn shard_status(&self, answers: &RunAnswers) -> Result<Option<Vec<ShardStatus>>> {
+        let Some(plan) = self.manifest()?.and_then(|m| m.shards) else { return Ok(None) };
+        Ok(Some(plan.status(&answers.by_file, &self.left_out()?)))
+    }
+
+    /// Runs `f` holding `.summary.lock` (blocking): a shard that finishes reads the whole run and
+    /// replaces its summary under it, so that the last summary written is of the last reading.
+    pub fn with_summary_lock<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let path = self.path(".summary.lock");
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
+        f()
     }
 
     /// The manifest, if the run has one.
@@ -599,7 +766,12 @@ impl RunDir {
 
     /// Binds each judge name to its identity in `judges.json`; a name already bound to another
     /// identity is an error.
+    /// Held under `.manifest.lock`: scoring shards bind their judges one at a time.
     pub fn bind_judges(&self, judges: &[(String, serde_json::Value)]) -> Result<()> {
+        self.with_manifest_lock(|| self.bind_judges_locked(judges))
+    }
+
+    fn bind_judges_locked(&self, judges: &[(String, serde_json::Value)]) -> Result<()> {
         let path = self.path(JUDGES);
         let mut known: BTreeMap<String, serde_json::Value> = match std::fs::read_to_string(&path) {
             Ok(t) => serde_json::from_str(&t).with_context(|| format!("{}: invalid JSON", path.display()))?,
@@ -623,8 +795,12 @@ impl RunDir {
         write_atomically(&path, (serde_json::to_string_pretty(&known)? + "\n").as_bytes())
     }
 
-    /// The vision tower's depth as the sweep's summary recorded it.
+    /// The vision tower's depth as the manifest (or, in runs of an older icet, the sweep's
+    /// summary) recorded it.
     pub fn num_layers(&self) -> Option<usize> {
+        if let Some(n) = self.manifest().ok().flatten().and_then(|m| m.num_layers) {
+            return Some(n);
+        }
         let text = std::fs::read_to_string(self.path(SUMMARY_JSON)).ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
         v["num_layers"].as_u64().map(|n| n as usize)
@@ -651,6 +827,7 @@ fn check_not_foreign(root: &Path) -> Result<()> {
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !(n.starts_with('.') && (n.ends_with(".lock") || n.contains(".tmp-"))))
+        .filter(|n| !is_icets_own_folder(&root.join(n)))
         .collect();
     if foreign.is_empty() {
         return Ok(());
@@ -663,6 +840,21 @@ fn check_not_foreign(root: &Path) -> Result<()> {
         shown.join(", "),
         if foreign.len() > 3 { format!(" and {} more", foreign.len() - 3) } else { String::new() }
     )
+}
+
+/// `slurm/` as `icet slurm` writes it (job scripts) and `logs/` (tasks' and workers' logs): made
+/// before the first shard writes the manifest, so not somebody else's files.
+fn is_icets_own_folder(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let own_file = |f: &str| match name.as_str() {
+        SLURM_DIR => f.ends_with(".sbatch") || f == "submit.sh" || (f.starts_with('.') && f.contains(".tmp-")),
+        LOGS_DIR => f.ends_with(".log"),
+        _ => false,
+    };
+    let Ok(entries) = std::fs::read_dir(path) else { return false };
+    path.is_dir()
+        && !path.is_symlink()
+        && entries.filter_map(|e| e.ok()).all(|e| e.path().is_file() && own_file(&e.file_name().to_string_lossy()))
 }
 
 /// `new` may add to the run of `old`: the same settings, model files and precision (the last
@@ -684,6 +876,16 @@ fn compatible(root: &Path, old: &Manifest, new: &Manifest, allow_mixed_precision
             root.display(),
             diffs.join("; ")
         );
+    }
+    if let (Some(was), Some(now)) = (&old.shards, &new.shards) {
+        if let Some(why) = was.difference(now) {
+            bail!(
+                "{}: holds a run made in {} shards, and this command's shard would not be one of them ({why}); \
+                 a run's shards all come from one data file: restore it, or use another --out",
+                root.display(),
+                was.count
+            );
+        }
     }
     if old.model_files.is_empty() {
         if !new.model_files.is_empty() {
@@ -869,40 +1071,56 @@ fn read_jsonl_numbered<T: for<'de> Deserialize<'de>>(path: &Path, repair: bool) 
 /// One row per key: identical copies (two processes of an older icet, without the lock, both
 /// wrote every answer) are dropped and counted in one note; copies that differ are an error
 /// naming the key and the lines, since nothing says which is right.
+/// The rows of one or more files (`paths`), each tagged with (file, line): one per key, across
+/// the files.
 fn dedupe<T: PartialEq, K: Eq + Hash + Clone>(
-    path: &Path,
-    rows: Vec<(usize, T)>,
+    paths: &[PathBuf],
+    rows: Vec<((usize, usize), T)>,
     key: impl Fn(&T) -> K,
     describe: impl Fn(&K) -> String,
 ) -> Result<Vec<T>> {
-    let mut first: HashMap<K, (usize, usize)> = HashMap::with_capacity(rows.len());
+    let mut first: HashMap<K, (usize, (usize, usize))> = HashMap::with_capacity(rows.len());
     let mut kept: Vec<T> = Vec::with_capacity(rows.len());
     let mut dropped: Vec<K> = Vec::new();
-    for (line, r) in rows {
+    let mut dropped_in: BTreeSet<usize> = BTreeSet::new();
+    for (at_line, r) in rows {
         let k = key(&r);
         match first.get(&k) {
-            Some(&(at, first_line)) => {
+            Some(&(at, first_at)) => {
                 if kept[at] != r {
-                    bail!(
-                        "{}: {} appears twice with different contents (lines {first_line} and {line}); a run holds \
-                         one per key, and nothing says which is right",
-                        path.display(),
-                        describe(&k)
-                    );
+                    let (f1, l1) = first_at;
+                    let (f2, l2) = at_line;
+                    let place = if f1 == f2 {
+                        format!(
+                            "{}: {} appears twice with different contents (lines {l1} and {l2})",
+                            paths[f1].display(),
+                            describe(&k)
+                        )
+                    } else {
+                        format!(
+                            "{} appears twice with different contents ({}:{l1} and {}:{l2})",
+                            describe(&k),
+                            paths[f1].display(),
+                            paths[f2].display()
+                        )
+                    };
+                    bail!("{place}; a run holds one per key, and nothing says which is right");
                 }
+                dropped_in.insert(at_line.0);
                 dropped.push(k);
             }
             None => {
-                first.insert(k, (kept.len(), line));
+                first.insert(k, (kept.len(), at_line));
                 kept.push(r);
             }
         }
     }
     if let Some(k) = dropped.first() {
+        let files: Vec<String> = dropped_in.iter().map(|&f| paths[f].display().to_string()).collect();
         eprintln!(
             "icet: {}: {} rows are exact copies of earlier ones (e.g. {}), written by two processes at once \
              (an icet without the run lock); each is counted once",
-            path.display(),
+            files.join(", "),
             dropped.len(),
             describe(k)
         );
@@ -1140,6 +1358,63 @@ mod tests {
         run.bind_judges(&[("rm".into(), id("/a")), ("tox".into(), id("/b"))]).unwrap();
         let e = run.bind_judges(&[("rm".into(), id("/c"))]).unwrap_err().to_string();
         assert!(e.contains("judges.json") && e.contains("another name"), "{e}");
+    }
+
+    /// Issue 13: a run made in shards is resumed only by shards of the same N whose data gives the
+    /// same split; each shard writes and resumes its own file, and readers read them all as one.
+    #[test]
+    fn shards_of_a_run_must_split_it_alike_and_are_read_as_one() {
+        let row = |id: &str, image: &str| crate::data::DataRow {
+            id: id.into(),
+            prompt: "p".into(),
+            image: image.into(),
+            image_path: PathBuf::from(image),
+        };
+        let rows = vec![row("a", "x.png"), row("b", "y.png"), row("c", "x.png")];
+        let plan = |rows: &[crate::data::DataRow], n| ShardPlan::new(rows, &[1, 2], n, RESPONSES);
+        let with = |plan: ShardPlan| Manifest {
+            shards: Some(plan.clone()),
+            ..manifest(serde_json::json!({"layers": [1, 2], "shards": plan.count}))
+        };
+        let d = scratch("shards");
+        let (run, _lock) = RunDir::create_for(&d, Some(Shard::new(0, 2).unwrap())).unwrap();
+        assert_eq!(run.answers_file(), "responses.shard-0-of-2.jsonl");
+        assert_eq!(run.scores_file(), "scores.shard-0-of-2.jsonl");
+        run.start(&with(plan(&rows, 2)), &Invocation::now("cpu", &run.answers_file())).unwrap();
+        // Another shard of the run has its own lock; the same shard is refused.
+        let (other, _other_lock) = RunDir::create_for(&d, Some(Shard::new(1, 2).unwrap())).expect("its own file");
+        let e = RunDir::create_for(&d, Some(Shard::new(0, 2).unwrap())).unwrap_err().to_string();
+        assert!(e.contains("another icet is writing its responses.shard-0-of-2.jsonl"), "{e}");
+        let e = other.check_resume(&with(plan(&rows, 3)), false).unwrap_err().to_string();
+        assert!(e.contains("`shards` is 2 in the run, 3 now"), "{e}");
+        let mut more = rows.clone();
+        more.push(row("d", "z.png"));
+        let e = other.check_resume(&with(plan(&more, 2)), false).unwrap_err().to_string();
+        assert!(e.contains("holds a run made in 2 shards") && e.contains("1 data rows are new (`d`)"), "{e}");
+        other.check_resume(&with(plan(&rows, 2)), false).expect("the same split");
+
+        // Each writes its own file; readers read both, in key order, and say what is owed.
+        let line = |r: &ResponseRow| serde_json::to_string(r).unwrap() + "\n";
+        std::fs::write(run.path("responses.shard-0-of-2.jsonl"), line(&answer("c", 2, "x"))).unwrap();
+        std::fs::write(
+            run.path("responses.shard-1-of-2.jsonl"),
+            [line(&answer("b", 1, "y")), "{\"id\": \"b".into()].concat(),
+        )
+        .unwrap();
+        let all = run.answers().unwrap();
+        assert_eq!(all.rows.iter().map(|r| (r.id.as_str(), r.layer)).collect::<Vec<_>>(), [("b", 1), ("c", 2)]);
+        assert_eq!(other.responses_for_resume().unwrap().len(), 1, "its own file, the torn tail cut");
+        assert!(std::fs::read_to_string(run.path("responses.shard-1-of-2.jsonl")).unwrap().ends_with('\n'));
+        let status = run.shard_status(&all).unwrap().unwrap();
+        assert_eq!(status.iter().map(|s| (s.expected, s.done)).collect::<Vec<_>>(), [(4, 1), (2, 1)]);
+        // The same answer in two shards' files: identical copies are one, differing ones refused.
+        std::fs::write(run.path("responses.shard-1-of-2.jsonl"), line(&answer("c", 2, "other"))).unwrap();
+        let e = run.responses().unwrap_err().to_string();
+        assert!(e.contains("the answer of `c` at layer 2 appears twice with different contents"), "{e}");
+        assert!(
+            e.contains("responses.shard-0-of-2.jsonl:1 and ") && e.contains("responses.shard-1-of-2.jsonl:1"),
+            "{e}"
+        );
     }
 
     /// Issue 14, finding 2: an answer is kept only while its row's inputs are what it was made from.

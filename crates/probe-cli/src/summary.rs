@@ -17,6 +17,7 @@ use crate::grouping::layer_groups;
 use crate::plot::{self, Chart, Point, Series};
 use crate::refusal::REFUSAL_RATE;
 use crate::run_dir::{ResponseRow, RunDir, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_PLOT_PNG, SUMMARY_PLOT_SVG};
+use crate::shard::{describe_incomplete, ShardStatus};
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct LayerStats {
@@ -47,6 +48,10 @@ pub struct Summary {
     pub default_layer: usize,
     pub layers: Vec<LayerStats>,
     pub groups: Vec<GroupStats>,
+    /// A run made in shards: how far each shard got (while one owes answers, the numbers above
+    /// are of the answers there are).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardStatus>,
 }
 
 pub fn summarize(rows: &[ResponseRow], num_layers: usize, default_layer: usize) -> Summary {
@@ -86,7 +91,7 @@ pub fn summarize(rows: &[ResponseRow], num_layers: usize, default_layer: usize) 
             }
         })
         .collect();
-    Summary { num_layers, default_layer, layers, groups }
+    Summary { num_layers, default_layer, layers, groups, shards: Vec::new() }
 }
 
 /// A rate as the table shows it: a percentage, `-` where there is none.
@@ -142,6 +147,9 @@ impl Summary {
             let n: usize = self.layers.iter().map(|l| l.n).sum();
             let _ =
                 write!(s, "\nwarning: {empty} of {n} answers are empty (no text); they are not in the refusal rate");
+        }
+        if let Some(note) = describe_incomplete(&self.shards) {
+            let _ = write!(s, "\nwarning: {note}; the table is of the answers there are");
         }
         s
     }

@@ -1,7 +1,8 @@
 //! The sweep: every (prompt, image) of a data file through every requested vision layer, on any
 //! model family. The vision tower runs once per image for all layers; answers are generated with
 //! continuous batching and appended to `responses.jsonl` as they finish, so an interrupted run
-//! resumes where it stopped.
+//! resumes where it stopped. A sweep in shards (`--shard K/N`, [`crate::shard`]) makes only its
+//! shard's images' answers, into its own answers file, and resumes on its own.
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::run_dir::{
     precision_of, utc_now, Appender, Invocation, Manifest, ResponseRow, Resume, RowInputs, RowSource, RunDir,
     SkippedRow, MANIFEST_FORMAT, RESPONSES,
 };
+use crate::shard::{Shard, ShardPlan};
 use crate::stats::{fnv1a, FNV_OFFSET};
 use crate::summary::{summarize, Summary};
 
@@ -50,6 +52,8 @@ pub struct SweepRequest {
     pub allow_mixed_precision: bool,
     /// `--skip-invalid`: leave out rows that cannot be answered instead of stopping.
     pub skip_invalid: bool,
+    /// `--shard K/N` (N > 1): make only shard K's answers, into its own answers file.
+    pub shard: Option<Shard>,
 }
 
 /// `--batch-size`: a number of sequences, or `auto`.
@@ -91,11 +95,27 @@ pub fn answer_seed(seed: u64, id: &str, layer: usize) -> u64 {
 pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
     // Everything that can be wrong with the inputs is found before the model loads.
     req.decode.check()?;
-    let rows = data::load_with(&req.data, &req.data_options)?;
+    let mut rows = data::load_with(&req.data, &req.data_options)?;
     let judge_specs = judge::preflight(&req.judges)?;
     let spec = registry::open::<B>(&req.model_dir, req.family_options.clone())?;
     let num_layers = spec.num_layers();
     let default_layer = spec.default_layer()?;
+    let layers = parse_layers(&req.layers, num_layers)?;
+    // A shard: the split of every data row (so every shard computes the same), then this
+    // shard's rows only (the rows of the others are theirs to check and answer).
+    let plan = req.shard.map(|s| ShardPlan::new(&rows, &layers, s.count, RESPONSES));
+    if let (Some(shard), Some(plan)) = (req.shard, &plan) {
+        let mine = plan.ids(shard.index);
+        rows.retain(|r| mine.contains(r.id.as_str()));
+        let work = &plan.shards[shard.index];
+        eprintln!(
+            "icet: {shard}: {} of {} images, {} answers, into {}",
+            work.images,
+            plan.shards.iter().map(|w| w.images).sum::<usize>(),
+            work.answers,
+            work.file
+        );
+    }
     // Prompts the template refuses (a raw prompt without the image token) are all found now;
     // those the tokenizer refuses or that do not fit, once the model is loaded. Both stop the
     // sweep before its first answer, naming every such row, unless --skip-invalid.
@@ -104,11 +124,10 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
     if let Some(note) = &rendered.note {
         eprintln!("icet: {note}");
     }
-    let layers = parse_layers(&req.layers, num_layers)?;
 
     // The folder is this process's (or refused) before anything is loaded, and a run made
-    // otherwise (settings, model files, precision) is refused before the model loads.
-    let (run, _lock) = RunDir::create(&req.out)?;
+    // otherwise (settings, model files, precision, shards) is refused before the model loads.
+    let (run, _lock) = RunDir::create_for(&req.out, req.shard)?;
     let mut manifest = Manifest {
         format: MANIFEST_FORMAT,
         engine: "icet".into(),
@@ -124,6 +143,8 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
         refusal_phrases: REFUSAL_PHRASES.iter().map(|p| p.to_string()).collect(),
         demo: req.demo,
         skipped_rows: vec![],
+        num_layers: Some(num_layers),
+        shards: plan,
     };
     run.check_resume(&manifest, req.allow_mixed_precision)?;
 
@@ -140,7 +161,7 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
         .map(|(r, i)| (r.id.as_str(), RowSource { prompt: &r.prompt, image: &r.image, inputs: i.clone() }))
         .collect();
     let mut all_rows = run.responses_for_resume()?;
-    Resume::check_inputs(&all_rows, &sources, &run.path(RESPONSES))?;
+    Resume::check_inputs(&all_rows, &sources, &run.path(&run.answers_file()))?;
     let resume = Resume::new(&all_rows);
     let mut pending: Vec<(usize, usize)> = rows
         .iter()
@@ -150,7 +171,7 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
     if resume.done() > 0 {
         eprintln!("icet: resuming {}: {} answers done, {} to go", req.out.display(), resume.done(), pending.len());
     }
-    let mut invocation = Invocation::now(b.name(), RESPONSES);
+    let mut invocation = Invocation::now(b.name(), &run.answers_file());
     invocation.batch_size = req.batch_size.to_string();
     invocation.allow_mixed_precision = req.allow_mixed_precision;
     if pending.is_empty() {
@@ -171,6 +192,16 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
         generate_answers(b, model.as_ref(), req, &answers, &run, &mut all_rows, &run_note)?;
     }
 
+    // A shard's summary is of the whole run as far as it got (every shard's answers).
+    if req.shard.is_some() {
+        let summary = run_summary(&run, &skipped)?;
+        println!("{}", summary.table());
+        eprintln!("icet: results in {}", req.out.display());
+        if !judge_specs.is_empty() {
+            crate::score::score_run(b, &run, &req.judges)?;
+        }
+        return Ok(summary);
+    }
     // The summary covers the requested layers of this data file (rows left out aside), resumed
     // rows included.
     let left_out: HashSet<&str> = skipped.iter().map(|r| r.id.as_str()).collect();
@@ -188,6 +219,32 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
         crate::score::score_run(b, &run, &req.judges)?;
     }
     Ok(summary)
+}
+
+/// The summary of a run made in shards, of every shard's answers there are (`skipped`: rows this
+/// process left out, besides those the run's log records), written into the run and returned;
+/// shards that still owe answers are named in it and on stderr. Read and written under the run's
+/// summary lock, so that the summary last written is of the last reading.
+pub fn run_summary(run: &RunDir, skipped: &[SkippedRow]) -> Result<Summary> {
+    run.with_summary_lock(|| {
+        let manifest = run.manifest()?.ok_or_else(|| anyhow!("{}: no manifest.json", run.root().display()))?;
+        let plan = manifest.shards.ok_or_else(|| anyhow!("{}: not a run made in shards", run.root().display()))?;
+        let (Some(num_layers), Some(default_layer)) = (manifest.num_layers, manifest.default_layer) else {
+            bail!("{}: manifest.json records no vision layers", run.root().display());
+        };
+        let mut left_out = run.left_out()?;
+        left_out.extend(skipped.iter().map(|r| r.id.clone()));
+        let answers = run.answers()?;
+        let status = plan.status(&answers.by_file, &left_out);
+        let grid = plan.grid(&left_out);
+        let rows: Vec<ResponseRow> =
+            answers.rows.into_iter().filter(|r| grid.contains(&(r.id.clone(), r.layer))).collect();
+        let mut summary = summarize(&rows, num_layers, default_layer);
+        // The table says it when a shard still owes answers.
+        summary.shards = status;
+        summary.write(run)?;
+        Ok(summary)
+    })
 }
 
 /// What decides a run's answers (a run resumes only under the same settings). `strategy` and
@@ -218,6 +275,10 @@ fn settings<B: Backend>(
     }
     if let Some(pairing) = req.data_options.settings() {
         settings["data_options"] = pairing;
+    }
+    if let Some(shard) = req.shard {
+        // Every shard of a run splits it alike; another N is another run.
+        settings["shards"] = shard.count.into();
     }
     for (k, v) in spec.settings() {
         settings[k] = v;

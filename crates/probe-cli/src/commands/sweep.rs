@@ -6,7 +6,9 @@ use clap::Args as ClapArgs;
 use icet_engine::data::DataArgs;
 use icet_engine::decode::DecodeArgs;
 use icet_engine::judge::JudgeArgs;
+use icet_engine::shard::ShardArg;
 use icet_engine::sweep::{sweep, BatchSize, SweepRequest};
+use icet_engine::workers::{parse_devices, run_workers, WorkersRequest};
 use icet_models::backend::Backend;
 
 use super::ModelArgs;
@@ -37,6 +39,13 @@ its answers were made from; anything else is refused, naming what differs. One p
 at a time (\"in use by pid N\"). Ctrl-C or SIGTERM stops cleanly (the answers in flight are dropped;
 rerun to resume); a second one stops at once. Progress: a bar on a terminal, else a line every 30 s
 (ICET_PROGRESS_SECONDS).
+
+Many GPUs: --shard K/N makes shard K (from 0) of N, split by image and balanced by answers, into
+responses.shard-K-of-N.jsonl of the same --out (shared by all shards; each resumes on its own);
+--shard auto takes K and N from Slurm (SLURM_ARRAY_TASK_ID/COUNT, or SLURM_PROCID/NTASKS).
+Summary, `icet score` and `icet report` read every shard's file as one run and name the shards that
+still owe answers. --devices 0,1,2,3 runs one worker per GPU of this machine, as shards;
+`icet slurm` writes (and submits) the Slurm job array.
 
 Example: icet sweep --model llava-1.5-7b-hf --data redteam.jsonl --layers all --out runs/rt-llava")]
 pub struct Args {
@@ -80,11 +89,60 @@ pub struct Args {
     /// first answer; each is named on stderr and recorded in the run's manifest
     #[arg(long)]
     pub skip_invalid: bool,
+    /// Make only shard K (from 0) of N of the run: `K/N`, `auto` (Slurm's array task id and
+    /// count, or SLURM_PROCID and SLURM_NTASKS) or `auto/N` (the task id, N shards)
+    #[arg(long, value_name = "K/N|auto", conflicts_with = "devices")]
+    pub shard: Option<ShardArg>,
+    /// One worker process per device of this machine, each a shard (CUDA_VISIBLE_DEVICES set to
+    /// its device; with --device cpu the ids are only labels), e.g. 0,1,2,3
+    #[arg(long, value_name = "IDS")]
+    pub devices: Option<String>,
 }
 
-impl super::OnBackend for Args {
-    fn model(&self) -> &ModelArgs {
-        &self.model
+impl super::Run for Args {
+    fn run(self) -> Result<()> {
+        if let Some(devices) = self.devices.as_deref().map(parse_devices).transpose()? {
+            return self.run_on_devices(devices);
+        }
+        let selected = self.model.backend()?;
+        icet_engine::with_backend!(selected, |b| self.run_on(&b))
+    }
+}
+
+/// The demo's default `--out`.
+fn demo_out() -> PathBuf {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    PathBuf::from(format!("icet-runs/demo-{t}"))
+}
+
+impl Args {
+    /// `--devices`: this command's arguments again for each worker, without `--devices`, with
+    /// the one `--out` of them all.
+    fn run_on_devices(self, devices: Vec<String>) -> Result<()> {
+        let demo = self.model.model.is_none() && self.data.is_none();
+        let out = match (&self.out, demo) {
+            (Some(o), _) => o.clone(),
+            (None, true) => demo_out(),
+            (None, false) => bail!("--out DIR is required"),
+        };
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut given = std::env::args_os().skip(1);
+        while let Some(a) = given.next() {
+            if a == "--devices" {
+                given.next();
+            } else if !a.to_string_lossy().starts_with("--devices=") {
+                args.push(a);
+            }
+        }
+        if self.out.is_none() {
+            args.push("--out".into());
+            args.push(out.clone().into());
+        }
+        let exe = std::env::current_exe().context("cannot find the icet binary for the workers")?;
+        let summary = run_workers(&WorkersRequest { exe, args, devices, out: out.clone() })?;
+        println!("{}", summary.table());
+        eprintln!("icet: results in {}", out.display());
+        Ok(())
     }
 
     fn run_on<B: Backend>(mut self, b: &B) -> Result<()> {
@@ -104,14 +162,13 @@ impl super::OnBackend for Args {
         let model_dir = self.model.model_dir()?.to_path_buf();
         let out = match (&self.out, demo) {
             (Some(o), _) => o.clone(),
-            (None, true) => {
-                let t = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                PathBuf::from(format!("icet-runs/demo-{t}"))
-            }
+            (None, true) => demo_out(),
             (None, false) => bail!("--out DIR is required"),
+        };
+        // One shard of one is the run itself.
+        let shard = match self.shard {
+            Some(arg) => Some(arg.resolve(|k| std::env::var(k).ok())?).filter(|s| s.count > 1),
+            None => None,
         };
         let req = SweepRequest {
             model_dir,
@@ -128,6 +185,7 @@ impl super::OnBackend for Args {
             demo,
             allow_mixed_precision: self.allow_mixed_precision,
             skip_invalid: self.skip_invalid,
+            shard,
         };
         sweep(b, &req)?;
         Ok(())

@@ -231,7 +231,7 @@ pub fn load<'a, B: Backend>(
         JudgeKind::Perspective => Box::new(perspective::Perspective::new(
             &args.perspective_url,
             args.perspective_qps,
-            &run.path(crate::run_dir::PERSPECTIVE_CACHE),
+            &run.path(&run.perspective_cache_file()),
         )?),
     })
 }
