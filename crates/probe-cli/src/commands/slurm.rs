@@ -24,7 +24,7 @@ the resubmission brings new ones.
 Examples:
   icet slurm --shards 8 --partition gpu --time 04:00:00 --submit -- \\
       --model llava-1.5-7b-hf --data redteam.jsonl --layers all --out /shared/runs/rt-llava
-  icet slurm --shards 8 --score llama-guard-3=Llama-Guard-3-8B --submit -- --model ... --out /shared/runs/rt
+  icet slurm --shards 8 --score llama-guard-3=Llama-Guard-3-8B --submit -- ... --out /shared/runs/rt
   icet report /shared/runs/rt-llava     # any time: names the shards that still owe answers"
 )]
 pub struct Args {
