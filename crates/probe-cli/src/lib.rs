@@ -11,6 +11,8 @@
 //!   toxicity models, Perspective) into `scores.jsonl`.
 //! * [`report`]: per-layer tables with bootstrap intervals ([`stats`]) and plots ([`plot`]),
 //!   grouped as the paper does ([`grouping`]); the sweep's own [`summary`] uses the same pieces.
+//!   [`report_html`] writes the same tables, the plots and every answer into one self-contained page.
+//!   [`safety_utility`] puts ASR beside VQA accuracy and reward, layer by layer, across runs.
 //! * [`generate`], [`features`], [`bench`]: one answer, one image's features, stage throughput.
 //! * [`vqa`]: VQA-v2's official files, the official VQA accuracy and VQA-v2 sweep items.
 //! * [`data`] (data files and datasets), [`decode`] (decoding options), [`device`] (backend
@@ -30,7 +32,9 @@ pub mod plot;
 pub mod progress;
 pub mod refusal;
 pub mod report;
+pub mod report_html;
 pub mod run_dir;
+pub mod safety_utility;
 pub mod score;
 pub mod stats;
 pub mod summary;
