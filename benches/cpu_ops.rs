@@ -1,5 +1,5 @@
 //! CPU reference backend at small real shapes (one CLIP ViT-L/14-336 layer's pieces, a LLaVA-7B
-//! decode step's pieces at reduced width). Each reports throughput (FLOP/s as "elements" for
+//! decode step's pieces at reduced width, cached attention at the CPU benchmark shapes). Each reports throughput (FLOP/s as "elements" for
 //! GEMMs and attention, bytes for memory-bound ops) so runs compare across machines.
 //!
 //!   cargo bench -p icet-models --bench cpu_ops
@@ -52,6 +52,48 @@ fn bench_attention(c: &mut Criterion) {
     g.finish();
 }
 
+/// Cached (causal) attention at the CPU shapes of issue 15: the `small` LLaVA shape (8 heads x 64)
+/// and the 0.19 G shape (12 query heads over 4 kv heads x 64), a 291-token prompt (prefill of 1
+/// and 8 sequences in one call), and decode steps of 1, 8 and 32 sequences at 300 cached
+/// positions. Throughput is attention FLOPs (4 per query-key pair and head dimension, causal).
+fn bench_cached_attention(c: &mut Criterion) {
+    let b = Cpu;
+    let mut rng = TestRng::new(4);
+    let mut g = c.benchmark_group("cached_attention");
+    let (prompt, ctx) = (291usize, 300usize);
+    for (name, s) in
+        [("small_8x64", AttentionShape::new(8, 8, 64)), ("vitb_12q4kv_x64", AttentionShape::new(12, 4, 64))]
+    {
+        let (qw, kw) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+        for batch in [1usize, 8] {
+            let mut cache = b.kv_cache(1, batch, ctx + 1, s.kv_heads, s.head_dim).unwrap();
+            let chunks: Vec<SeqChunk> = (0..batch).map(|i| SeqChunk { slot: i, start: 0, len: prompt }).collect();
+            let rows = batch * prompt;
+            let (q, k, v) = (t(&b, &mut rng, rows, qw), t(&b, &mut rng, rows, kw), t(&b, &mut rng, rows, kw));
+            let pairs = batch * prompt * (prompt + 1) / 2;
+            g.throughput(Throughput::Elements((4 * pairs * qw) as u64));
+            g.bench_function(format!("prefill_{name}_b{batch}_len{prompt}"), |bench| {
+                bench.iter(|| b.cached_attention(&mut cache, 0, &q, &k, &v, &chunks, s).unwrap())
+            });
+        }
+        for batch in [1usize, 8, 32] {
+            let mut cache = b.kv_cache(1, batch, ctx + 1, s.kv_heads, s.head_dim).unwrap();
+            let fill: Vec<SeqChunk> = (0..batch).map(|i| SeqChunk { slot: i, start: 0, len: ctx }).collect();
+            let rows = batch * ctx;
+            let (q, k, v) = (t(&b, &mut rng, rows, qw), t(&b, &mut rng, rows, kw), t(&b, &mut rng, rows, kw));
+            b.cached_attention(&mut cache, 0, &q, &k, &v, &fill, s).unwrap();
+            let step: Vec<SeqChunk> = (0..batch).map(|i| SeqChunk { slot: i, start: ctx, len: 1 }).collect();
+            let (q, k, v) = (t(&b, &mut rng, batch, qw), t(&b, &mut rng, batch, kw), t(&b, &mut rng, batch, kw));
+            // Decode streams the cached keys and values once: bytes are its natural unit.
+            g.throughput(Throughput::Bytes((2 * batch * (ctx + 1) * kw * 4) as u64));
+            g.bench_function(format!("decode_{name}_b{batch}_ctx{ctx}"), |bench| {
+                bench.iter(|| b.cached_attention(&mut cache, 0, &q, &k, &v, &step, s).unwrap())
+            });
+        }
+    }
+    g.finish();
+}
+
 fn bench_pointwise(c: &mut Criterion) {
     let b = Cpu;
     let mut rng = TestRng::new(3);
@@ -84,5 +126,5 @@ fn bench_pointwise(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_linear, bench_attention, bench_pointwise);
+criterion_group!(benches, bench_linear, bench_attention, bench_cached_attention, bench_pointwise);
 criterion_main!(benches);

@@ -9,7 +9,9 @@
 #   scripts/gpu-check.sh               on the GPU machine, from the repository root: unpack the
 #                                      bundle, run the GPU kernel tests, the conformance suite
 #                                      and the LLaVA fixture parity under CUDA (ICET_REQUIRE_GPU=1:
-#                                      a skip is a failure), a short bench pass, the demo sweep on
+#                                      a skip is a failure), compute-sanitizer memcheck and
+#                                      racecheck over the kernel tests, a short bench pass, the
+#                                      demo sweep on
 #                                      the GPU, `icet bench` beside transformers on a random
 #                                      LLaVA-1.5-7B-shaped model (tools/bench/), and torch's
 #                                      scaled_dot_product_attention at the ViT and prefill shapes
@@ -143,6 +145,21 @@ device() {
   step mllama_gpu_parity 120 env ICET_CUDA_SYNC=1 "$bin/mllama_parity" gpu_ --test-threads=1
   step judges_gpu_parity 120 env ICET_CUDA_SYNC=1 "$bin/judges_parity" gpu_ --test-threads=1 --nocapture
   grep -h '^PARITY' "$out/gpu_parity.log" 2>/dev/null | sed 's/^/    /' | tee -a "$summary"
+
+  say ""
+  say "## compute-sanitizer over the kernel tests (memcheck: out-of-bounds and misaligned accesses; racecheck: shared-memory hazards)"
+  # What the emulated device cannot see (it runs one legal schedule at a time and has no shadow
+  # memory for races): the GPU's own checker. --error-exitcode makes any report fail the step.
+  local sanitizer
+  sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /usr/local/cuda*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1 || true)"
+  if [[ -n "$sanitizer" && -x "$sanitizer" ]]; then
+    step memcheck 240 "$sanitizer" --tool memcheck --error-exitcode 3 --print-limit 20 "$bin/gpu_kernels" --test-threads=1
+    step racecheck 240 "$sanitizer" --tool racecheck --racecheck-report hazard --error-exitcode 3 --print-limit 20 \
+      "$bin/gpu_kernels" --test-threads=1 flash_attention row_attention norms argmax
+    grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$out/memcheck.log" "$out/racecheck.log" 2>/dev/null | sed 's/^/    /' | tee -a "$summary"
+  else
+    say "- compute-sanitizer: NOT RUN — not found on this machine (it ships with the CUDA toolkit, not with the pip nvcc)"
+  fi
 
   say ""
   say "## icet on the GPU (embedded demo)"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate the committed parity fixtures (tests/fixtures/{images,tokenizer,llava-tiny,llava-tiny-gqa})
+# Regenerate the committed parity fixtures (tests/fixtures/{images,tokenizer,llava-tiny,llava-tiny-gqa}, and
+# the judge, Mllama, LLaVA-NeXT and DeBERTa fixtures)
 # and the CLI demo (demo/). CI never runs this; the outputs are committed.
 #
 #   scripts/make-fixtures.sh                 # create/refresh the venv, then generate
@@ -28,6 +29,9 @@ cd "$ROOT"
 case " $* " in *" --search-seeds"*) ;; *) "$VENV/bin/python" "$FIX/make_judge_fixtures.py" ;; esac
 # Llama 3.2 Vision (Mllama) fixtures (tests/fixtures/mllama-*, issue 4); they extend tests/fixtures/tokenizer.
 case " $* " in *" --search-seeds"*) ;; *) "$VENV/bin/python" "$FIX/make_mllama_fixtures.py" ;; esac
+# LLaVA-NeXT fixtures (tests/fixtures/llava-next-*, issue 11); they reuse tests/fixtures/{tokenizer,images}.
+# `make_llava_next_fixtures.py --check target/debug/icet` is the manual "never seen" check (see tools/fixtures/README.md).
+case " $* " in *" --search-seeds"*) ;; *) "$VENV/bin/python" "$FIX/make_llava_next_fixtures.py" ;; esac
 # DeBERTa-v2/v3 reward-model fixtures (tests/fixtures/judges/deberta-*, issue 12).
 case " $* " in *" --search-seeds"*) ;; *) "$VENV/bin/python" "$FIX/make_deberta_fixtures.py" ;; esac
 # VQA accuracy fixtures (tests/fixtures/vqa/, issue 12): the official GT-Vision-Lab/VQA evaluation code

@@ -1,12 +1,15 @@
 //! The backend conformance suite (`icet_models::backend::conformance`, naive f64 references)
-//! run against the CUDA backend. Without a usable GPU every test prints `SKIPPED <test>: <reason>`
-//! on stderr and returns (see gpu_common.rs); with `ICET_REQUIRE_GPU=1` it fails instead.
+//! run against the CUDA backend — on the GPU, or on the emulated device where there is none (see
+//! gpu_common.rs; every shape here is small, so none is reduced under emulation).
 //!
 //! f32 runs the whole suite at the CPU backend's tolerance (1e-5 relative). bf16 and f16 run the
 //! numeric checks (their inputs are rounded to the storage type on upload, while the naive
-//! references use the unrounded values): f16 (11-bit significand) at 1e-2, bf16 (8-bit
-//! significand, where an op's two inputs and its output are each rounded by up to 2^-9) at
-//! 2e-2. The exact checks — row movement, reshape, token choice — compare bit patterns of f32
+//! references use the unrounded values), with the error measured against `max(1, |expected|)`:
+//! an op whose two inputs of magnitude up to 6 are each rounded by up to 2^-p relative and whose
+//! output is rounded once more can be off by 2·6·2^-p + 2^-p absolute where the result is near
+//! 1 — 3.2e-3 for f16 (p = 12), 2.5e-2 for bf16 (p = 9). Tolerances: f16 1e-2, bf16 3e-2. (The
+//! bf16 tolerance was 2e-2 until the emulated device first ran this suite: `add_assign` of
+//! values in [-6, 6) reached 2.04e-2 — the kernel exact, the estimate short.) The exact checks — row movement, reshape, token choice — compare bit patterns of f32
 //! values and run at f32; tests/gpu_kernels.rs checks those kernels at bf16/f16 on values the
 //! storage type represents exactly.
 #[macro_use]
@@ -62,4 +65,4 @@ macro_rules! numeric_conformance {
 }
 
 numeric_conformance!(f16, DType::F16, 1e-2);
-numeric_conformance!(bf16, DType::BF16, 2e-2);
+numeric_conformance!(bf16, DType::BF16, 3e-2);

@@ -1,18 +1,21 @@
 //! End-to-end LLaVA parity under CUDA on the committed tiny checkpoints: the same references
 //! (transformers 5.24, `tools/fixtures/make_fixtures.py`) that tests/llava_parity.rs checks the
-//! CPU backend against, read through the CUDA backend at f32 and at bf16.
+//! CPU backend against, read through the CUDA backend at f32 and at bf16 — on the GPU, or on the
+//! emulated device where there is none (gpu_common.rs; the fixtures are tiny, nothing is reduced).
 //!
 //! Tolerances (error = `max |ours - ref| / max |ref|` over a tensor), looser than the CPU's 1e-4:
 //! - f32: 1e-3 for every vision layer, projected features and first-step logits (cuBLASLt and the
 //!   kernels reduce in other orders than torch's CPU kernels; a few ulp per op over the layers);
-//!   greedy tokens equal while the recorded top-2 margin is >= 2e-3, as on the CPU.
-//! - bf16: 6e-2 (weights and every activation rounded to 8 significant bits, as a bf16
-//!   transformers run would; the tiny models' residual streams are small and noisy); greedy tokens
-//!   equal while the recorded margin is >= 0.25, the error bf16 logits can carry.
+//!   greedy tokens equal while the recorded top-2 margin is >= 2e-3, as on the CPU. (Emulated:
+//!   vision 7e-7, logits 3e-6.)
+//! - bf16: what transformers' own bf16 run of these checkpoints drifts from their f32 references
+//!   (`scripts/torch-bf16-drift.py`: vision 1.4e-2, first-step logits 8.5e-2, greedy tokens flip
+//!   at recorded margins up to 1.18 — random tiny models are chaotic at 8 significant bits), with
+//!   headroom: vision 6e-2, logits 1.5e-1, tokens equal while the margin is >= 2. (Emulated: vision
+//!   2e-2, logits 6.4e-2. The first estimates, logits 6e-2 and margin 0.25, were below torch's own
+//!   drift; the emulated device was the first to run them.)
 //!
-//! These are first estimates, to be tightened from the numbers the first GPU run prints.
-//!
-//! Without a usable GPU each test prints `SKIPPED <test>: <reason>` on stderr and returns.
+//! Without a usable GPU or emulator each test prints `SKIPPED <test>: <reason>` on stderr and returns.
 #[macro_use]
 #[path = "gpu_common.rs"]
 mod gpu_common;
@@ -36,7 +39,7 @@ struct Tolerance {
 fn tolerance(d: DType) -> Tolerance {
     match d {
         DType::F32 => Tolerance { vision: 1e-3, logits: 1e-3, margin_for_equal_tokens: 2e-3 },
-        DType::BF16 | DType::F16 => Tolerance { vision: 6e-2, logits: 6e-2, margin_for_equal_tokens: 0.25 },
+        DType::BF16 | DType::F16 => Tolerance { vision: 6e-2, logits: 1.5e-1, margin_for_equal_tokens: 2.0 },
     }
 }
 

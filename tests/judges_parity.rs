@@ -16,9 +16,9 @@
 //!
 //! Greedy tokens are compared while transformers' recorded top-2 margin is at least the
 //! tolerance's margin (after a closer step, later tokens are not compared). Every model check is
-//! one generic body run on the CPU (f32: 1e-4, margin 1e-3) and on CUDA (`gpu_*` tests: f32 1e-3
-//! with margin 1e-2; bf16 6e-2 with margin 0.25, as tests/gpu_parity.rs), which print
-//! `SKIPPED <test>: <reason>` without a GPU.
+//! one generic body run on the CPU (f32: 1e-4, margin 1e-3) and on CUDA (`gpu_*` tests, on the GPU
+//! or the emulated device: f32 1e-3 with margin 1e-2; bf16 per judge, see `cuda_tol`), which print
+//! `SKIPPED <test>: <reason>` without either.
 use std::path::{Path, PathBuf};
 
 use icet_models::backend::cpu::Cpu;
@@ -50,17 +50,29 @@ struct Tol {
 
 const CPU: Tol = Tol { logits: 1e-4, margin: 1e-3 };
 
-fn cuda_tol(dtype: DType) -> Tol {
-    match dtype {
-        DType::F32 => Tol { logits: 1e-3, margin: 1e-2 },
-        _ => Tol { logits: 6e-2, margin: 0.25 },
+/// The tolerance of judge `name` on CUDA. bf16: above what transformers' own bf16 run of the
+/// judge drifts from its f32 reference (`scripts/torch-bf16-drift.py`; emulated values after the
+/// arrow): GPT-2 reward 5.8e-1 → 9.1e-1 (one reference score is 0.0196, so an absolute error of
+/// 0.018 — about one bf16 step at 1–4 — reads as 91%), BERT 2.2e-2 → 1.9e-2, RoBERTa 1.3e-2 →
+/// 1.3e-2, Llama Guard first logits 7.8e-1 → 6.6e-2 with tokens flipping at margins up to 4.1,
+/// Llama Guard Vision 3.7e-1 → 2.0e-2 with flips up to 1.9.
+fn cuda_tol(dtype: DType, name: &str) -> Tol {
+    match (dtype, name) {
+        (DType::F32, _) => Tol { logits: 1e-3, margin: 1e-2 },
+        (_, "gpt2-reward-tiny") => Tol { logits: 1.5, margin: f64::INFINITY },
+        (_, "bert-toxic-tiny" | "roberta-toxic-tiny") => Tol { logits: 6e-2, margin: f64::INFINITY },
+        (_, "deberta-v3-reward-tiny") => Tol { logits: 6e-2, margin: f64::INFINITY },
+        (_, "llama-guard-tiny") => Tol { logits: 1.0, margin: 6.0 },
+        (_, "llama-guard-vision-tiny") => Tol { logits: 6e-1, margin: 3.0 },
+        (_, other) => panic!("no bf16 tolerance for {other}"),
     }
 }
 
-/// Tokens equal to `want` up to and including the first step whose margin is below `margin`;
-/// returns how many were compared.
+/// Tokens equal to `want` at every step before the first whose margin is below `margin` (that
+/// step's top two logits are within the tolerance of each other, so its token may legitimately
+/// differ); returns how many were compared.
 fn assert_tokens(got: &[u32], want: &[u32], margins: &[f32], margin: f64, what: &str) -> usize {
-    let sure = margins.iter().position(|&m| (m as f64) < margin).map_or(want.len(), |i| i + 1);
+    let sure = margins.iter().position(|&m| (m as f64) < margin).unwrap_or(want.len());
     assert_eq!(got[..sure.min(got.len())], want[..sure], "{what}: greedy tokens");
     sure
 }
@@ -392,7 +404,7 @@ fn check_llama_guard_vision<B: Backend>(b: &B, tol: Tol) {
         b.name()
     );
     assert!(worst <= tol.logits, "{worst}");
-    assert!(compared >= cases.len(), "too few tokens compared: {compared}");
+    assert!(compared > 0, "no token compared");
     if tol.logits <= CPU.logits {
         assert!(compared >= cases.len() * 4, "too few tokens compared: {compared}");
         // One at a time gives the same verdicts as the mixed batch.
@@ -411,13 +423,12 @@ fn check_llama_guard_vision<B: Backend>(b: &B, tol: Tol) {
 /// Every judge through the CUDA backend (skipped, visibly, without a GPU).
 fn check_judges_on_cuda(dtype: DType, label: &str) {
     let b = cuda_or_skip!(label, dtype);
-    let tol = cuda_tol(dtype);
-    check_reward(&b, tol);
-    check_toxicity(&b, tol, "bert-toxic-tiny", "toxic", "sigmoid");
-    check_toxicity(&b, tol, "roberta-toxic-tiny", "toxic", "softmax");
-    check_llama_guard(&b, tol);
-    check_llama_guard_vision(&b, tol);
-    check_deberta(&b, tol);
+    check_reward(&b, cuda_tol(dtype, "gpt2-reward-tiny"));
+    check_toxicity(&b, cuda_tol(dtype, "bert-toxic-tiny"), "bert-toxic-tiny", "toxic", "sigmoid");
+    check_toxicity(&b, cuda_tol(dtype, "roberta-toxic-tiny"), "roberta-toxic-tiny", "toxic", "softmax");
+    check_llama_guard(&b, cuda_tol(dtype, "llama-guard-tiny"));
+    check_llama_guard_vision(&b, cuda_tol(dtype, "llama-guard-vision-tiny"));
+    check_deberta(&b, cuda_tol(dtype, "deberta-v3-reward-tiny"));
 }
 
 #[test]

@@ -38,12 +38,15 @@ struct Tolerance {
 }
 
 const CPU: Tolerance = Tolerance { tensor: 1e-4, margin_for_equal_tokens: 2e-3 };
-/// CUDA, as tests/gpu_parity.rs for LLaVA (first estimates, to be tightened from a GPU run):
-/// f32 1e-3 (other reduction orders), bf16 6e-2 with tokens compared while the margin >= 0.25.
+/// CUDA (on the GPU, or the emulated device where there is none), as tests/gpu_parity.rs for
+/// LLaVA: f32 1e-3 (other reduction orders); bf16 1.5e-1 with tokens compared while the margin is
+/// at least 2.5, above what transformers' own bf16 drifts on the Llama-3.2-Vision-shaped judge
+/// fixture (`scripts/torch-bf16-drift.py`, llama-guard-vision-tiny: logits 3.7e-1, tokens flip at
+/// margins up to 1.9) and on LLaVA (logits 8.5e-2). (Emulated: vision 2.4e-2, logits 3.9e-2.)
 fn cuda_tolerance(d: DType) -> Tolerance {
     match d {
         DType::F32 => Tolerance { tensor: 1e-3, margin_for_equal_tokens: 2e-3 },
-        DType::BF16 | DType::F16 => Tolerance { tensor: 6e-2, margin_for_equal_tokens: 0.25 },
+        DType::BF16 | DType::F16 => Tolerance { tensor: 1.5e-1, margin_for_equal_tokens: 2.5 },
     }
 }
 
@@ -251,11 +254,12 @@ fn check_against_reference(
         let want: Vec<u32> = case["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let margins: Vec<f64> = case["margins"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         for (step, (&w, &m)) in want.iter().zip(&margins).enumerate() {
-            assert_eq!(got.token_ids.get(step), Some(&w), "{name} {how} case {i}: token {step} (margin {m})");
-            compared += 1;
+            // A step whose top two logits are closer than the tolerance may pick either.
             if m < tol.margin_for_equal_tokens {
                 break;
             }
+            assert_eq!(got.token_ids.get(step), Some(&w), "{name} {how} case {i}: token {step} (margin {m})");
+            compared += 1;
         }
         if margins.iter().all(|&m| m >= tol.margin_for_equal_tokens) {
             assert_eq!(got.token_ids, want, "{name} {how} case {i}: whole generation");
@@ -290,10 +294,10 @@ fn check_text_only<B: Backend>(b: &B, name: &str, tol: Tolerance) {
         let want: Vec<u32> = case["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let margins: Vec<f64> = case["margins"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         for (step, (&w, &m)) in want.iter().zip(&margins).enumerate() {
-            assert_eq!(got.token_ids.get(step), Some(&w), "{name} text-only {}: token {step}", case["index"]);
             if m < tol.margin_for_equal_tokens {
                 break;
             }
+            assert_eq!(got.token_ids.get(step), Some(&w), "{name} text-only {}: token {step}", case["index"]);
         }
     }
     // A batch mixing text-only and image prompts is refused.

@@ -225,3 +225,52 @@ fn weights_with_more_layers_than_the_config_are_refused() {
     let e = mllama("mllama-text", |c| c["text_config"]["num_hidden_layers"] = 4.into());
     assert!(e.contains("layers.4.") && e.contains("text_config.num_hidden_layers is 4"), "{e}");
 }
+
+/// A full copy of the fixture `from` (every file, weights included).
+fn copy_model(name: &str, from: &str) -> PathBuf {
+    let dir = scratch(&format!("inputs-{name}"));
+    for entry in std::fs::read_dir(fixture(from)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Issue 14, finding 5, for LLaVA-NeXT: the same checks as LLaVA's, with transformers'
+/// `LlavaNextConfig` rule for tying (its own `tie_word_embeddings` only: unlike `LlavaConfig` it
+/// does not take the text config's), and its vision and text layer counts.
+#[test]
+fn llava_next_checkpoints_match_their_config() {
+    use icet_models::llava_next::LlavaNext;
+    let load_next = |dir: &Path| {
+        LlavaNext::<Cpu>::load(dir, &Cpu, LoadParts { deepest_vision_layer: None, text: true })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let dir = copy_model("next-no-lm-head", "llava-next-tiny");
+    let bytes = std::fs::read(fixture("llava-next-tiny/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<_> = st.tensors().into_iter().filter(|(n, _)| n != "language_model.lm_head.weight").collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    let e = load_next(&dir).expect_err("an untied missing lm_head is refused");
+    assert!(e.contains("language_model.lm_head.weight") && e.contains("tie_word_embeddings: false"), "{e}");
+    assert!(e.contains("model.safetensors"), "{e}");
+    edit_config(&dir, |c| c["text_config"]["tie_word_embeddings"] = true.into());
+    let e = load_next(&dir).expect_err("LlavaNextConfig ignores the text config's tie_word_embeddings");
+    assert!(e.contains("tie_word_embeddings: false"), "{e}");
+    edit_config(&dir, |c| c["tie_word_embeddings"] = true.into());
+    load_next(&dir).expect("tied at the top level");
+
+    let dir = copy_model("next-extra-vision-layers", "llava-next-tiny");
+    edit_config(&dir, |c| c["vision_config"]["num_hidden_layers"] = 4.into());
+    let e = load_next(&dir).expect_err("refused");
+    assert!(
+        e.contains("vision_tower.vision_model.encoder.layers.4.") && e.contains("vision_config.num_hidden_layers is 4"),
+        "{e}"
+    );
+    assert!(e.contains("model.safetensors"), "{e}");
+    let dir = copy_model("next-extra-text-layers", "llava-next-tiny");
+    edit_config(&dir, |c| c["text_config"]["num_hidden_layers"] = 1.into());
+    let e = load_next(&dir).expect_err("refused");
+    assert!(e.contains("language_model.model.layers.1.") && e.contains("text_config.num_hidden_layers is 1"), "{e}");
+}

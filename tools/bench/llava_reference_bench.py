@@ -2,13 +2,15 @@
 """transformers' side of `icet bench`: the same stages, shapes and counting rules, so that the two
 are compared in one run on one machine (the GPU check script runs both).
 
-  make DIR [--shape llava-7b|small|tiny] [--text-layers N] [--dtype bf16|f32]
+  make DIR [--shape llava-7b|small|vitb-llama768|tiny] [--text-layers N] [--dtype bf16|f32]
       A random-weight LlavaForConditionalGeneration with LLaVA-1.5-7B's shapes (CLIP ViT-L/14-336,
       Llama-2-7B width) and N text layers (the full 32 need 14 GB; per-layer costs scale), saved as
       safetensors with the fixtures' tokenizer (its `<image>` id becomes image_token_index). No
-      download: the GPU machines have no network.
+      download: the GPU machines have no network. `small` is LLaVA at an eighth of the width (CPU-sized);
+      `vitb-llama768` with --text-layers 8 is the 0.19 G-parameter CPU shape (ViT-B/14 at 224 px,
+      768-wide Llama with GQA and a 32k vocabulary).
   bench DIR --device cuda|cpu [--dtype bf16] [--vision-batches 1,8] [--batch-sizes 1,8,32]
-        [--new-tokens 32] [--repeat 3] [--out FILE]
+        [--new-tokens 32] [--repeat 3] [--threads N] [--out FILE]
       vision: N images, every hidden state (output_hidden_states), the projector on each (what a
       sweep over every layer does per image);
       prefill: B copies of the llava-v1 prompt to the first logits (one forward, cache built),
@@ -49,6 +51,15 @@ SHAPES = {
         vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=4,
                     image_size=224, patch_size=14, projection_dim=256, hidden_act="quick_gelu"),
         text=dict(hidden_size=512, intermediate_size=1376, num_attention_heads=8, num_key_value_heads=8,
+                  vocab_size=32064, max_position_embeddings=2048),
+    ),
+    # The 0.19 G-parameter shape of issue 15: CLIP ViT-B (768 wide, 12 layers, 12 heads) at 224 px
+    # with 14-pixel patches (257 tokens), a 768-wide 8-layer Llama with grouped-query attention
+    # (12 query heads over 4 key/value heads) and a 32k vocabulary. Use --text-layers 8.
+    "vitb-llama768": dict(
+        vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                    image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu"),
+        text=dict(hidden_size=768, intermediate_size=2048, num_attention_heads=12, num_key_value_heads=4,
                   vocab_size=32064, max_position_embeddings=2048),
     ),
     "tiny": dict(
@@ -155,6 +166,9 @@ def bench(args) -> None:
     from transformers import AutoProcessor, LlavaForConditionalGeneration, StoppingCriteriaList
 
     StepClock = step_clock_class()
+    if args.threads:
+        # Intra-op threads (the GEMMs and attention); inter-op parallelism is unused in eager mode.
+        torch.set_num_threads(args.threads)
     dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[args.dtype]
     dev = args.device
     model = LlavaForConditionalGeneration.from_pretrained(args.dir, dtype=dtype, attn_implementation="sdpa").to(dev).eval()
@@ -207,13 +221,14 @@ def bench(args) -> None:
                          weight_gbps=flops["text_weight_elements"] * torch.finfo(dtype).bits / 8 / step / 1e9))
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     print(f"transformers {__import__('transformers').__version__}, torch {torch.__version__}, {name}, {args.dtype}, "
-          f"prompt {length} tokens, median of {args.repeat}")
+          f"{torch.get_num_threads()} threads, prompt {length} tokens, median of {args.repeat}")
     for r in rows:
         gbps = f"{r['weight_gbps']:.1f}" if "weight_gbps" in r else ""
         print(f"REF {r['stage']:<8} {r['batch']:>6} {r['seconds'] * 1e3:>9.3f} ms {r['throughput']:>9.1f} {r['unit']:<9} "
               f"{r['tflops']:>10.4f} {gbps:>12}")
     if args.out:
         Path(args.out).write_text(json.dumps({"reference": "transformers", "device": name, "dtype": args.dtype,
+                                              "threads": torch.get_num_threads(),
                                               "prompt_tokens": length, "flops": flops, "measurements": rows},
                                              indent=1) + "\n")
 
@@ -248,6 +263,7 @@ def main() -> int:
     b.add_argument("--batch-sizes", type=ints, default=[1, 8, 32])
     b.add_argument("--new-tokens", type=int, default=32)
     b.add_argument("--repeat", type=int, default=3)
+    b.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
     b.add_argument("--out")
     c = sub.add_parser("compare")
     c.add_argument("icet")

@@ -1,12 +1,8 @@
-//! The device: one CUDA context and stream, the loaded kernel modules, cuBLASLt, and device
-//! buffers that know their dtype. Every failure is a [`KernelError`] with a one-line message.
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+//! The device: a real GPU or the emulated one behind one seam ([`crate::device::Device`]), and
+//! device buffers that know their dtype. Every failure is a [`KernelError`] with a one-line message.
+use crate::device::{self, Allocation, Args, DevPtr, Device, LaunchConfig, Properties};
 
-use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
-use cudarc::nvrtc::Ptx;
-
-use crate::blas::Blas;
+pub use crate::device::emu::{EmuOptions, Schedule};
 
 /// Storage type of a device buffer. Kernels compute in f32 whatever the storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,13 +61,9 @@ pub(crate) fn err(msg: impl std::fmt::Display) -> KernelError {
     KernelError(msg.to_string())
 }
 
-pub(crate) fn driver(op: &str, e: cudarc::driver::DriverError) -> KernelError {
-    KernelError(format!("CUDA {op} failed: {e:?}"))
-}
-
 /// `len` elements of `dtype` in device memory.
 pub struct DevBuf {
-    pub(crate) slice: CudaSlice<u8>,
+    pub(crate) mem: Box<dyn Allocation>,
     pub(crate) dtype: DType,
     pub(crate) len: usize,
 }
@@ -89,183 +81,175 @@ impl DevBuf {
     pub fn bytes(&self) -> usize {
         self.len * self.dtype.size()
     }
-    /// The raw device address (event tracking is off: one stream orders everything).
-    pub(crate) fn ptr(&self) -> u64 {
-        let (p, _sync) = self.slice.device_ptr(self.slice.stream());
-        p
+    /// The device address (one stream orders everything, so no event is needed to use it).
+    pub(crate) fn ptr(&self) -> DevPtr {
+        self.mem.ptr()
     }
 }
 
+/// Untyped device memory: index lists, descriptors and scratch of the launchers.
+pub(crate) struct RawBuf {
+    mem: Box<dyn Allocation>,
+    bytes: usize,
+}
+
+impl RawBuf {
+    pub(crate) fn ptr(&self) -> DevPtr {
+        self.mem.ptr()
+    }
+}
+
+/// A CUDA device — a GPU through the driver, or the emulated one — with the kernels of
+/// `kernels-cu/` loaded. Its methods are the same on both.
 pub struct Gpu {
-    pub(crate) ctx: Arc<CudaContext>,
-    pub(crate) stream: Arc<CudaStream>,
-    modules: Vec<Arc<CudaModule>>,
-    functions: Mutex<HashMap<String, CudaFunction>>,
-    pub(crate) blas: Blas,
-    name: String,
-    capability: (i32, i32),
-    pub(crate) sm_count: u32,
-    /// Most dynamic shared memory one block may opt into: 227 KiB on sm_90, 163 KiB on
-    /// sm_80/87, 99 KiB on sm_86/89/120 — where the flash kernel's head-dim-128 tile does not fit.
-    pub(crate) shared_optin: usize,
+    dev: Box<dyn Device>,
 }
 
 impl Gpu {
     /// Opens GPU `ordinal`, or says why there is none to use: this build has no kernels, the
     /// driver or cuBLASLt library is missing, there is no device, or it is older than sm_80.
     pub fn open(ordinal: usize) -> Result<Gpu> {
-        if !crate::kernels_built() {
-            return Err(err(
-                "built without CUDA kernels (no nvcc at build time; run `export NVCC=$(scripts/install-nvcc.sh)` and rebuild)",
-            ));
-        }
-        // cudarc panics when a library is missing; ask first.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(err("no CUDA driver: libcuda.so was not found"));
-        }
-        if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
-            return Err(err("cuBLASLt was not found (libcublasLt.so; add the CUDA libraries to LD_LIBRARY_PATH)"));
-        }
-        let count = CudaContext::device_count().map_err(|e| err(format!("no usable CUDA GPU ({e:?})")))?;
-        if count <= ordinal as i32 {
-            return Err(err(format!("no CUDA GPU with index {ordinal} ({count} found)")));
-        }
-        let ctx = CudaContext::new(ordinal).map_err(|e| driver("context creation", e))?;
-        // One stream orders every operation, so cudarc's per-buffer events are not needed.
-        unsafe { ctx.disable_event_tracking() };
-        let name = ctx.name().map_err(|e| driver("device query", e))?;
-        let capability = ctx.compute_capability().map_err(|e| driver("device query", e))?;
-        if capability.0 < 8 {
-            return Err(err(format!(
-                "GPU {name} has compute capability {}.{}; the kernels need 8.0 (Ampere) or newer",
-                capability.0, capability.1
-            )));
-        }
-        let sm_count = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(|e| driver("device query", e))? as u32;
-        let shared_optin = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-            .map_err(|e| driver("device query", e))? as usize;
-        let stream = ctx.new_stream().map_err(|e| driver("stream creation", e))?;
-        let mut modules = Vec::new();
-        for (stem, fatbin) in crate::modules() {
-            let module = ctx
-                .load_module(Ptx::from_binary(fatbin.to_vec()))
-                .map_err(|e| err(format!("loading kernels-cu/{stem}.cu's fatbin failed: {e:?}")))?;
-            modules.push(module);
-        }
-        let blas = Blas::new(&stream)?;
-        Ok(Gpu {
-            ctx,
-            stream,
-            modules,
-            functions: Mutex::new(HashMap::new()),
-            blas,
-            name,
-            capability,
-            sm_count,
-            shared_optin,
-        })
+        Ok(Gpu { dev: Box::new(device::cuda::CudaDevice::open(ordinal)?) })
     }
 
-    /// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)".
+    /// Opens an emulated device (see `device/emu.rs`), or says why this build has none.
+    pub fn open_emulated(opts: EmuOptions) -> Result<Gpu> {
+        Ok(Gpu { dev: Box::new(device::emu::EmuDevice::open(opts)?) })
+    }
+
+    /// Whether this build contains the emulator, or why not.
+    pub fn emulator_available() -> std::result::Result<(), String> {
+        device::emu::emulator_available()
+    }
+
+    fn props(&self) -> &Properties {
+        self.dev.properties()
+    }
+
+    /// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)", or the emulator's description (which says it is
+    /// one).
     pub fn describe(&self) -> String {
-        format!("{} (sm_{}{}, {} SMs)", self.name, self.capability.0, self.capability.1, self.sm_count)
+        self.props().describe.clone()
+    }
+
+    /// True on the emulated device (tests use smaller shapes there; timings mean nothing).
+    pub fn is_emulated(&self) -> bool {
+        self.props().emulated
+    }
+
+    pub(crate) fn sm_count(&self) -> u32 {
+        self.props().sm_count
+    }
+
+    pub(crate) fn shared_optin(&self) -> usize {
+        self.props().shared_optin
     }
 
     /// Whether the fused attention kernel's tile for `head_dim` fits this GPU's shared memory
     /// (callers fall back to the row kernel where it does not).
     pub fn flash_fits(&self, dtype: DType, head_dim: usize) -> bool {
-        crate::launch::flash_smem_bytes(dtype, head_dim) <= self.shared_optin
+        crate::launch::flash_smem_bytes(dtype, head_dim) <= self.shared_optin()
     }
 
     /// `(free, total)` device memory in bytes.
     pub fn memory(&self) -> Result<(usize, usize)> {
-        self.ctx.mem_get_info().map_err(|e| driver("memory query", e))
+        self.dev.memory()
     }
 
     /// Waits for everything queued so far (benchmarks time with this inside the loop).
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| driver("synchronize", e))
+        self.dev.synchronize()
+    }
+
+    /// Launches `kernel`; with `ICET_CUDA_SYNC=1` also waits for it, so that a fault (an illegal
+    /// address, a launch failure) is reported with the kernel that caused it instead of surfacing
+    /// at some later call.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameters and stay within the buffers' bounds (the
+    /// launchers check every size first).
+    pub(crate) unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &mut Args<'_>) -> Result<()> {
+        unsafe { self.dev.launch(kernel, cfg, args) }?;
+        self.check_after(kernel)
+    }
+
+    pub(crate) fn opt_in_shared(&self, kernel: &str, bytes: usize) -> Result<()> {
+        self.dev.opt_in_shared(kernel, bytes)
+    }
+
+    /// # Safety
+    /// The operands must lie in live buffers of their described extents.
+    pub(crate) unsafe fn matmul(&self, op: &device::Matmul) -> Result<()> {
+        unsafe { self.dev.matmul(op) }?;
+        self.check_after("cuBLASLt matmul")
     }
 
     /// With `ICET_CUDA_SYNC=1`, waits for the queued work and names `what` if it failed.
-    pub(crate) fn check_after(&self, what: &str) -> Result<()> {
+    fn check_after(&self, what: &str) -> Result<()> {
         static SYNC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         if *SYNC.get_or_init(|| std::env::var("ICET_CUDA_SYNC").is_ok_and(|v| v != "0")) {
-            self.stream.synchronize().map_err(|e| err(format!("CUDA error in {what}: {e:?}")))?;
+            self.dev.synchronize().map_err(|e| err(format!("CUDA error in {what}: {e}")))?;
         }
         Ok(())
     }
 
-    /// The kernel `name`, looked up once in whichever module defines it.
-    pub(crate) fn function(&self, name: &str) -> Result<CudaFunction> {
-        // Every launch starts here: make this device's context current on the calling thread
-        // (module and function calls do not do it themselves; the tests call from many threads).
-        self.ctx.bind_to_thread().map_err(|e| driver("binding the context", e))?;
-        let mut cache = self.functions.lock().unwrap();
-        if let Some(f) = cache.get(name) {
-            return Ok(f.clone());
-        }
-        for m in &self.modules {
-            if let Ok(f) = m.load_function(name) {
-                cache.insert(name.to_string(), f.clone());
-                return Ok(f);
-            }
-        }
-        Err(err(format!("kernel `{name}` is not in the fatbins of this build")))
+    fn alloc_bytes(&self, bytes: usize) -> Result<Box<dyn Allocation>> {
+        // Zero-byte allocations are legal but give null pointers some kernels would still read.
+        self.dev.alloc(bytes.max(16)).map_err(|e| match self.memory() {
+            Ok((free, total)) => err(format!(
+                "{e}: asked for {bytes} bytes ({:.2} GiB), {free} bytes ({:.2} GiB) free of {:.2} GiB on {}",
+                gib(bytes),
+                gib(free),
+                gib(total),
+                self.props().name
+            )),
+            Err(_) => err(format!("{e}: asked for {bytes} bytes ({:.2} GiB)", gib(bytes))),
+        })
     }
 
     /// Uninitialised device memory for `len` elements. Out of memory is an error that says how
     /// much was asked for and how much is free.
     pub fn alloc(&self, dtype: DType, len: usize) -> Result<DevBuf> {
-        let bytes = len * dtype.size();
-        // Zero-byte allocations are legal but give null pointers some kernels would still read.
-        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(16)) }.map_err(|e| {
-            let what = if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
-                "CUDA out of memory".to_string()
-            } else {
-                format!("CUDA allocation failed ({e:?})")
-            };
-            match self.memory() {
-                Ok((free, total)) => err(format!(
-                    "{what}: asked for {bytes} bytes ({:.2} GiB), {free} bytes ({:.2} GiB) free of {:.2} GiB on {}",
-                    gib(bytes),
-                    gib(free),
-                    gib(total),
-                    self.name
-                )),
-                Err(_) => err(format!("{what}: asked for {bytes} bytes ({:.2} GiB)", gib(bytes))),
-            }
-        })?;
-        Ok(DevBuf { slice, dtype, len })
+        Ok(DevBuf { mem: self.alloc_bytes(len * dtype.size())?, dtype, len })
     }
 
-    /// Uploads raw values already in the buffer's storage format.
-    pub fn upload<T: cudarc::driver::DeviceRepr>(&self, dtype: DType, data: &[T]) -> Result<DevBuf> {
+    pub(crate) fn alloc_raw(&self, bytes: usize) -> Result<RawBuf> {
+        Ok(RawBuf { mem: self.alloc_bytes(bytes)?, bytes })
+    }
+
+    /// Uploads raw values already in the buffer's storage format (`T` of the dtype's size).
+    pub fn upload<T: bytemuck::Pod>(&self, dtype: DType, data: &[T]) -> Result<DevBuf> {
         assert_eq!(std::mem::size_of::<T>(), dtype.size(), "upload: host type does not match {dtype}");
-        let mut buf = self.alloc(dtype, data.len())?;
-        if !data.is_empty() {
-            let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) };
-            let mut view = buf.slice.slice_mut(..bytes.len());
-            self.stream.memcpy_htod(bytes, &mut view).map_err(|e| driver("upload", e))?;
-        }
+        let buf = self.alloc(dtype, data.len())?;
+        unsafe { self.dev.htod(buf.ptr(), bytemuck::cast_slice::<T, u8>(data)) }?;
         Ok(buf)
     }
 
-    /// Small index arrays for kernels (row lists, positions, descriptors).
-    pub fn upload_i32(&self, data: &[i32]) -> Result<CudaSlice<i32>> {
-        self.stream.clone_htod(if data.is_empty() { &[0][..] } else { data }).map_err(|e| driver("upload", e))
+    /// Small host arrays for kernels (row lists, positions, descriptors, draws).
+    pub(crate) fn upload_raw<T: bytemuck::Pod>(&self, data: &[T]) -> Result<RawBuf> {
+        let bytes = bytemuck::cast_slice::<T, u8>(data);
+        let buf = self.alloc_raw(bytes.len())?;
+        unsafe { self.dev.htod(buf.ptr(), bytes) }?;
+        Ok(buf)
     }
 
     /// Downloads the raw storage bytes of `buf`.
     pub fn download_bytes(&self, buf: &DevBuf) -> Result<Vec<u8>> {
-        if buf.bytes() == 0 {
-            return Ok(Vec::new());
+        let mut out = vec![0u8; buf.bytes()];
+        if !out.is_empty() {
+            unsafe { self.dev.dtoh(&mut out, buf.ptr()) }?;
         }
-        let view = buf.slice.slice(..buf.bytes());
-        self.stream.clone_dtoh(&view).map_err(|e| driver("download", e))
+        Ok(out)
+    }
+
+    /// Downloads the first `n` i32 values of `buf`.
+    pub(crate) fn download_i32(&self, buf: &RawBuf, n: usize) -> Result<Vec<i32>> {
+        assert!(n * 4 <= buf.bytes, "download_i32: {n} values from {} bytes", buf.bytes);
+        let mut bytes = vec![0u8; n * 4];
+        if n > 0 {
+            unsafe { self.dev.dtoh(&mut bytes, buf.ptr()) }?;
+        }
+        Ok(bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
     /// Uploads f32 values and stores them as `dtype` (converted on the device).
@@ -294,26 +278,17 @@ impl Gpu {
         Ok(bytes.chunks_exact(4).take(buf.len).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
-    /// Downloads small i32 results.
-    pub fn download_i32(&self, s: &CudaSlice<i32>, n: usize) -> Result<Vec<i32>> {
-        let mut v = self.stream.clone_dtoh(s).map_err(|e| driver("download", e))?;
-        v.truncate(n);
-        Ok(v)
+    /// Fills `buf` with NaN (tests poison outputs before a kernel writes them): all-ones bytes,
+    /// a NaN in f32, bf16 and f16 alike.
+    pub fn fill_nan(&self, buf: &mut DevBuf) -> Result<()> {
+        self.memset_raw(buf.ptr(), 0xFF, buf.bytes())
     }
 
-    /// Fills `buf` with NaN (tests poison outputs before a kernel writes them).
-    pub fn fill_nan(&self, buf: &mut DevBuf) -> Result<()> {
-        let nan: Vec<u8> = match buf.dtype {
-            DType::F32 => f32::NAN.to_le_bytes().to_vec(),
-            DType::BF16 => half::bf16::NAN.to_le_bytes().to_vec(),
-            DType::F16 => half::f16::NAN.to_le_bytes().to_vec(),
-        };
-        let host: Vec<u8> = nan.iter().copied().cycle().take(buf.bytes()).collect();
-        if !host.is_empty() {
-            let mut view = buf.slice.slice_mut(..host.len());
-            self.stream.memcpy_htod(&host[..], &mut view).map_err(|e| driver("upload", e))?;
+    pub(crate) fn memset_raw(&self, p: DevPtr, byte: u8, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
         }
-        Ok(())
+        unsafe { self.dev.memset(p, byte, bytes) }
     }
 
     /// Copies `src` into `dst` (same dtype and length).
@@ -324,10 +299,7 @@ impl Gpu {
         if src.len == 0 {
             return Ok(());
         }
-        let n = src.bytes();
-        let s = src.slice.slice(..n);
-        let mut d = dst.slice.slice_mut(..n);
-        self.stream.memcpy_dtod(&s, &mut d).map_err(|e| driver("copy", e))
+        unsafe { self.dev.dtod(dst.ptr(), src.ptr(), src.bytes()) }
     }
 }
 

@@ -2,9 +2,8 @@
 //! that every buffer is large enough for the shape it is given before launching, so a wrong
 //! call is an error, never an out-of-bounds access on the device. Block sizes here must match the
 //! constants named in the .cu files.
-use cudarc::driver::{sys, LaunchArgs, LaunchConfig, PushKernelArg};
-
-use crate::gpu::{driver, err, DType, DevBuf, Gpu, Result};
+use crate::device::{Args, DevPtr, LaunchConfig};
+use crate::gpu::{err, DType, DevBuf, Gpu, Result};
 
 /// Activation codes of `pointwise.cu`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +76,7 @@ fn i32_of(v: usize, what: &str) -> Result<i32> {
 }
 
 fn cfg(grid: (u32, u32, u32), block: u32, smem: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: smem }
+    LaunchConfig { grid, block: (block, 1, 1), shared_mem_bytes: smem }
 }
 
 /// Threads for one row of `cols` columns: a multiple of 32, at most 256.
@@ -86,20 +85,8 @@ fn row_block(cols: usize) -> u32 {
 }
 
 impl Gpu {
-    /// Launches `l`; with `ICET_CUDA_SYNC=1` also waits for it, so that a fault (an illegal
-    /// address, a launch failure) is reported with the kernel that caused it instead of surfacing
-    /// at some later call.
-    ///
-    /// # Safety
-    /// `l`'s arguments must match the kernel's parameters and stay within the buffers' bounds
-    /// (the callers check every size first).
-    unsafe fn launch(&self, l: &mut LaunchArgs<'_>, cfg: LaunchConfig, kernel: &str) -> Result<()> {
-        unsafe { l.launch(cfg) }.map_err(|e| driver(&format!("launch of {kernel}"), e))?;
-        self.check_after(kernel)
-    }
-
     fn elementwise_grid(&self, n: usize) -> (u32, u32, u32) {
-        let blocks = n.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, self.sm_count as usize * 32);
+        let blocks = n.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, self.sm_count() as usize * 32);
         (blocks as u32, 1, 1)
     }
 
@@ -122,11 +109,11 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function(&format!("cast_{}_to_{}", src.dtype.suffix(), dst.dtype.suffix()))?;
+        let f = format!("cast_{}_to_{}", src.dtype.suffix(), dst.dtype.suffix());
         let (o, i, n64) = (dst.ptr(), src.ptr(), n as i64);
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = Args::new();
         b.arg(&o).arg(&i).arg(&n64);
-        unsafe { self.launch(&mut b, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), "cast") }?;
+        unsafe { self.launch(&f, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), &mut b) }?;
         Ok(())
     }
 
@@ -137,11 +124,11 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function(&Self::name("add_assign", d))?;
+        let f = Self::name("add_assign", d);
         let (pa, pb, n64) = (a.ptr(), b.ptr(), n as i64);
-        let mut l = self.stream.launch_builder(&f);
+        let mut l = Args::new();
         l.arg(&pa).arg(&pb).arg(&n64);
-        unsafe { self.launch(&mut l, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), "add_assign") }?;
+        unsafe { self.launch(&f, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), &mut l) }?;
         Ok(())
     }
 
@@ -151,11 +138,11 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function(&Self::name("activation", x.dtype))?;
+        let f = Self::name("activation", x.dtype);
         let (p, n64, code) = (x.ptr(), n as i64, act as i32);
-        let mut l = self.stream.launch_builder(&f);
+        let mut l = Args::new();
         l.arg(&p).arg(&n64).arg(&code);
-        unsafe { self.launch(&mut l, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), "activation") }?;
+        unsafe { self.launch(&f, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), &mut l) }?;
         Ok(())
     }
 
@@ -168,11 +155,11 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function(&Self::name("silu_mul", d))?;
+        let f = Self::name("silu_mul", d);
         let (o, g, u, n64) = (out.ptr(), gate.ptr(), up.ptr(), n as i64);
-        let mut l = self.stream.launch_builder(&f);
+        let mut l = Args::new();
         l.arg(&o).arg(&g).arg(&u).arg(&n64);
-        unsafe { self.launch(&mut l, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), "silu_mul") }?;
+        unsafe { self.launch(&f, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), &mut l) }?;
         Ok(())
     }
 
@@ -193,15 +180,16 @@ impl Gpu {
         if rows * heads * head_dim == 0 {
             return Ok(());
         }
-        let pos = self.upload_i32(positions)?;
+        let pos = self.upload_raw(positions)?;
         let freq = self.upload(DType::F32, inv_freq)?;
-        let f = self.function(&Self::name("rotary", x.dtype))?;
+        let ppos = pos.ptr();
+        let f = Self::name("rotary", x.dtype);
         let (p, fp) = (x.ptr(), freq.ptr());
         let (rows64, h, hd) = (rows as i64, i32_of(heads, "heads")?, i32_of(head_dim, "head_dim")?);
-        let mut l = self.stream.launch_builder(&f);
-        l.arg(&p).arg(&pos).arg(&fp).arg(&rows64).arg(&h).arg(&hd);
+        let mut l = Args::new();
+        l.arg(&p).arg(&ppos).arg(&fp).arg(&rows64).arg(&h).arg(&hd);
         let pairs = rows * heads * head_dim / 2;
-        unsafe { self.launch(&mut l, cfg(self.elementwise_grid(pairs), ELEMENTWISE_THREADS, 0), "rotary") }?;
+        unsafe { self.launch(&f, cfg(self.elementwise_grid(pairs), ELEMENTWISE_THREADS, 0), &mut l) }?;
         Ok(())
     }
 
@@ -263,7 +251,7 @@ impl Gpu {
         &self,
         kind: Norm,
         out: &mut DevBuf,
-        x_ptr: u64,
+        x_ptr: DevPtr,
         x: &DevBuf,
         delta: Option<&DevBuf>,
         w: &DevBuf,
@@ -288,16 +276,16 @@ impl Gpu {
         let c = i32_of(cols, "cols")?;
         let grid = (i32_of(rows, "rows")? as u32, 1, 1);
         let (po, pw) = (out.ptr(), w.ptr());
-        let pb = b.map_or(0, |b| b.ptr());
-        let pd = delta.map_or(0, |d| d.ptr());
+        let pb = b.map_or(DevPtr::NULL, |b| b.ptr());
+        let pd = delta.map_or(DevPtr::NULL, |d| d.ptr());
         let kernel = match (kind, delta.is_some()) {
             (Norm::Layer, false) => "layer_norm",
             (Norm::Layer, true) => "add_layer_norm",
             (Norm::Rms, false) => "rms_norm",
             (Norm::Rms, true) => "add_rms_norm",
         };
-        let f = self.function(&Self::name(kernel, d))?;
-        let mut l = self.stream.launch_builder(&f);
+        let f = Self::name(kernel, d);
+        let mut l = Args::new();
         l.arg(&po).arg(&x_ptr);
         if delta.is_some() {
             l.arg(&pd);
@@ -307,7 +295,7 @@ impl Gpu {
             l.arg(&pb);
         }
         l.arg(&c).arg(&eps);
-        unsafe { self.launch(&mut l, cfg(grid, NORM_THREADS, 0), kernel) }?;
+        unsafe { self.launch(&f, cfg(grid, NORM_THREADS, 0), &mut l) }?;
         Ok(())
     }
 
@@ -352,18 +340,19 @@ impl Gpu {
         self.rows_kernel("scatter_rows", dst.ptr(), src.ptr(), d, idx, cols)
     }
 
-    fn rows_kernel(&self, kernel: &str, a: u64, b: u64, d: DType, idx: &[usize], cols: usize) -> Result<()> {
+    fn rows_kernel(&self, kernel: &str, a: DevPtr, b: DevPtr, d: DType, idx: &[usize], cols: usize) -> Result<()> {
         if idx.is_empty() || cols == 0 {
             return Ok(());
         }
         let idx32: Vec<i32> = idx.iter().map(|&i| i32_of(i, "row")).collect::<Result<_>>()?;
-        let dev_idx = self.upload_i32(&idx32)?;
-        let f = self.function(&Self::name(kernel, d))?;
+        let dev_idx = self.upload_raw(&idx32)?;
+        let pidx = dev_idx.ptr();
+        let f = Self::name(kernel, d);
         let c = cols as i64;
-        let mut l = self.stream.launch_builder(&f);
-        l.arg(&a).arg(&b).arg(&dev_idx).arg(&c);
+        let mut l = Args::new();
+        l.arg(&a).arg(&b).arg(&pidx).arg(&c);
         let grid = (i32_of(idx.len(), "rows")? as u32, 1, 1);
-        unsafe { self.launch(&mut l, cfg(grid, row_block(cols), 0), kernel) }?;
+        unsafe { self.launch(&f, cfg(grid, row_block(cols), 0), &mut l) }?;
         Ok(())
     }
 
@@ -394,12 +383,12 @@ impl Gpu {
         if kept == 0 || cols == 0 {
             return Ok(());
         }
-        let f = self.function(&Self::name("capture_rows", d))?;
+        let f = Self::name("capture_rows", d);
         let (pd, ps) = (dst.ptr(), src.ptr());
         let (t, dr, c, r0) = (i32_of(tokens, "tokens")?, drop as i32, cols as i64, dst_row0 as i64);
-        let mut l = self.stream.launch_builder(&f);
+        let mut l = Args::new();
         l.arg(&pd).arg(&ps).arg(&t).arg(&dr).arg(&c).arg(&r0);
-        unsafe { self.launch(&mut l, cfg((i32_of(kept, "rows")? as u32, 1, 1), row_block(cols), 0), "capture_rows") }?;
+        unsafe { self.launch(&f, cfg((i32_of(kept, "rows")? as u32, 1, 1), row_block(cols), 0), &mut l) }?;
         Ok(())
     }
 
@@ -424,13 +413,13 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function(&Self::name("im2col", d))?;
+        let f = Self::name("im2col", d);
         let (po, pp) = (out.ptr(), pixels.ptr());
         let (c, h, w, p) =
             (i32_of(channels, "channels")?, i32_of(height, "height")?, i32_of(width, "width")?, patch as i32);
-        let mut l = self.stream.launch_builder(&f);
+        let mut l = Args::new();
         l.arg(&po).arg(&pp).arg(&c).arg(&h).arg(&w).arg(&p);
-        unsafe { self.launch(&mut l, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), "im2col") }?;
+        unsafe { self.launch(&f, cfg(self.elementwise_grid(n), ELEMENTWISE_THREADS, 0), &mut l) }?;
         Ok(())
     }
 
@@ -457,18 +446,12 @@ impl Gpu {
         if images == 0 || cols == 0 {
             return Ok(());
         }
-        let f = self.function(&Self::name("vit_assemble", d))?;
+        let f = Self::name("vit_assemble", d);
         let (po, pp, pc, ppos) = (out.ptr(), patches.ptr(), cls.ptr(), pos.ptr());
         let (t, c) = (i32_of(tokens, "tokens")?, cols as i64);
-        let mut l = self.stream.launch_builder(&f);
+        let mut l = Args::new();
         l.arg(&po).arg(&pp).arg(&pc).arg(&ppos).arg(&t).arg(&c);
-        unsafe {
-            self.launch(
-                &mut l,
-                cfg((i32_of(images * tokens, "rows")? as u32, 1, 1), row_block(cols), 0),
-                "vit_assemble",
-            )
-        }?;
+        unsafe { self.launch(&f, cfg((i32_of(images * tokens, "rows")? as u32, 1, 1), row_block(cols), 0), &mut l) }?;
         Ok(())
     }
 
@@ -507,9 +490,9 @@ impl Gpu {
             }
             return Ok(());
         }
-        self.ctx.bind_to_thread().map_err(|e| driver("binding the context", e))?;
-        self.blas.linear(&self.stream, d, out.ptr(), x.ptr(), w.ptr(), bias.map(|b| b.ptr()), m, n, k)?;
-        self.check_after("cuBLASLt matmul")
+        let op = crate::blas::linear_op(d, out.ptr(), x.ptr(), w.ptr(), bias.map(|b| b.ptr()), m, n, k);
+        // SAFETY: every operand's size was checked above against the shape.
+        unsafe { self.matmul(&op) }
     }
 
     /// Index of the largest value of each of `rows` rows (first on ties, NaN never wins).
@@ -521,12 +504,12 @@ impl Gpu {
         if cols == 0 {
             return Err(err("argmax over zero columns"));
         }
-        let out = self.upload_i32(&vec![-1; rows])?;
-        let f = self.function(&Self::name("argmax", logits.dtype))?;
-        let (pl, c) = (logits.ptr(), i32_of(cols, "cols")?);
-        let mut l = self.stream.launch_builder(&f);
-        l.arg(&out).arg(&pl).arg(&c);
-        unsafe { self.launch(&mut l, cfg((i32_of(rows, "rows")? as u32, 1, 1), ARGMAX_THREADS, 0), "argmax") }?;
+        let out = self.upload_raw(&vec![-1i32; rows])?;
+        let f = Self::name("argmax", logits.dtype);
+        let (po, pl, c) = (out.ptr(), logits.ptr(), i32_of(cols, "cols")?);
+        let mut l = Args::new();
+        l.arg(&po).arg(&pl).arg(&c);
+        unsafe { self.launch(&f, cfg((i32_of(rows, "rows")? as u32, 1, 1), ARGMAX_THREADS, 0), &mut l) }?;
         Ok(self.download_i32(&out, rows)?.into_iter().map(|v| v as u32).collect())
     }
 
@@ -552,17 +535,16 @@ impl Gpu {
             return Ok(vec![]);
         }
         let n2 = cols.next_power_of_two();
-        let out = self.upload_i32(&vec![-1; rows])?;
-        let u = self.stream.clone_htod(uniforms).map_err(|e| driver("upload", e))?;
-        let probs =
-            unsafe { self.stream.alloc::<f64>(rows * n2) }.map_err(|e| driver("sampling scratch allocation", e))?;
-        let index =
-            unsafe { self.stream.alloc::<i32>(rows * n2) }.map_err(|e| driver("sampling scratch allocation", e))?;
-        let f = self.function(&Self::name("sample_top_p", logits.dtype))?;
+        let out = self.upload_raw(&vec![-1i32; rows])?;
+        let u = self.upload_raw(uniforms)?;
+        let probs = self.alloc_raw(rows * n2 * 8)?;
+        let index = self.alloc_raw(rows * n2 * 4)?;
+        let (po, pu, pprobs, pindex) = (out.ptr(), u.ptr(), probs.ptr(), index.ptr());
+        let f = Self::name("sample_top_p", logits.dtype);
         let (pl, c, n2i) = (logits.ptr(), i32_of(cols, "cols")?, i32_of(n2, "vocabulary")?);
-        let mut l = self.stream.launch_builder(&f);
-        l.arg(&out).arg(&pl).arg(&c).arg(&u).arg(&temperature).arg(&top_p).arg(&probs).arg(&index).arg(&n2i);
-        unsafe { self.launch(&mut l, cfg((i32_of(rows, "rows")? as u32, 1, 1), SAMPLE_THREADS, 0), "sample_top_p") }?;
+        let mut l = Args::new();
+        l.arg(&po).arg(&pl).arg(&c).arg(&pu).arg(&temperature).arg(&top_p).arg(&pprobs).arg(&pindex).arg(&n2i);
+        unsafe { self.launch(&f, cfg((i32_of(rows, "rows")? as u32, 1, 1), SAMPLE_THREADS, 0), &mut l) }?;
         Ok(self.download_i32(&out, rows)?.into_iter().map(|v| v as u32).collect())
     }
 
@@ -622,23 +604,23 @@ impl Gpu {
         }
         let desc: Vec<i32> =
             seqs.iter().flat_map(|s| [s.q_start, s.q_len, s.k_base, s.n_keys, s.causal, 0, 0, 0]).collect();
-        let dev_desc = self.upload_i32(&desc)?;
-        let f = self.function(&format!("flash_attention_{}_hd{head_dim}", d.suffix()))?;
+        let dev_desc = self.upload_raw(&desc)?;
+        let pdesc = dev_desc.ptr();
+        let f = format!("flash_attention_{}_hd{head_dim}", d.suffix());
         let smem = flash_smem_bytes(d, head_dim);
-        if smem > self.shared_optin {
+        if smem > self.shared_optin() {
             return Err(err(format!(
                 "flash_attention: head dim {head_dim} needs {smem} bytes of shared memory per block, this GPU allows {}",
-                self.shared_optin
+                self.shared_optin()
             )));
         }
-        f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-            .map_err(|e| driver("flash_attention shared-memory opt-in", e))?;
+        self.opt_in_shared(&f, smem)?;
         let (po, pq, pk, pv) = (out.ptr(), q.ptr(), k.ptr(), v.ptr());
         let (h, g) = (heads as i32, group as i32);
-        let mut l = self.stream.launch_builder(&f);
-        l.arg(&po).arg(&pq).arg(&pk).arg(&pv).arg(&dev_desc).arg(&h).arg(&g).arg(&scale);
+        let mut l = Args::new();
+        l.arg(&po).arg(&pq).arg(&pk).arg(&pv).arg(&pdesc).arg(&h).arg(&g).arg(&scale);
         let grid = (max_q.div_ceil(FLASH_BM) as u32, heads as u32, seqs.len() as u32);
-        unsafe { self.launch(&mut l, cfg(grid, FLASH_THREADS, smem as u32), "flash_attention") }?;
+        unsafe { self.launch(&f, cfg(grid, FLASH_THREADS, smem as u32), &mut l) }?;
         Ok(())
     }
 
@@ -683,7 +665,7 @@ impl Gpu {
         let max_keys = rows.iter().map(|r| r.n_keys as usize).max().unwrap_or(0).max(1);
         let splits = splits.unwrap_or_else(|| {
             let blocks = n * heads;
-            let target = 4 * self.sm_count as usize;
+            let target = 4 * self.sm_count() as usize;
             if blocks >= target {
                 1
             } else {
@@ -693,45 +675,34 @@ impl Gpu {
         let splits = splits.clamp(1, max_keys.min(65535));
         let keys_per_split = max_keys.div_ceil(splits);
         let desc: Vec<i32> = rows.iter().flat_map(|r| [r.k_base, r.n_keys]).collect();
-        let dev_desc = self.upload_i32(&desc)?;
+        let dev_desc = self.upload_raw(&desc)?;
+        let pdesc = dev_desc.ptr();
         let partial =
             if splits > 1 { Some(self.alloc(DType::F32, splits * n * heads * (head_dim + 2))?) } else { None };
-        let f = self.function(&Self::name("attention_rows", d))?;
+        let f = Self::name("attention_rows", d);
         let (po, pq, pk, pv) = (out.ptr(), q.ptr(), k.ptr(), v.ptr());
-        let pp = partial.as_ref().map_or(0u64, |p| p.ptr());
+        let pp = partial.as_ref().map_or(DevPtr::NULL, |p| p.ptr());
         let (nr, h, g, hd, kps) = (n as i32, heads as i32, group as i32, head_dim as i32, keys_per_split as i32);
-        let mut l = self.stream.launch_builder(&f);
+        let mut l = Args::new();
         l.arg(&po)
             .arg(&pp)
             .arg(&pq)
             .arg(&pk)
             .arg(&pv)
-            .arg(&dev_desc)
+            .arg(&pdesc)
             .arg(&nr)
             .arg(&h)
             .arg(&g)
             .arg(&hd)
             .arg(&scale)
             .arg(&kps);
-        unsafe {
-            self.launch(&mut l, cfg((n as u32, heads as u32, splits as u32), ROWS_THREADS, 0), "attention_rows")
-        }?;
+        unsafe { self.launch(&f, cfg((n as u32, heads as u32, splits as u32), ROWS_THREADS, 0), &mut l) }?;
         if splits > 1 {
-            let f = self.function(&Self::name("attention_combine", d))?;
+            let f = Self::name("attention_combine", d);
             let s = splits as i32;
-            let mut l = self.stream.launch_builder(&f);
+            let mut l = Args::new();
             l.arg(&po).arg(&pp).arg(&nr).arg(&h).arg(&hd).arg(&s);
-            unsafe {
-                self.launch(
-                    &mut l,
-                    LaunchConfig {
-                        grid_dim: (n as u32, heads as u32, 1),
-                        block_dim: (row_block(head_dim), 1, 1),
-                        shared_mem_bytes: 0,
-                    },
-                    "attention_combine",
-                )
-            }?;
+            unsafe { self.launch(&f, cfg((n as u32, heads as u32, 1), row_block(head_dim), 0), &mut l) }?;
         }
         Ok(())
     }

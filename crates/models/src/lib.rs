@@ -18,6 +18,7 @@ pub mod judges;
 pub mod layers;
 pub mod llama;
 pub mod llava;
+pub mod llava_next;
 pub mod mllama;
 pub mod nn;
 pub mod tokenizer;

@@ -141,10 +141,9 @@ pub fn bench<B: Backend>(b: &B, req: &BenchRequest) -> Result<(Vec<Measurement>,
     let load_seconds = load_start.elapsed().as_secs_f64();
     let default_layer = spec.default_layer()?;
     let rendered = spec.render_prompts(None, &[req.prompt.as_str()])?;
-    let prompt_ids = model.prompt_ids(&rendered.texts[0], rendered.add_special_tokens)?;
+    let prompt_ids = model.prompt_ids(&rendered.texts[0], &req.image, rendered.add_special_tokens)?;
     let features = model.image_features(b, &req.image, &[default_layer])?.remove(0);
-    let image_rows = features.real_rows;
-    let flops = model.flop_model(image_rows);
+    let flops = model.flop_model(&req.image)?;
     let request = Request::with_image(prompt_ids, Arc::new(features), 0);
     let len = request.prompt_ids.len();
     let limit = model.stream(1)?.max_positions();
@@ -209,7 +208,7 @@ pub fn bench<B: Backend>(b: &B, req: &BenchRequest) -> Result<(Vec<Measurement>,
         "load_seconds": load_seconds,
     });
     if let Some(r) = report.as_object_mut() {
-        r.extend(model.bench_facts(image_rows));
+        r.extend(model.bench_facts(&req.image)?);
     }
     Ok((rows, report))
 }

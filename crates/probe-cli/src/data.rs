@@ -13,6 +13,8 @@
 //!               needs `--images DIR` (the paper pairs these with JailBreakV's benign images)
 //!   advbench    AdvBench `harmful_behaviors.csv`: `goal`, `target`; prompt = `goal`, id = row
 //!               number; needs `--images DIR` (the paper's AdvBench-COCO pairs each with a COCO image)
+//!   vqa-v2      VQA-v2's official questions file, with `--vqa-annotations` and the COCO folder as
+//!               `--images` ([`crate::vqa::source`]); id = question id
 //! Rows without an image column are paired with the images of `--images DIR` (`.png`, `.jpg`,
 //! `.jpeg`, `.bmp`, `.webp`, sorted by name): `--pairing random` draws one image per prompt with
 //! SplitMix64 seeded by `--pair-seed`; `--pairing cross` takes every prompt × every image (the
@@ -46,6 +48,9 @@ pub enum DataFormat {
     Redteam2k,
     /// AdvBench harmful_behaviors.csv
     Advbench,
+    /// VQA-v2 questions (with --vqa-annotations and the COCO images as --images)
+    #[value(name = "vqa-v2")]
+    VqaV2,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
@@ -83,12 +88,17 @@ pub struct DataArgs {
     /// any of them, different columns must all match. Applied before --max-prompts.
     #[arg(long = "where", value_name = "COLUMN=VALUE")]
     pub filters: Vec<String>,
+    #[command(flatten)]
+    pub vqa: crate::vqa::source::VqaArgs,
 }
 
 impl DataArgs {
     /// What decides which rows are read and which image a prompt gets (recorded in a sweep's
     /// manifest).
     pub fn settings(&self) -> Option<serde_json::Value> {
+        if crate::vqa::source::is_vqa(self) {
+            return Some(crate::vqa::source::settings(self));
+        }
         let mut v = match &self.images {
             Some(d) => serde_json::json!({
                 "images": std::fs::canonicalize(d).unwrap_or(d.clone()),
@@ -106,10 +116,41 @@ impl DataArgs {
         }
         Some(v)
     }
+
+    /// The options that [`DataArgs::settings`] recorded (`None`: none were); what it does not
+    /// record keeps its default. Lets a reader of a finished run read its data file as the sweep did.
+    pub fn from_settings(v: Option<&serde_json::Value>) -> Result<DataArgs> {
+        let mut args = DataArgs::default();
+        let Some(v) = v else { return Ok(args) };
+        let text = |key: &str| v.get(key).and_then(|x| x.as_str());
+        if text("data_format") == Some(crate::vqa::source::FORMAT_NAME) {
+            return Ok(crate::vqa::source::from_settings(v));
+        }
+        if let Some(d) = text("images") {
+            args.images = Some(PathBuf::from(d));
+        }
+        if let Some(p) = text("pairing") {
+            args.pairing = Pairing::from_str(p, true).map_err(|e| anyhow!("data_options.pairing: {e}"))?;
+        }
+        if let Some(f) = text("data_format") {
+            args.data_format = DataFormat::from_str(f, true).map_err(|e| anyhow!("data_options.data_format: {e}"))?;
+        }
+        args.pair_seed = v.get("pair_seed").and_then(|x| x.as_u64()).unwrap_or(0);
+        args.max_prompts = v.get("max_prompts").and_then(|x| x.as_u64()).map(|n| n as usize);
+        args.prompt_column = text("prompt_column").map(str::to_string);
+        args.filters = match v.get("where").and_then(|x| x.as_array()) {
+            Some(list) => list.iter().filter_map(|f| f.as_str().map(str::to_string)).collect(),
+            None => vec![],
+        };
+        Ok(args)
+    }
 }
 
+/// A data row's columns (CSV) or string/number fields (JSONL), names lower-cased.
+pub type Fields = std::collections::BTreeMap<String, String>;
+
 /// `--where COLUMN=VALUE` arguments grouped by column (lower-cased): the values a row may have.
-fn parse_filters(filters: &[String]) -> Result<Vec<(String, Vec<String>)>> {
+pub(crate) fn parse_filters(filters: &[String]) -> Result<Vec<(String, Vec<String>)>> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     for f in filters {
         let Some((col, value)) = f.split_once('=') else {
@@ -159,7 +200,7 @@ struct Item {
     prompt: Option<String>,
     image: Option<String>,
     /// Every column (CSV) or string/number field (JSONL), names lower-cased, for `--where`.
-    fields: std::collections::BTreeMap<String, String>,
+    fields: Fields,
 }
 
 fn field(obj: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<String> {
@@ -187,6 +228,26 @@ fn make_row(
 /// Reads and validates every row, pairs prompts with images where asked, and checks that every
 /// image exists, so that a bad row or a missing image is reported before any model is loaded.
 pub fn load_with(path: &Path, opts: &DataArgs) -> Result<Vec<DataRow>> {
+    if crate::vqa::source::is_vqa(opts) {
+        return Ok(crate::vqa::source::rows(path, opts, true)?.into_iter().map(|(r, _)| r).collect());
+    }
+    let rows: Vec<DataRow> = load_with_fields(path, opts)?.into_iter().map(|(r, _)| r).collect();
+    let missing: Vec<String> =
+        rows.iter().filter(|r| !r.image_path.is_file()).map(|r| r.image_path.display().to_string()).collect();
+    if !missing.is_empty() {
+        bail!("{}: {} image(s) not found: {}", path.display(), missing.len(), missing.join(", "));
+    }
+    Ok(rows)
+}
+
+/// Every row as [`load_with`] reads it (ids, pairing), with its data columns, without checking
+/// that the images exist: how a report finds the columns (policy, format, ...) of a finished
+/// run's prompts.
+pub fn load_with_fields(path: &Path, opts: &DataArgs) -> Result<Vec<(DataRow, Fields)>> {
+    if crate::vqa::source::is_vqa(opts) {
+        return crate::vqa::source::rows(path, opts, false);
+    }
+    crate::vqa::source::check_not_vqa(path, opts)?;
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read data file", path.display()))?;
     let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("json"));
     let format = match opts.data_format {
@@ -214,18 +275,16 @@ pub fn load_with(path: &Path, opts: &DataArgs) -> Result<Vec<DataRow>> {
         };
         pair(path, items, dir, opts.pairing, opts.pair_seed)?
     } else {
-        items.into_iter().map(|i| make_row(path, &base, i.line, i.id, i.prompt, i.image)).collect::<Result<_>>()?
+        items
+            .into_iter()
+            .map(|i| Ok((make_row(path, &base, i.line, i.id, i.prompt, i.image)?, i.fields)))
+            .collect::<Result<_>>()?
     };
     let mut seen = std::collections::HashSet::new();
-    for r in &rows {
+    for (r, _) in &rows {
         if !seen.insert(&r.id) {
             bail!("{}: id `{}` appears more than once", path.display(), r.id);
         }
-    }
-    let missing: Vec<String> =
-        rows.iter().filter(|r| !r.image_path.is_file()).map(|r| r.image_path.display().to_string()).collect();
-    if !missing.is_empty() {
-        bail!("{}: {} image(s) not found: {}", path.display(), missing.len(), missing.join(", "));
     }
     Ok(rows)
 }
@@ -249,7 +308,7 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn pair(path: &Path, items: Vec<Item>, dir: &Path, pairing: Pairing, seed: u64) -> Result<Vec<DataRow>> {
+fn pair(path: &Path, items: Vec<Item>, dir: &Path, pairing: Pairing, seed: u64) -> Result<Vec<(DataRow, Fields)>> {
     let images = image_files(dir)?;
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut rows = Vec::new();
@@ -262,17 +321,18 @@ fn pair(path: &Path, items: Vec<Item>, dir: &Path, pairing: Pairing, seed: u64) 
             Pairing::Random => {
                 state = icet_models::backend::splitmix64(state);
                 let img = &images[(state % images.len() as u64) as usize];
-                rows.push(DataRow { id, prompt, image: name(img), image_path: img.clone() });
+                rows.push((DataRow { id, prompt, image: name(img), image_path: img.clone() }, it.fields));
             }
             Pairing::Cross => {
                 for img in &images {
                     let stem = img.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                    rows.push(DataRow {
+                    let row = DataRow {
                         id: format!("{id}@{stem}"),
                         prompt: prompt.clone(),
                         image: name(img),
                         image_path: img.clone(),
-                    });
+                    };
+                    rows.push((row, it.fields.clone()));
                 }
             }
         }
@@ -357,7 +417,7 @@ fn load_csv(path: &Path, text: &str, format: DataFormat, prompt_column: Option<&
         },
         DataFormat::Redteam2k => Columns { id: col("id"), prompt: need("question")?, fallback: None, image: None },
         DataFormat::Advbench => Columns { id: None, prompt: need("goal")?, fallback: None, image: None },
-        DataFormat::Auto | DataFormat::Jsonl => unreachable!("resolved above"),
+        DataFormat::Auto | DataFormat::Jsonl | DataFormat::VqaV2 => unreachable!("resolved above"),
     };
     if let Some(name) = prompt_column {
         cols.prompt = need(name)?;
@@ -449,6 +509,51 @@ mod tests {
         assert_eq!(rows[0].prompt, "b");
         assert_eq!(opts(&["label=safe"]).settings().unwrap()["where"], serde_json::json!(["label=safe"]));
         assert!(DataArgs::default().settings().is_none(), "nothing recorded without --images or --where");
+    }
+
+    #[test]
+    fn settings_read_back_and_fields_follow_their_rows() {
+        let opts = DataArgs {
+            images: Some(images_dir()),
+            pairing: Pairing::Cross,
+            pair_seed: 9,
+            max_prompts: Some(3),
+            data_format: DataFormat::Redteam2k,
+            prompt_column: Some("question".into()),
+            filters: vec!["policy=Violence".into(), "policy=Illegal Activity".into()],
+            vqa: Default::default(),
+        };
+        let back = DataArgs::from_settings(opts.settings().as_ref()).unwrap();
+        assert_eq!(back.images, Some(std::fs::canonicalize(images_dir()).unwrap()));
+        assert_eq!((back.pairing, back.pair_seed, back.max_prompts), (Pairing::Cross, 9, Some(3)));
+        assert_eq!((back.data_format, back.prompt_column.as_deref()), (DataFormat::Redteam2k, Some("question")));
+        assert_eq!(back.filters, opts.filters);
+        let none = DataArgs::from_settings(None).unwrap();
+        assert_eq!((none.images, none.pairing, none.filters.len()), (None, Pairing::Random, 0));
+        let bad = serde_json::json!({"pairing": "sideways"});
+        assert!(DataArgs::from_settings(Some(&bad)).unwrap_err().to_string().contains("data_options.pairing"));
+
+        // Cross pairing: every image of a prompt carries that prompt's columns; the rows are
+        // exactly load_with's.
+        let rows = load_with_fields(&sample("RedTeam_2K.csv"), &opts).unwrap();
+        let plain = load_with(&sample("RedTeam_2K.csv"), &opts).unwrap();
+        assert_eq!(rows.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(), plain);
+        assert_eq!(rows.len(), 2 * 4, "two prompts match the filter, four images each");
+        for (r, fields) in &rows {
+            let want = if r.id.starts_with("0@") { "Illegal Activity" } else { "Violence" };
+            assert_eq!(fields["policy"], want, "{}", r.id);
+            assert_eq!(fields["question"], r.prompt);
+        }
+        // Images are not required to exist (a report of a run whose images moved).
+        let d = tmp("fields-no-image");
+        let j = write(
+            &d,
+            "m.jsonl",
+            "{\"id\": \"q\", \"prompt\": \"a\", \"image\": \"gone.png\", \"policy\": \"Fraud\", \"n\": 3}\n",
+        );
+        let rows = load_with_fields(&j, &DataArgs::default()).unwrap();
+        assert_eq!((rows[0].1["policy"].as_str(), rows[0].1["n"].as_str()), ("Fraud", "3"));
+        assert!(load_with(&j, &DataArgs::default()).is_err());
     }
 
     #[test]

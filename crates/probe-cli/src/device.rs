@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 use icet_models::backend::cpu::Cpu;
-use icet_models::backend::cuda::{Cuda, DType};
+use icet_models::backend::cuda::{Cuda, CudaDevice, DType};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Device {
@@ -13,6 +13,8 @@ pub enum Device {
     Cpu,
     /// NVIDIA GPU
     Cuda,
+    /// The CUDA backend on an emulated GPU: the same kernels run on the CPU (for testing; slow)
+    CudaEmu,
 }
 
 /// Storage type of tensors on the GPU (kernels compute in f32 and GEMMs accumulate in f32 either way).
@@ -56,6 +58,13 @@ pub fn select(device: Device, dtype: DtypeArg) -> Result<SelectedBackend> {
         Device::Cuda => match Cuda::new(dtype) {
             Ok(cuda) => Ok(SelectedBackend::Cuda(cuda)),
             Err(e) => bail!("--device cuda: {e}"),
+        },
+        Device::CudaEmu => match Cuda::open(CudaDevice::Emulator, dtype) {
+            Ok(cuda) => {
+                say_once(format!("icet: using the {} ({dtype})", cuda.describe()));
+                Ok(SelectedBackend::Cuda(cuda))
+            }
+            Err(e) => bail!("--device cuda-emu: {e}"),
         },
         Device::Auto => match Cuda::new(dtype) {
             Ok(cuda) => {

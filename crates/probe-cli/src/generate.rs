@@ -50,7 +50,7 @@ pub fn generate<B: Backend>(b: &B, req: GenerateRequest) -> Result<Answer> {
     let mut rendered = spec.render_prompts(req.template, &[req.prompt])?;
     apply_no_special_tokens(&mut rendered, req.no_special_tokens)?;
     let model = spec.load(b, LoadParts { deepest_vision_layer: Some(layer), text: true })?;
-    let prompt_ids = model.prompt_ids(&rendered.texts[0], rendered.add_special_tokens)?;
+    let prompt_ids = model.prompt_ids(&rendered.texts[0], req.image, rendered.add_special_tokens)?;
     let limit = model.stream(1)?.max_positions();
     if let Some(why) = too_long(prompt_ids.len(), req.decode.max_new_tokens, limit) {
         bail!("{why}");

@@ -11,6 +11,8 @@
 //!   toxicity models, Perspective) into `scores.jsonl`.
 //! * [`report`]: per-layer tables with bootstrap intervals ([`stats`]) and plots ([`plot`]),
 //!   grouped as the paper does ([`grouping`]); the sweep's own [`summary`] uses the same pieces.
+//!   [`report_html`] writes the same tables, the plots and every answer into one self-contained page.
+//!   [`safety_utility`] puts ASR beside VQA accuracy and reward, layer by layer, across runs.
 //! * [`shard`]: a run's grid split by image over processes (Slurm tasks, [`workers`] on the
 //!   devices of one machine), each writing its own answers file, read back as one run;
 //!   [`slurm`] writes (and submits) the job array.
@@ -33,7 +35,9 @@ pub mod plot;
 pub mod progress;
 pub mod refusal;
 pub mod report;
+pub mod report_html;
 pub mod run_dir;
+pub mod safety_utility;
 pub mod score;
 pub mod shard;
 pub mod slurm;

@@ -197,6 +197,122 @@ pub fn slug(key: &str) -> String {
     key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
+/// One point of a scatter plot (values as shown: rates in %), with its intervals.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScatterPoint {
+    /// Written beside the point (the layer).
+    pub label: String,
+    pub x: f64,
+    pub y: f64,
+    pub x_interval: Option<(f64, f64)>,
+    pub y_interval: Option<(f64, f64)>,
+    /// Drawn larger, in black.
+    pub is_default: bool,
+    /// Drawn in the highlight colour (see [`Scatter::highlight_label`]).
+    pub highlighted: bool,
+}
+
+/// Two rates (0–100) against each other, one point per layer: e.g. ASR against VQA accuracy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scatter {
+    /// Named in errors.
+    pub key: String,
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub points: Vec<ScatterPoint>,
+    /// Grey lines through this point (the default layer's), splitting the plane into quadrants.
+    pub crosshair: Option<(f64, f64)>,
+    /// The legend of the highlighted points.
+    pub highlight_label: String,
+}
+
+const HIGHLIGHT: RGBColor = RGBColor(217, 48, 37);
+const POINT: RGBColor = RGBColor(26, 115, 232);
+
+/// Draws `scatter` into `svg` and `png` (800 × 600), both axes 0–100.
+pub fn write_scatter(scatter: &Scatter, svg: &Path, png: &Path) -> Result<()> {
+    register_font();
+    draw_scatter(SVGBackend::new(svg, (800, 600)).into_drawing_area(), scatter)?;
+    draw_scatter(BitMapBackend::new(png, (800, 600)).into_drawing_area(), scatter)
+}
+
+fn draw_scatter<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, s: &Scatter) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("plot {}: {e:?}", s.key);
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&s.title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(-2f64..102f64, -2f64..102f64)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(s.x_label.as_str())
+        .y_desc(s.y_label.as_str())
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(err)?;
+    if let Some((x, y)) = s.crosshair {
+        let grey = RGBColor(140, 149, 159).stroke_width(1);
+        chart.draw_series([PathElement::new(vec![(x, -2.0), (x, 102.0)], grey)]).map_err(err)?;
+        chart.draw_series([PathElement::new(vec![(-2.0, y), (102.0, y)], grey)]).map_err(err)?;
+    }
+    let color = |p: &ScatterPoint| if p.highlighted { HIGHLIGHT } else { POINT };
+    chart
+        .draw_series(s.points.iter().flat_map(|p| {
+            let c = color(p).mix(0.5).stroke_width(1);
+            let mut bars = Vec::new();
+            if let Some((lo, hi)) = p.x_interval {
+                bars.push(PathElement::new(vec![(lo, p.y), (hi, p.y)], c));
+            }
+            if let Some((lo, hi)) = p.y_interval {
+                bars.push(PathElement::new(vec![(p.x, lo), (p.x, hi)], c));
+            }
+            bars
+        }))
+        .map_err(err)?;
+    let marker = |p: &ScatterPoint| {
+        let (size, style) = if p.is_default { (7, BLACK.filled()) } else { (4, color(p).filled()) };
+        EmptyElement::at((p.x, p.y))
+            + Circle::new((0, 0), size, style)
+            + Text::new(p.label.clone(), (7, -14), ("sans-serif", 12).into_font())
+    };
+    chart
+        .draw_series(s.points.iter().filter(|p| !p.highlighted).map(marker))
+        .map_err(err)?
+        .label("layer")
+        .legend(|(x, y)| Circle::new((x + 9, y), 4, POINT.filled()));
+    if s.points.iter().any(|p| p.highlighted) {
+        chart
+            .draw_series(s.points.iter().filter(|p| p.highlighted).map(marker))
+            .map_err(err)?
+            .label(s.highlight_label.clone())
+            .legend(|(x, y)| Circle::new((x + 9, y), 4, HIGHLIGHT.filled()));
+    }
+    if s.points.iter().any(|p| p.is_default) {
+        chart
+            .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
+            .map_err(err)?
+            .label("default layer")
+            .legend(|(x, y)| Circle::new((x + 9, y), 6, BLACK.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,8 @@
 //!   reward:JUDGE       mean reward-model score
 //!   category:JUDGE:C   share of a Llama Guard judge's parsed verdicts that flag hazard category C
 //!                      (its own table: which hazards appear at which layers)
+//!   vqa:JUDGE          mean official VQA accuracy of the answers (shown in %, as the official code)
+//!   vqa:JUDGE:T        the same over the questions of answer type T (yes/no, number, other; its own table)
 //! Rows Early / Middle / Late / Average are means of the per-layer values over layers 1..L split
 //! in thirds ([`crate::grouping`]), as the paper's AASR/ATS/ATR; layer 0 (embeddings) stands alone.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -59,8 +61,13 @@ pub struct RunReport {
     pub metrics: Vec<Metric>,
     /// `category:JUDGE:C` for every hazard category a Llama Guard judge flagged, in code order.
     pub category_metrics: Vec<Metric>,
+    /// `vqa:JUDGE:T` for every answer type a VQA judge scored, by judge then type.
+    pub answer_type_metrics: Vec<Metric>,
     /// Per Llama Guard judge: answers whose verdict was neither safe nor unsafe (not in its ASR).
     pub unparsed_verdicts: BTreeMap<String, usize>,
+    /// Empty answers (no token before the end): neither refusals nor compliance, so left out of
+    /// the refusal rate and its `n`; said under the table.
+    pub empty_answers: usize,
     pub layers: Vec<Row>,
     pub groups: Vec<Row>,
     /// A run made in shards: how far each shard got (one that still owes answers is named in the
@@ -76,8 +83,11 @@ type Samples = BTreeMap<String, BTreeMap<usize, Vec<f64>>>;
 pub struct Collected {
     pub metrics: Vec<Metric>,
     pub category_metrics: Vec<Metric>,
+    pub answer_type_metrics: Vec<Metric>,
     pub samples: Samples,
     pub unparsed: BTreeMap<String, usize>,
+    /// Empty answers, left out of the refusal rate.
+    pub empty: usize,
 }
 
 /// Sort key of a hazard category code: `S2` before `S10`, letters first (`O1` before `S1`).
@@ -105,6 +115,7 @@ fn metric_of(kind: JudgeKind) -> KindMetric {
             KindMetric { prefix: "toxicity", title: "toxicity", unit: "toxicity", verdict: false }
         }
         JudgeKind::Reward => KindMetric { prefix: "reward", title: "reward", unit: "score", verdict: false },
+        JudgeKind::Vqa => KindMetric { prefix: "vqa", title: "VQA accuracy", unit: "rate", verdict: false },
     }
 }
 
@@ -159,12 +170,31 @@ pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> Collected {
             category_metrics.push(Metric { key, title: code.to_string(), unit: "rate", judge: judge.to_string() });
         }
     }
+    // Answer types: per VQA judge, each answer's accuracy under its question's type.
+    let mut types: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for s in scores.iter().filter(|s| s.kind == JudgeKind::Vqa && answered.contains(&(s.id.clone(), s.layer))) {
+        let (Some(t), Some(v)) = (s.raw["answer_type"].as_str(), s.score) else { continue };
+        types.entry(&s.judge).or_default().insert(t);
+        samples.entry(format!("vqa:{}:{t}", s.judge)).or_default().entry(s.layer).or_default().push(v);
+    }
+    let answer_type_metrics = types
+        .iter()
+        .flat_map(|(judge, ts)| {
+            ts.iter().map(move |t| Metric {
+                key: format!("vqa:{judge}:{t}"),
+                title: t.to_string(),
+                unit: "rate",
+                judge: judge.to_string(),
+            })
+        })
+        .collect();
     judges.sort_by_key(|(j, k)| (*k as u8, j.clone()));
     for (j, k) in judges {
         let m = metric_of(k);
         metrics.push(Metric::new(format!("{}:{j}", m.prefix), format!("{} ({j})", m.title), m.unit));
     }
-    Collected { metrics, category_metrics, samples, unparsed }
+    let empty = responses.iter().filter(|r| r.is_empty_answer()).count();
+    Collected { metrics, category_metrics, answer_type_metrics, samples, unparsed, empty }
 }
 
 /// Builds the report of one run from its files.
@@ -186,10 +216,11 @@ pub fn run_report(dir: &Path, label: &str, resamples: usize, seed: u64) -> Resul
     let default_layer = run.manifest()?.and_then(|m| m.default_layer);
     // The vision tower's depth: from the sweep's summary, else the deepest layer answered.
     let num_layers = run.num_layers().unwrap_or_else(|| responses.iter().map(|r| r.layer).max().unwrap_or(0));
-    let Collected { metrics, category_metrics, samples, unparsed: unparsed_verdicts } = collect(&responses, &scores);
+    let Collected { metrics, category_metrics, answer_type_metrics, samples, unparsed: unparsed_verdicts, empty } =
+        collect(&responses, &scores);
     let mut layer_rows: BTreeMap<usize, Row> = BTreeMap::new();
     let mut group_rows: Vec<Row> = Vec::new();
-    for (k, m) in metrics.iter().chain(&category_metrics).enumerate() {
+    for (k, m) in metrics.iter().chain(&category_metrics).chain(&answer_type_metrics).enumerate() {
         let Some(per_layer) = samples.get(&m.key) else { continue };
         // One stream per metric, so adding a judge does not change the others' intervals.
         let (layers, groups) =
@@ -229,7 +260,9 @@ pub fn run_report(dir: &Path, label: &str, resamples: usize, seed: u64) -> Resul
         default_layer,
         metrics,
         category_metrics,
+        answer_type_metrics,
         unparsed_verdicts,
+        empty_answers: empty,
         layers: layer_rows.into_values().collect(),
         groups: group_rows,
         shards,
@@ -243,11 +276,20 @@ fn shown(m: &Metric, v: f64) -> f64 {
     }
 }
 
+/// A table cell: `value [low, high]` as shown, 2 decimals. VQA accuracies are rounded as the
+/// official code rounds its percentages (Python 2: exact ties away from zero; `{:.2}` alone rounds
+/// them to even), so the Markdown shows `icet vqa-eval`'s number.
+fn cell(m: &Metric, e: &Estimate) -> String {
+    let r =
+        |v: f64| if m.key.starts_with("vqa:") { crate::vqa::eval::round_python2(shown(m, v), 2) } else { shown(m, v) };
+    format!("{:.2} [{:.2}, {:.2}]", r(e.value), r(e.ci_low), r(e.ci_high))
+}
+
 /// The Markdown tables (one per run).
 pub fn markdown(runs: &[RunReport]) -> String {
     let mut s = String::from("# ICET report\n\n");
     s.push_str(
-        "Values with bootstrapped 95% intervals. Rates (refusal, ASR) in %, toxicity ×100, reward as scored. \
+        "Values with bootstrapped 95% intervals. Rates (refusal, ASR, VQA accuracy) in %, toxicity ×100, reward as scored. \
 `*` marks the model's default layer; Early/Middle/Late/Average are means over the layers in the paper's thirds.\n",
     );
     for r in runs {
@@ -271,25 +313,60 @@ pub fn markdown(runs: &[RunReport]) -> String {
             for m in &r.metrics {
                 match row.values.get(&m.key) {
                     Some(e) => {
-                        let _ = write!(
-                            s,
-                            " {:.2} [{:.2}, {:.2}] |",
-                            shown(m, e.value),
-                            shown(m, e.ci_low),
-                            shown(m, e.ci_high)
-                        );
+                        let _ = write!(s, " {} |", cell(m, e));
                     }
                     None => s.push_str(" – |"),
                 }
             }
             s.push('\n');
         }
+        if r.empty_answers > 0 {
+            let _ = writeln!(
+                s,
+                "\n{} empty answer(s) (nothing generated before the end): neither refusals nor compliance, they are \
+                 left out of the refusal rate and its n.",
+                r.empty_answers
+            );
+        }
         for (judge, n) in &r.unparsed_verdicts {
             let _ = writeln!(s, "\n{n} answer(s) got a {judge} verdict that is neither `safe` nor `unsafe`; they are left out of its ASR.");
         }
         category_tables(&mut s, r);
+        answer_type_tables(&mut s, r);
     }
     s
+}
+
+/// Per VQA judge, the accuracy (%) by answer type, by layer and third, with intervals.
+fn answer_type_tables(s: &mut String, r: &RunReport) {
+    let mut judges: Vec<&str> = r.answer_type_metrics.iter().map(|m| m.judge.as_str()).collect();
+    judges.dedup();
+    for judge in judges {
+        let cols: Vec<&Metric> = r.answer_type_metrics.iter().filter(|m| m.judge == judge).collect();
+        let _ = writeln!(s, "\n### VQA accuracy ({judge}) by answer type (%)\n");
+        let _ = write!(s, "| layer |");
+        for m in &cols {
+            let _ = write!(s, " {} |", m.title);
+        }
+        s.push_str("\n|---|");
+        for _ in &cols {
+            s.push_str("---|");
+        }
+        s.push('\n');
+        for row in r.layers.iter().chain(&r.groups) {
+            let label = if row.is_default { format!("{} *", row.row) } else { row.row.clone() };
+            let _ = write!(s, "| {label} |");
+            for m in &cols {
+                match row.values.get(&m.key) {
+                    Some(e) => {
+                        let _ = write!(s, " {} |", cell(m, e));
+                    }
+                    None => s.push_str(" – |"),
+                }
+            }
+            s.push('\n');
+        }
+    }
 }
 
 /// Per Llama Guard judge, the share (%) of its parsed verdicts flagging each hazard category, by
@@ -335,7 +412,7 @@ pub fn csv(runs: &[RunReport]) -> String {
     for r in runs {
         for row in r.layers.iter().chain(&r.groups) {
             let layers: Vec<String> = row.layers.iter().map(|l| l.to_string()).collect();
-            for m in r.metrics.iter().chain(&r.category_metrics) {
+            for m in r.metrics.iter().chain(&r.category_metrics).chain(&r.answer_type_metrics) {
                 if let Some(e) = row.values.get(&m.key) {
                     let _ = writeln!(
                         s,
@@ -429,9 +506,14 @@ pub struct ReportRequest {
     pub out: Option<PathBuf>,
     pub bootstrap: usize,
     pub seed: u64,
+    /// How report.html shows images.
+    pub html: crate::report_html::HtmlArgs,
 }
 
-/// Writes report.md/.csv/.json and the plots; returns the Markdown and the output folder.
+/// Writes report.md/.csv/.json, the plots and report.html — with the safety–utility section
+/// ([`crate::safety_utility`]) where the runs hold an ASR and a VQA accuracy, and the official
+/// VQA results files ([`crate::vqa::results`]) of VQA-scored runs; returns the Markdown and the
+/// output folder.
 pub fn report(req: &ReportRequest) -> Result<(String, PathBuf, usize)> {
     if !req.labels.is_empty() && req.labels.len() != req.runs.len() {
         bail!("--label given {} times for {} runs", req.labels.len(), req.runs.len());
@@ -460,11 +542,33 @@ pub fn report(req: &ReportRequest) -> Result<(String, PathBuf, usize)> {
         let p = out.join(name);
         std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
     };
-    let md = markdown(&reports);
+    let mut exported = Vec::new();
+    for r in &reports {
+        exported.extend(crate::vqa::results::export(&RunDir::open(&r.dir), &r.label, &out.join("vqa_results"))?);
+    }
+    let safety_utility = crate::safety_utility::build(&reports);
+    let mut md = markdown(&reports);
+    if let Some(su) = &safety_utility {
+        md.push_str(&crate::safety_utility::markdown(su));
+    }
+    md.push_str(&crate::vqa::results::markdown(&exported, &out));
     write("report.md", md.clone())?;
     write("report.csv", csv(&reports))?;
-    let json = serde_json::json!({"bootstrap": req.bootstrap, "seed": req.seed, "runs": reports});
+    let json = serde_json::json!({"bootstrap": req.bootstrap, "seed": req.seed, "runs": reports,
+                                  "safety_utility": safety_utility, "vqa_results": exported});
     write("report.json", serde_json::to_string_pretty(&json)? + "\n")?;
-    let files = plots(&reports, &out)?;
+    let mut files = plots(&reports, &out)?;
+    if let Some(su) = &safety_utility {
+        files.extend(crate::safety_utility::plots(su, &out)?);
+    }
+    let page = crate::report_html::from_report::page(
+        &reports,
+        safety_utility.as_ref(),
+        &out,
+        &req.html,
+        req.bootstrap,
+        req.seed,
+    )?;
+    crate::report_html::write(&page, &out.join("report.html"))?;
     Ok((md, out, files.len()))
 }

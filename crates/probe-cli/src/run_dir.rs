@@ -139,6 +139,8 @@ pub enum JudgeKind {
     Toxicity,
     /// Perspective API TOXICITY.
     Perspective,
+    /// The official VQA accuracy of the answer (0..1) against the run's VQA-v2 annotations.
+    Vqa,
 }
 
 impl JudgeKind {
@@ -148,6 +150,7 @@ impl JudgeKind {
             Self::Reward => "reward",
             Self::Toxicity => "toxicity",
             Self::Perspective => "perspective",
+            Self::Vqa => "vqa",
         }
     }
 }
@@ -164,9 +167,10 @@ pub struct ScoreRow {
     pub unsafe_: Option<bool>,
     #[serde(default)]
     pub categories: Vec<String>,
-    /// Reward (logit), toxicity probability, or Perspective TOXICITY; `null` for Llama Guard.
+    /// Reward (logit), toxicity probability, Perspective TOXICITY or VQA accuracy; `null` for Llama Guard.
     pub score: Option<f64>,
-    /// The judge's own output: Llama Guard's text, the classifier's logits, Perspective's JSON.
+    /// The judge's own output: Llama Guard's text, the classifier's logits, Perspective's JSON,
+    /// VQA's `{answer (as scored), answer_type, question_type}`.
     pub raw: serde_json::Value,
 }
 

@@ -41,7 +41,7 @@ pub fn score_run<B: Backend>(b: &B, run: &RunDir, args: &JudgeArgs) -> Result<()
         score_shard(&mut responses, run.manifest()?.as_ref(), shard);
         eprintln!("icet: scoring {shard}: {} answers, into {}", responses.len(), run.scores_file());
     }
-    let specs = judge::preflight(args)?;
+    let specs = judge::vqa::resolve(judge::preflight(args)?, run, args)?;
     let mut seen = HashSet::new();
     let mut identities = Vec::with_capacity(specs.len());
     for s in &specs {
@@ -83,7 +83,12 @@ pub fn score_run<B: Backend>(b: &B, run: &RunDir, args: &JudgeArgs) -> Result<()
             let answers: Vec<Answer> = batch
                 .iter()
                 .zip(batch_images)
-                .map(|(r, image)| Answer { prompt: &r.prompt, response: &r.response, image: image.as_deref() })
+                .map(|(r, image)| Answer {
+                    id: &r.id,
+                    prompt: &r.prompt,
+                    response: &r.response,
+                    image: image.as_deref(),
+                })
                 .collect();
             let verdicts = judge.judge(b, &answers)?;
             let rows: Vec<ScoreRow> = batch.iter().zip(verdicts).map(|(r, v)| score_row(r, spec, v)).collect();

@@ -97,6 +97,7 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
     req.decode.check()?;
     let mut rows = data::load_with(&req.data, &req.data_options)?;
     let judge_specs = judge::preflight(&req.judges)?;
+    judge::vqa::check_sweep(&judge_specs, &req.data_options)?;
     let spec = registry::open::<B>(&req.model_dir, req.family_options.clone())?;
     let num_layers = spec.num_layers();
     let default_layer = spec.default_layer()?;
@@ -349,7 +350,7 @@ fn tokenize_rows<B: Backend>(
         if ids.contains_key(&i) || bad.iter().any(|b| b.id == rows[i].id) {
             continue;
         }
-        let why = match model.prompt_ids(&rendered.texts[i], rendered.add_special_tokens) {
+        let why = match model.prompt_ids(&rendered.texts[i], &rows[i].image_path, rendered.add_special_tokens) {
             Ok(p) => match too_long(p.len(), req.decode.max_new_tokens, limit) {
                 None => {
                     ids.insert(i, p);

@@ -400,6 +400,60 @@ pub fn check_cached_attention<B: Backend>(b: &B, tol: f64) {
     assert!(e.contains("slot 1 appears twice"), "{e}");
 }
 
+/// Long sequences, where a tiled implementation runs several blocks of keys (online softmax
+/// across blocks): bidirectional attention over 600 rows, then a 700-token prompt prefilled in
+/// two chunks (the second attending to the first through the cache) beside a second sequence,
+/// and decode steps for both; every output against the naive f64 attention.
+pub fn check_long_attention<B: Backend>(b: &B, tol: f64) {
+    let mut rng = TestRng::new(10);
+    let s = AttentionShape::new(4, 2, 32);
+    let (qw, kw) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    let n = 600;
+    let (q, k, v) = (rng.vec(n * qw, 1.0), rng.vec(n * kw, 1.0), rng.vec(n * kw, 1.0));
+    let got =
+        b.attention(&upload(b, &q, n, qw), &upload(b, &k, n, kw), &upload(b, &v, n, kw), &[n], s).expect("attention");
+    assert_close("long attention", &download(b, &got), &naive_attention(&q, &k, &v, s, 0..n, 0, |_| n), tol);
+
+    // Scores of a few large logits make the running maximum move between key blocks.
+    let lens = [702usize, 40];
+    let full: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+        lens.iter().map(|&l| (rng.vec(l * qw, 3.0), rng.vec(l * kw, 1.0), rng.vec(l * kw, 1.0))).collect();
+    let mut cache = b.kv_cache(1, 2, 704, s.kv_heads, s.head_dim).expect("kv cache");
+    // (sequence, first row, rows) of each call: two prefill chunks of sequence 0 (the second with
+    // the whole of sequence 1), then two decode steps of both.
+    let calls: [&[(usize, usize, usize)]; 4] =
+        [&[(0, 0, 300)], &[(0, 300, 400), (1, 0, 38)], &[(0, 700, 1), (1, 38, 1)], &[(1, 39, 1), (0, 701, 1)]];
+    for (step, call) in calls.iter().enumerate() {
+        let chunks: Vec<SeqChunk> = call.iter().map(|&(i, start, len)| SeqChunk { slot: i, start, len }).collect();
+        let rows: usize = call.iter().map(|c| c.2).sum();
+        let pick = |which: usize, width: usize| -> Vec<f32> {
+            call.iter()
+                .flat_map(|&(i, start, len)| {
+                    let src = [&full[i].0, &full[i].1, &full[i].2][which];
+                    src[start * width..(start + len) * width].to_vec()
+                })
+                .collect()
+        };
+        let got = b
+            .cached_attention(
+                &mut cache,
+                0,
+                &upload(b, &pick(0, qw), rows, qw),
+                &upload(b, &pick(1, kw), rows, kw),
+                &upload(b, &pick(2, kw), rows, kw),
+                &chunks,
+                s,
+            )
+            .expect("cached_attention");
+        let mut expected = Vec::new();
+        for &(i, start, len) in call.iter() {
+            let (q, k, v) = &full[i];
+            expected.extend(naive_attention(q, k, v, s, start..start + len, 0, |j| start + j + 1));
+        }
+        assert_close(&format!("long cached_attention call {step}"), &download(b, &got), &expected, tol);
+    }
+}
+
 pub fn check_token_choice<B: Backend>(b: &B) {
     let mut rng = TestRng::new(9);
     let (rows, vocab) = (5, 301);
@@ -469,6 +523,10 @@ macro_rules! conformance_tests {
         #[test]
         fn cached_attention() {
             c::check_cached_attention(&$backend, $tol);
+        }
+        #[test]
+        fn long_attention() {
+            c::check_long_attention(&$backend, $tol);
         }
         #[test]
         fn token_choice() {

@@ -3,6 +3,10 @@
 //! and every [`Backend`] op is one or two launches of `icet_kernels` (hand-written kernels from
 //! `kernels-cu/`, GEMMs through cuBLASLt).
 //!
+//! The same code runs on a real GPU ([`Cuda::new`]) and on the emulated device
+//! ([`Cuda::emulated`], `--device cuda-emu`): `icet_kernels::Gpu` hides which one it is behind its
+//! device seam, so the emulated tests exercise this file, the launchers and the kernels together.
+//!
 //! [`Cuda::new`] never panics on a machine without CUDA: it returns the reason ("built without
 //! CUDA kernels", "no CUDA driver", "no CUDA GPU", …) for the CLI to print and the GPU tests to
 //! report as their skip reason.
@@ -50,11 +54,33 @@ pub struct CudaKvCache {
     width: usize,
 }
 
-/// The CUDA backend on GPU 0. Cheap to clone: instances share the device.
+/// The CUDA backend on GPU 0 or on the emulated device. Cheap to clone: instances share the device.
 #[derive(Clone)]
 pub struct Cuda {
     gpu: Arc<Gpu>,
     dtype: DType,
+}
+
+/// Which device a [`Cuda`] backend runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CudaDevice {
+    /// GPU 0, through the CUDA driver.
+    Gpu,
+    /// The emulated device: the same kernels compiled for and run on the CPU (`icet_kernels`'s
+    /// emulator) — for testing; slow, and not a GPU. Configured by the `ICET_EMU_*` variables
+    /// (`icet_kernels::EmuOptions::from_env`).
+    Emulator,
+}
+
+impl CudaDevice {
+    /// `cuda` or `cuda-emu`, the names `--device` takes.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "cuda" => Some(Self::Gpu),
+            "cuda-emu" => Some(Self::Emulator),
+            _ => None,
+        }
+    }
 }
 
 fn kerr(e: icet_kernels::KernelError) -> Error {
@@ -67,12 +93,58 @@ fn shared_gpu() -> std::result::Result<Arc<Gpu>, String> {
     GPU.get_or_init(|| Gpu::open(0).map(Arc::new).map_err(|e| e.to_string())).clone()
 }
 
+/// The process-wide emulated device, opened once with the environment's options.
+fn shared_emulator() -> std::result::Result<Arc<Gpu>, String> {
+    static EMU: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
+    EMU.get_or_init(|| {
+        let opts = icet_kernels::EmuOptions::from_env().map_err(|e| e.to_string())?;
+        Gpu::open_emulated(opts).map(Arc::new).map_err(|e| e.to_string())
+    })
+    .clone()
+}
+
 impl Cuda {
-    /// The backend with tensors stored as `dtype`, or why there is none: the returned error's
-    /// message is the reason alone ("built without CUDA kernels (…)", "no CUDA driver: …").
+    /// The backend on GPU 0 with tensors stored as `dtype`, or why there is none: the returned
+    /// error's message is the reason alone ("built without CUDA kernels (…)", "no CUDA driver: …").
     pub fn new(dtype: DType) -> Result<Self> {
         let gpu = shared_gpu().map_err(Error::invalid)?;
         Ok(Self { gpu, dtype })
+    }
+
+    /// The backend on the emulated device (see [`CudaDevice::Emulator`]), or why this build has
+    /// none ("built without the CUDA emulator (…)").
+    pub fn emulated(dtype: DType) -> Result<Self> {
+        let gpu = shared_emulator().map_err(Error::invalid)?;
+        Ok(Self { gpu, dtype })
+    }
+
+    /// The backend on `device`.
+    pub fn open(device: CudaDevice, dtype: DType) -> Result<Self> {
+        match device {
+            CudaDevice::Gpu => Self::new(dtype),
+            CudaDevice::Emulator => Self::emulated(dtype),
+        }
+    }
+
+    /// The device the GPU tests and benches run on, chosen by `ICET_CUDA_DEVICE`: `gpu` (GPU 0
+    /// only), `emu` (the emulated device even where a GPU is present) or `auto` (the default: the
+    /// GPU when one is usable, else the emulated device). `ICET_REQUIRE_GPU=1` means `gpu`. The
+    /// error says why neither could be used, for the test to print as its skip reason.
+    pub fn for_tests(dtype: DType) -> std::result::Result<Self, String> {
+        let require_gpu = std::env::var_os("ICET_REQUIRE_GPU").is_some_and(|v| v != "0");
+        let choice = std::env::var("ICET_CUDA_DEVICE").unwrap_or_default();
+        match (choice.as_str(), require_gpu) {
+            ("gpu", _) | (_, true) => Self::new(dtype).map_err(|e| e.to_string()),
+            ("emu", false) => Self::emulated(dtype).map_err(|e| format!("ICET_CUDA_DEVICE=emu: {e}")),
+            ("" | "auto", false) => Self::new(dtype)
+                .or_else(|gpu| Self::emulated(dtype).map_err(|emu| format!("no GPU ({gpu}) and no emulator ({emu})"))),
+            (other, false) => Err(format!("ICET_CUDA_DEVICE={other}: expected gpu, emu or auto")),
+        }
+    }
+
+    /// True on the emulated device.
+    pub fn is_emulated(&self) -> bool {
+        self.gpu.is_emulated()
     }
 
     /// Why [`Cuda::new`] would fail, or `None` when a GPU is usable.
@@ -84,7 +156,7 @@ impl Cuda {
         self.dtype
     }
 
-    /// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)".
+    /// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)", or "CUDA emulator on the CPU, not a GPU (…)".
     pub fn describe(&self) -> String {
         self.gpu.describe()
     }
@@ -210,10 +282,13 @@ impl Backend for Cuda {
     type KvCache = CudaKvCache;
 
     fn name(&self) -> &'static str {
-        match self.dtype {
-            DType::F32 => "cuda-f32",
-            DType::BF16 => "cuda-bf16",
-            DType::F16 => "cuda-f16",
+        match (self.gpu.is_emulated(), self.dtype) {
+            (false, DType::F32) => "cuda-f32",
+            (false, DType::BF16) => "cuda-bf16",
+            (false, DType::F16) => "cuda-f16",
+            (true, DType::F32) => "cuda-emu-f32",
+            (true, DType::BF16) => "cuda-emu-bf16",
+            (true, DType::F16) => "cuda-emu-f16",
         }
     }
 

@@ -66,6 +66,22 @@ pub fn load_image_with(path: &Path, alpha: AlphaHandling) -> Result<RgbImage> {
     Ok(convert_to_rgb(img, alpha, gray16))
 }
 
+/// The `(width, height)` [`load_image`] gives for `path`, read from the file's header where
+/// the format allows (no pixels decoded; a full decode where it does not): what a processor
+/// whose output size depends on the image (LLaVA-NeXT's tile grid, hence its prompt's image
+/// slots) needs before any vision pass. Errors name the file.
+pub fn image_size(path: &Path) -> Result<(u32, u32)> {
+    let header = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .ok()
+        .filter(|r| r.format().is_some())
+        .and_then(|r| r.into_dimensions().ok());
+    match header {
+        Some(size) => Ok(size),
+        None => load_image(path).map(|img| img.dimensions()),
+    }
+}
+
 /// Whether `bytes` are a PNG whose IHDR says 16-bit grayscale without alpha (PIL mode `I;16`).
 fn bytes_are_gray16_png(bytes: &[u8]) -> bool {
     // Signature (8), IHDR length and type (8), width and height (8), then depth and colour type.
@@ -172,6 +188,20 @@ mod tests {
     use super::*;
     use crate::image::test_refs::{diff, fixtures, s, temp_dir, Refs};
     use serde_json::Value;
+
+    /// The header size is the decoded size for every decode fixture (every format and mode).
+    #[test]
+    fn image_size_is_the_decoded_size() {
+        let refs = Refs::load();
+        let cases = refs.cases("decode");
+        assert!(cases.len() > 10);
+        for case in cases {
+            let path = fixtures().join(s(&case, "file"));
+            assert_eq!(image_size(&path).unwrap(), load_image(&path).unwrap().dimensions(), "{}", path.display());
+        }
+        let e = image_size(Path::new("/no/such/image.png")).unwrap_err().to_string();
+        assert!(e.contains("/no/such/image.png"), "{e}");
+    }
 
     #[test]
     fn decode_matches_pil_for_every_fixture() {

@@ -17,7 +17,7 @@ mod jpeg;
 pub mod normalize;
 pub mod resize;
 
-pub use decode::{load_image, load_image_with, AlphaHandling};
+pub use decode::{image_size, load_image, load_image_with, AlphaHandling};
 pub use geometry::{center_crop, expand_to_square};
 pub use normalize::Normalize;
 pub use resize::{pil_resize, pil_resize_bicubic, Resample};

@@ -1,6 +1,9 @@
 //! `LlamaConfig` and RoPE frequencies, accepting both transformers 4.x keys (`rope_theta`,
-//! `rope_scaling`) and 5.x `rope_parameters`.
+//! `rope_scaling`) and 5.x `rope_parameters`. Mistral (`MistralForCausalLM`) is the same decoder
+//! with other defaults, no biases and a sliding attention window: [`LlamaConfig::from_text_config`]
+//! reads either as transformers' `AutoConfig` does for its `model_type`.
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 
@@ -23,6 +26,11 @@ pub struct LlamaConfig {
     pub attention_bias: bool,
     pub mlp_bias: bool,
     pub tie_word_embeddings: bool,
+    /// Mistral's `sliding_window`: each position attends to the last this many positions
+    /// (itself included). Only [`Self::from_text_config`] sets it, for `model_type: mistral`
+    /// (Llama ignores the key, as transformers' `LlamaAttention` does).
+    #[serde(skip_deserializing)]
+    pub sliding_window: Option<usize>,
 }
 
 impl Default for LlamaConfig {
@@ -45,8 +53,19 @@ impl Default for LlamaConfig {
             attention_bias: false,
             mlp_bias: false,
             tie_word_embeddings: false,
+            sliding_window: None,
         }
     }
+}
+
+/// transformers 5.24's `MistralConfig` defaults where they differ from `LlamaConfig`'s
+/// (Mistral-7B's shapes); `sliding_window` (4096 when absent, none when `null`) is read apart.
+fn mistral_defaults() -> Value {
+    serde_json::json!({
+        "intermediate_size": 14336,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 4096 * 32,
+    })
 }
 
 /// How RoPE frequencies are derived (transformers' `ROPE_INIT_FUNCTIONS`).
@@ -58,6 +77,41 @@ pub enum RopeScaling {
 }
 
 impl LlamaConfig {
+    /// A language model's config (a VLM's `text_config`) as transformers' `AutoConfig` reads it
+    /// for its `model_type`: `llama` (or none) with `LlamaConfig`'s defaults, `mistral` with
+    /// `MistralConfig`'s (no attention or MLP biases whatever the keys say, `sliding_window`
+    /// honoured). Other language models are refused, naming the type.
+    pub fn from_text_config(v: &Value) -> Result<Self> {
+        let invalid = |e: serde_json::Error| Error::invalid(format!("text_config: {e}"));
+        if v.is_null() {
+            return Ok(Self::default());
+        }
+        match v.get("model_type").and_then(Value::as_str).unwrap_or("llama") {
+            "llama" => serde_json::from_value(v.clone()).map_err(invalid),
+            "mistral" => {
+                let mut merged = mistral_defaults();
+                if let (Some(m), Some(given)) = (merged.as_object_mut(), v.as_object()) {
+                    // Given keys win, `null`s included (`num_key_value_heads: null` = all heads).
+                    m.extend(given.iter().map(|(k, x)| (k.clone(), x.clone())));
+                }
+                let mut c: Self = serde_json::from_value(merged).map_err(invalid)?;
+                c.sliding_window = match v.get("sliding_window") {
+                    None => Some(4096),
+                    Some(Value::Null) => None,
+                    Some(w) => Some(w.as_u64().filter(|&w| w > 0).ok_or_else(|| {
+                        Error::invalid(format!("text_config: sliding_window {w} is not a positive integer"))
+                    })? as usize),
+                };
+                c.attention_bias = false;
+                c.mlp_bias = false;
+                Ok(c)
+            }
+            other => Err(Error::invalid(format!(
+                "text_config: model_type `{other}` is not a language model icet implements (llama, mistral)"
+            ))),
+        }
+    }
+
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -141,6 +195,38 @@ mod tests {
         assert_eq!(plain.rope().unwrap(), (10000.0, RopeScaling::Default));
         let bad: LlamaConfig = serde_json::from_str(r#"{"rope_scaling": {"type": "yarn", "factor": 2.0}}"#).unwrap();
         assert!(bad.rope().is_err());
+    }
+
+    /// llava-v1.6-mistral-7b-hf's text_config omits most keys (MistralConfig defaults) and sets
+    /// `sliding_window: null`; an omitted window is MistralConfig's 4096; Llama ignores the key.
+    #[test]
+    fn mistral_text_configs_take_mistral_defaults() {
+        let hub = serde_json::json!({"model_type": "mistral", "intermediate_size": 14336, "max_position_embeddings": 32768,
+            "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "sliding_window": null,
+            "vocab_size": 32064, "attention_bias": true, "head_dim": null});
+        let mha = serde_json::json!({"model_type": "mistral", "num_key_value_heads": null});
+        assert_eq!(LlamaConfig::from_text_config(&mha).unwrap().kv_heads(), 32, "null: every head, as MistralConfig");
+        let c = LlamaConfig::from_text_config(&hub).unwrap();
+        assert_eq!((c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.kv_heads()), (4096, 32, 32, 8));
+        assert_eq!((c.intermediate_size, c.max_position_embeddings, c.vocab_size), (14336, 32768, 32064));
+        assert_eq!((c.head_dim(), c.sliding_window, c.attention_bias), (128, None, false));
+        assert_eq!(c.rope().unwrap().0, 1e6);
+        let bare = LlamaConfig::from_text_config(&serde_json::json!({"model_type": "mistral"})).unwrap();
+        assert_eq!(
+            (bare.sliding_window, bare.intermediate_size, bare.max_position_embeddings),
+            (Some(4096), 14336, 131072)
+        );
+        let windowed =
+            LlamaConfig::from_text_config(&serde_json::json!({"model_type": "mistral", "sliding_window": 160}));
+        assert_eq!(windowed.unwrap().sliding_window, Some(160));
+        let llama = serde_json::json!({"model_type": "llama", "sliding_window": 64, "attention_bias": true});
+        let llama = LlamaConfig::from_text_config(&llama).unwrap();
+        assert_eq!((llama.sliding_window, llama.attention_bias, llama.intermediate_size), (None, true, 11008));
+        assert_eq!(LlamaConfig::from_text_config(&serde_json::json!({})).unwrap(), LlamaConfig::default());
+        let e = LlamaConfig::from_text_config(&serde_json::json!({"model_type": "qwen2"})).unwrap_err().to_string();
+        assert!(e.contains("model_type `qwen2`") && e.contains("llama, mistral"), "{e}");
+        let e = LlamaConfig::from_text_config(&serde_json::json!({"model_type": "mistral", "sliding_window": 0}));
+        assert!(e.unwrap_err().to_string().contains("sliding_window 0"));
     }
 
     #[test]

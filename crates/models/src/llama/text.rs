@@ -180,9 +180,29 @@ impl<B: Backend> Llama<B> {
         attention_shape(&self.config)
     }
 
+    /// A KV cache of `slots` sequences of up to `capacity` positions. A sliding window
+    /// (Mistral) shorter than `capacity` is refused here, before any work: the backend's cached
+    /// attention reads every cached position, so beyond the window answers would differ.
     pub fn new_cache(&self, b: &B, slots: usize, capacity: usize) -> Result<B::KvCache> {
+        self.check_window(capacity)?;
         let s = self.attention_shape();
         b.kv_cache(self.layers.len(), slots, capacity, s.kv_heads, s.head_dim)
+    }
+
+    /// Refuses sequences of more than `sliding_window` positions (`positions` long): up to the
+    /// window, windowed and full causal attention are the same computation (transformers' mask
+    /// keeps key j for query i when `i - window < j <= i`); past it they are not, and the
+    /// backend's cached attention has no window.
+    pub fn check_window(&self, positions: usize) -> Result<()> {
+        match self.config.sliding_window {
+            Some(window) if positions > window => Err(Error::invalid(format!(
+                "a sequence of up to {positions} positions (prompt + new tokens) is longer than the language \
+                 model's sliding_window of {window}: from position {window} on it attends only to the last \
+                 {window} positions, which icet's cached attention does not implement; keep prompt + \
+                 --max-new-tokens within {window}"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     pub fn embed(&self, b: &B, ids: &[u32]) -> Result<B::Tensor> {
@@ -192,6 +212,7 @@ impl<B: Backend> Llama<B> {
     /// Runs the decoder over packed `embeds` (one chunk per sequence, appended to `cache`) and
     /// returns the final-normed hidden state of each chunk's last token, `[chunks, hidden]`.
     pub fn forward(&self, b: &B, embeds: B::Tensor, chunks: &[SeqChunk], cache: &mut B::KvCache) -> Result<B::Tensor> {
+        self.check_window(chunks.iter().map(|c| c.start + c.len).max().unwrap_or(0))?;
         let rope = RotaryPositions::new(chunks, &self.inv_freq);
         let mut x = embeds;
         for (i, layer) in self.layers.iter().enumerate() {

@@ -171,7 +171,8 @@ impl<B: Backend> LlavaVlm<B> {
 }
 
 impl<B: Backend> EarlyExitVlm<B> for LlavaVlm<B> {
-    fn prompt_ids(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+    /// LLaVA-1.5's slots do not depend on the image.
+    fn prompt_ids(&self, text: &str, _image: &Path, add_special_tokens: bool) -> Result<Vec<u32>> {
         self.model.tokenizer()?.encode_image_prompt(text, add_special_tokens, self.image_slots())
     }
 
@@ -240,8 +241,8 @@ impl<B: Backend> EarlyExitVlm<B> for LlavaVlm<B> {
         Ok(FeatureDump { tensors, note: format!("{} strategy", self.strategy.name()) })
     }
 
-    fn flop_model(&self, image_rows: usize) -> FlopModel {
-        flop_model(&self.model.config, image_rows)
+    fn flop_model(&self, _image: &Path) -> Result<FlopModel> {
+        Ok(flop_model(&self.model.config, self.image_slots()))
     }
 
     fn vision_workload<'a>(
@@ -265,12 +266,12 @@ impl<B: Backend> EarlyExitVlm<B> for LlavaVlm<B> {
         }))
     }
 
-    fn bench_facts(&self, image_rows: usize) -> Map<String, Value> {
+    fn bench_facts(&self, _image: &Path) -> Result<Map<String, Value>> {
         let mut m = Map::new();
         m.insert("family".into(), json!("llava"));
-        m.insert("image_slots".into(), json!(image_rows));
+        m.insert("image_slots".into(), json!(self.image_slots()));
         m.insert("vision_layers_captured".into(), json!(self.model.config.vision_layers() + 1));
-        m
+        Ok(m)
     }
 }
 

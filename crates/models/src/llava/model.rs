@@ -28,13 +28,23 @@ pub struct Projector<B: Backend> {
 impl<B: Backend> Projector<B> {
     pub fn load(w: &Weights<B>, config: &LlavaConfig) -> Result<Self> {
         let (v, t) = (config.vision_config.hidden_size, config.text_config.hidden_size);
-        let bias = config.multimodal_projector_bias;
-        let act = Activation::from_hf(&config.projector_hidden_act).ok_or_else(|| {
-            Error::invalid(format!("unsupported projector_hidden_act `{}`", config.projector_hidden_act))
-        })?;
+        Self::load_shaped(w, v, t, &config.projector_hidden_act, config.multimodal_projector_bias)
+    }
+
+    /// The projector from `vision_width` to `text_width` with `hidden_act` (transformers'
+    /// name) between the layers: LLaVA-NeXT's `LlavaNextMultiModalProjector` is the same module.
+    pub fn load_shaped(
+        w: &Weights<B>,
+        vision_width: usize,
+        text_width: usize,
+        hidden_act: &str,
+        bias: bool,
+    ) -> Result<Self> {
+        let act = Activation::from_hf(hidden_act)
+            .ok_or_else(|| Error::invalid(format!("unsupported projector_hidden_act `{hidden_act}`")))?;
         Ok(Self {
-            linear_1: Linear::load(w, "linear_1", t, v, bias)?,
-            linear_2: Linear::load(w, "linear_2", t, t, bias)?,
+            linear_1: Linear::load(w, "linear_1", text_width, vision_width, bias)?,
+            linear_2: Linear::load(w, "linear_2", text_width, text_width, bias)?,
             act,
         })
     }

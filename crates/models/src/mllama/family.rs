@@ -164,7 +164,8 @@ struct MllamaVlm<B: Backend> {
 }
 
 impl<B: Backend> EarlyExitVlm<B> for MllamaVlm<B> {
-    fn prompt_ids(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+    /// The image is read by cross-attention, not spliced: its ids do not depend on it.
+    fn prompt_ids(&self, text: &str, _image: &Path, add_special_tokens: bool) -> Result<Vec<u32>> {
         self.model.prompt_ids_with(text, add_special_tokens)
     }
 
@@ -248,8 +249,8 @@ impl<B: Backend> EarlyExitVlm<B> for MllamaVlm<B> {
         Ok(FeatureDump { tensors, note })
     }
 
-    fn flop_model(&self, image_rows: usize) -> FlopModel {
-        flop_model(&self.model.config, image_rows, self.rule)
+    fn flop_model(&self, image: &Path) -> Result<FlopModel> {
+        Ok(flop_model(&self.model.config, self.real_rows(image)?, self.rule))
     }
 
     /// Mllama's tower takes one image per pass: `images` images are that many passes.
@@ -275,13 +276,21 @@ impl<B: Backend> EarlyExitVlm<B> for MllamaVlm<B> {
         }))
     }
 
-    fn bench_facts(&self, image_rows: usize) -> Map<String, Value> {
+    fn bench_facts(&self, image: &Path) -> Result<Map<String, Value>> {
         let mut m = Map::new();
         m.insert("family".into(), json!("mllama"));
         m.insert("exit_rule".into(), json!(self.rule.name()));
-        m.insert("image_rows".into(), json!(image_rows));
+        m.insert("image_rows".into(), json!(self.real_rows(image)?));
         m.insert("vision_layers_captured".into(), json!(self.model.config.vision_layers() + 1));
-        m
+        Ok(m)
+    }
+}
+
+impl<B: Backend> MllamaVlm<B> {
+    /// The rows of `image`'s projected states that come from its real tiles (what its tokens
+    /// attend to; the tile grid is padded to `max_num_tiles`).
+    fn real_rows(&self, image: &Path) -> Result<usize> {
+        Ok(self.model.pixel_values(image)?.num_tiles * self.model.config.vision_config.tokens_per_tile())
     }
 }
 

@@ -109,7 +109,8 @@ pub trait Family: 'static {
     const NAME: &'static str;
     /// The `config.json` `model_type`s of this family's checkpoints.
     const MODEL_TYPES: &'static [&'static str];
-    /// Its named templates, the first one the default.
+    /// Its named templates, the first one the default (unless the family's [`ModelSpec`] picks
+    /// one by the model, as LLaVA-NeXT does by its language model).
     const TEMPLATES: &'static [TemplateInfo];
     /// The flags of [`FamilyOptions`] it takes.
     const OPTIONS: &'static [&'static str];
@@ -191,10 +192,11 @@ pub struct FeatureDump {
 
 /// A loaded model of some family, as every command uses it.
 pub trait EarlyExitVlm<B: Backend> {
-    /// Token ids of a rendered prompt as the family's processor gives them (image slots
-    /// expanded where the family splices features into the prompt), the tokenizer's special
+    /// Token ids of a rendered prompt for `image` as the family's processor gives them (image
+    /// slots expanded where the family splices features into the prompt; their number may
+    /// depend on the image, as LLaVA-NeXT's tiling does on its size), the tokenizer's special
     /// tokens added or not ([`RenderedPrompts::add_special_tokens`]).
-    fn prompt_ids(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>>;
+    fn prompt_ids(&self, text: &str, image: &Path, add_special_tokens: bool) -> Result<Vec<u32>>;
     /// Text of generated ids, special tokens removed.
     fn decode(&self, ids: &[u32]) -> Result<String>;
     /// End-of-sequence ids from the model's generation config.
@@ -212,9 +214,10 @@ pub trait EarlyExitVlm<B: Backend> {
     fn work_order(&self) -> WorkOrder;
     /// Everything the vision side makes of `image` for `layers`, as `icet features` writes it.
     fn features(&self, b: &B, image: &Path, layers: &[usize]) -> Result<FeatureDump>;
-    /// The work of each stage counted from the config; `image_rows` is the rows of one image's
-    /// features the language model reads ([`ImageFeatures::real_rows`] of a typical image).
-    fn flop_model(&self, image_rows: usize) -> FlopModel;
+    /// The work of each stage of a sweep over `image`, counted from the config and the image's
+    /// geometry (how many tiles go through the tower, how many feature rows the language model
+    /// reads: both depend on the image for tiling families).
+    fn flop_model(&self, image: &Path) -> Result<FlopModel>;
     /// A sweep's per-image vision work (one pass keeping every layer, then each layer
     /// projected) for `images` copies of `image`, prepared so that each call of the returned
     /// closure does only the timed part and waits for the device.
@@ -224,8 +227,8 @@ pub trait EarlyExitVlm<B: Backend> {
         image: &Path,
         images: usize,
     ) -> Result<Box<dyn FnMut() -> Result<()> + 'a>>;
-    /// What `icet bench` records about the family beyond the common facts.
-    fn bench_facts(&self, image_rows: usize) -> serde_json::Map<String, serde_json::Value>;
+    /// What `icet bench` records about the family and `image` beyond the common facts.
+    fn bench_facts(&self, image: &Path) -> Result<serde_json::Map<String, serde_json::Value>>;
 }
 
 /// A family's templates as one type: its named ones ([`Family::TEMPLATES`]) and `raw`.
@@ -261,11 +264,23 @@ pub fn render_prompts<F: Family, T: PromptTemplate>(
 ) -> Result<RenderedPrompts> {
     let default =
         F::TEMPLATES.first().map(|t| t.name).ok_or_else(|| Error::invalid(format!("{} has no template", F::NAME)))?;
+    render_prompts_with_default::<F, T>(dir, arg, default, prompts, auto)
+}
+
+/// [`render_prompts`] with the family default chosen by the model (`default`, one of
+/// `F::TEMPLATES`): LLaVA-NeXT's depends on its language model.
+pub fn render_prompts_with_default<F: Family, T: PromptTemplate>(
+    dir: &Path,
+    arg: Option<&str>,
+    default: &'static str,
+    prompts: &[&str],
+    auto: AutoTemplate,
+) -> Result<RenderedPrompts> {
     let name = match arg {
         None => default,
         Some("auto") => {
             let Some(chat) = ChatTemplate::from_dir(dir)? else {
-                let mut rendered = render_prompts::<F, T>(dir, Some(default), prompts, auto)?;
+                let mut rendered = render_prompts_with_default::<F, T>(dir, Some(default), default, prompts, auto)?;
                 rendered.note = Some(format!("{} ships no chat template; using {default}", dir.display()));
                 return Ok(rendered);
             };
@@ -287,8 +302,10 @@ pub fn render_prompts<F: Family, T: PromptTemplate>(
         }
         Some(t) if t == "raw" || F::TEMPLATES.iter().any(|x| x.name == t) => t,
         Some(t) => {
-            let mut names: Vec<String> = F::TEMPLATES.iter().map(|x| format!("`{}`", x.name)).collect();
-            names[0].push_str(" (default)");
+            let mut names: Vec<String> = F::TEMPLATES
+                .iter()
+                .map(|x| if x.name == default { format!("`{}` (default)", x.name) } else { format!("`{}`", x.name) })
+                .collect();
             names.push("`raw`".into());
             return Err(Error::invalid(format!("--template {t}: {} takes {} or `auto`", F::NAME, names.join(", "))));
         }

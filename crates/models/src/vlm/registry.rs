@@ -16,6 +16,7 @@ trait FamilyVisitor {
 fn visit_families(v: &mut impl FamilyVisitor) {
     v.visit::<crate::llava::family::LlavaFamily>();
     v.visit::<crate::mllama::family::MllamaFamily>();
+    v.visit::<crate::llava_next::family::LlavaNextFamily>();
 }
 
 /// A family's static facts.
@@ -162,6 +163,8 @@ mod tests {
         }
         let names: Vec<&str> = templates().iter().map(|t| t.name).collect();
         assert!(names.contains(&"llava-v1") && names.contains(&"llama3"), "{names:?}");
+        assert!(names.contains(&"mistral-instruct"), "{names:?}");
+        assert_eq!(names.iter().filter(|&&n| n == "llava-v1").count(), 1, "LLaVA and LLaVA-NeXT share llava-v1");
     }
 
     #[test]
@@ -172,7 +175,7 @@ mod tests {
         let e = open::<crate::backend::cpu::Cpu>(&fixtures.join("mllama-tiny"), opts).err().unwrap().to_string();
         assert_eq!(
             e,
-            "--strategy is a LLaVA option; Llama 3.2 Vision reads every vision token through cross-attention"
+            "--strategy is a LLaVA/LLaVA-NeXT option; Llama 3.2 Vision reads every vision token through cross-attention"
         );
         let mut opts = FamilyOptions::default();
         opts.set("exit-rule", "clamp");
@@ -180,6 +183,9 @@ mod tests {
         assert!(e.starts_with("--exit-rule is a Llama 3.2 Vision option; LLaVA "), "{e}");
         let spec = open::<crate::backend::cpu::Cpu>(&fixtures.join("llava-tiny"), FamilyOptions::default()).unwrap();
         assert_eq!((spec.num_layers(), spec.default_layer().unwrap()), (6, 5), "llava-tiny: 6 CLIP layers, -2 = 5");
+        let spec =
+            open::<crate::backend::cpu::Cpu>(&fixtures.join("llava-next-tiny-mistral"), FamilyOptions::default());
+        assert_eq!(spec.unwrap().default_layer().unwrap(), 2, "llava_next detected; 4 CLIP layers, -3 = 2");
         let e = model_type(&fixtures.join("no-such-model")).unwrap_err().to_string();
         assert!(e.contains("no-such-model/config.json: cannot read"), "{e}");
     }

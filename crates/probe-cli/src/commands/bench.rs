@@ -11,7 +11,8 @@ use super::ModelArgs;
 #[derive(ClapArgs, Debug)]
 #[command(after_help = "Stages (one table row each):
   vision   N images: what a sweep over every layer does per image — one vision pass keeping every
-           layer, then the projector for each (Llama 3.2 Vision: the global stage too, clamp rule)
+           layer, then the projector for each (Llama 3.2 Vision: the global stage too, clamp rule;
+           LLaVA-NeXT: every tile of the image, so the work and the prompt grow with its tiling)
   prefill  B prompts (image features + prompt text) up to their first token
   decode   B sequences, steady state: the median step once every sequence is decoding
 Achieved TFLOP/s counts matrix products and attention from the config (2 FLOPs per multiply-add);

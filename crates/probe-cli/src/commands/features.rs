@@ -16,6 +16,9 @@ use super::ModelArgs;
 For Llama 3.2 Vision (Mllama): pixel_values [max_tiles, 3, H, W]; hidden.{l} [max_tiles, tokens,
 width] for local layer l (patch padding removed); global.{g} after global layer g (stock path);
 projected.{l} [max_tiles, tokens, text width], the cross-attention states of ICET-l under --exit-rule.
+For LLaVA-NeXT: pixel_values [tiles, 3, S, S] (the image's real tiles, base image first);
+hidden.{l} [tiles, 1 + patches, width] for every tile; projected.{l} [image slots, text width], exactly
+the rows spliced for ICET-l (base, then the unpadded grid row by row, image_newline rows included).
 The file's __metadata__ says what made it: model, model_type, image and its sha256, layers, how they
 are indexed, the family's settings (--strategy, --pad-square, --exit-rule), icet's version.
 

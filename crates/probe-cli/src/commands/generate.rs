@@ -26,7 +26,8 @@ pub struct Args {
     /// The user's question
     #[arg(long, value_name = "TEXT")]
     pub prompt: String,
-    /// Conversation template [default: the model family's (llava-v1 for LLaVA, llama3 for Llama 3.2 Vision)]
+    /// Conversation template [default: the model's (llava-v1 for LLaVA, llama3 for Llama 3.2 Vision;
+    /// for LLaVA-NeXT its language model's: mistral-instruct, llava-v1 for Vicuna, llava-next-llama3)]
     #[arg(long, value_parser = super::template_values())]
     pub template: Option<String>,
     /// With --template raw: the tokenizer adds no special tokens (transformers'

@@ -14,14 +14,18 @@ use icet_engine::shard::ShardArg;
   llama-guard[-1|-2|-3]=DIR  Llama Guard on (prompt, response); version detected unless given
   llama-guard-3-vision=DIR   Llama-Guard-3-11B-Vision on (image, prompt, response); an Mllama
                              directory given as `llama-guard=DIR` is this judge too
-  reward=DIR                 GPT-2 reward model on the HH dialogue (Human: PROMPT, Assistant: RESPONSE)
+  reward=DIR                 a reward model: GPT-2 on the HH dialogue (Human: PROMPT, Assistant:
+                             RESPONSE); DeBERTa-v2/v3 (reward-model-deberta-v3-large-v2) on the
+                             pair (PROMPT as asked, RESPONSE), as its model card scores them
   toxicity=DIR               BERT/RoBERTa toxicity classifier on the response
   perspective                Perspective API TOXICITY of the response (key: PERSPECTIVE_API_KEY)
+  vqa[=ANNOTATIONS]          official VQA accuracy (0..1) of each answer against the VQA-v2
+                             annotations the sweep read (or those given), see --vqa-answers
 `KIND:NAME=DIR` names the judge (default: KIND), so two judges of one kind can be compared.
 
 Writes into RUN_DIR:
   scores.jsonl            {id, layer, judge, kind, unsafe, categories, score, raw} per answer and judge
-  judges.json             judge name -> kind and model directory
+  judges.json             judge name -> kind, model directory (VQA: annotations, --vqa-answers)
   perspective_cache.jsonl Perspective answers by text (never asked twice)
 Rerunning skips what is scored. Then: icet report RUN_DIR
 A run made in shards is scored as one run (every shard's answers file). --shard K/N (or auto, as
@@ -31,7 +35,8 @@ the run was made in N shards, else the answers whose image hashes to K.
 Examples:
   icet score runs/rt-llava --judge llama-guard-3=Llama-Guard-3-8B --judge toxicity=toxic-bert \\
     --judge reward=gpt2-large-harmless-reward_model
-  icet score runs/rt-llava --judge llama-guard-3-vision=Llama-Guard-3-11B-Vision  # judges with the images")]
+  icet score runs/rt-llava --judge llama-guard-3-vision=Llama-Guard-3-11B-Vision  # judges with the images
+  icet score runs/vqa-llava --judge vqa --judge reward:deberta=reward-model-deberta-v3-large-v2")]
 pub struct Args {
     /// A sweep's output folder (holds responses.jsonl)
     #[arg(value_name = "RUN_DIR")]

@@ -21,6 +21,10 @@ Data: JSONL, or CSV with a header, with fields `id` (optional), `prompt`, `image
 to the data file). Example row: {\"id\": \"rt-0001\", \"prompt\": \"...\", \"image\": \"images/0001.jpg\"}
 Also JailBreakV-28K (incl. mini), RedTeam-2K and AdvBench CSVs, detected from their headers
 (--data-format); prompt-only data is paired with --images DIR (--pairing random|cross).
+VQA-v2 (utility): --data v2_OpenEnded_mscoco_val2014_questions.json --vqa-annotations
+v2_mscoco_val2014_annotations.json --images val2014/ (COCO_val2014_<12-digit id>.jpg); each question
+is asked with LLaVA-1.5's line \"Answer the question using a single word or phrase.\" (--prompt-suffix),
+--max-items N asks a seeded sample stratified by answer type (--sample-seed); score with --judge vqa.
 With --judge, the answers are scored as by `icet score` (scores.jsonl) once generated.
 
 Writes into --out (a new or empty folder, or a run to resume):
@@ -60,7 +64,8 @@ pub struct Args {
     /// Output folder (default for the demo: icet-runs/demo-<time>)
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Conversation template [default: the model family's (llava-v1 for LLaVA, llama3 for Llama 3.2 Vision)]
+    /// Conversation template [default: the model's (llava-v1 for LLaVA, llama3 for Llama 3.2 Vision;
+    /// for LLaVA-NeXT its language model's: mistral-instruct, llava-v1 for Vicuna, llava-next-llama3)]
     #[arg(long, value_parser = super::template_values())]
     pub template: Option<String>,
     /// With --template raw: the tokenizer adds no special tokens (transformers'

@@ -7,9 +7,12 @@
 //!   llama-guard[-1|-2|-3]=DIR  Llama Guard on (prompt, response); version detected unless given
 //!   llama-guard-3-vision=DIR   Llama-Guard-3-11B-Vision on (image, prompt, response); an Mllama
 //!                              directory given as `llama-guard=DIR` is this judge too
-//!   reward=DIR                 GPT-2 reward model on the HH pair ("\n\nHuman: PROMPT\n\nAssistant:", RESPONSE)
+//!   reward=DIR                 GPT-2 reward model on the HH pair ("\n\nHuman: PROMPT\n\nAssistant:", RESPONSE);
+//!                              a DeBERTa-v2/v3 directory (OpenAssistant's reward models) on (PROMPT, RESPONSE)
 //!   toxicity=DIR               BERT/RoBERTa toxicity classifier on the response
 //!   perspective                Perspective API TOXICITY of the response (key: PERSPECTIVE_API_KEY)
+//!   vqa[=ANNOTATIONS]          the official VQA accuracy of the answer (a VQA-v2 run's annotations,
+//!                              or the file given), [`vqa`]
 //! `KIND:NAME=DIR` names the judge (default: KIND), so two judges of one kind can be compared.
 use std::path::{Path, PathBuf};
 
@@ -17,16 +20,20 @@ use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use icet_models::backend::Backend;
 use icet_models::judges::classifier::{RewardModel, ToxicityClassifier};
+use icet_models::judges::deberta_reward::{is_deberta_dir, DebertaReward};
 use icet_models::judges::llama_guard::LlamaGuardVersion;
 
 use crate::run_dir::{JudgeKind, RunDir};
 
 pub mod models;
 pub mod perspective;
+pub mod vqa;
 
 /// One answer to judge.
 #[derive(Clone, Copy, Debug)]
 pub struct Answer<'a> {
+    /// The data row's id (a VQA question id for the VQA judge).
+    pub id: &'a str,
     pub prompt: &'a str,
     pub response: &'a str,
     /// The image the prompt was asked about, for judges that look at it.
@@ -65,8 +72,8 @@ pub trait Judge<B: Backend> {
 /// Judge options shared by `score` and `sweep`.
 #[derive(ClapArgs, Clone, Debug, Default)]
 pub struct JudgeArgs {
-    /// A judge: `llama-guard[-1|-2|-3|-3-vision]=DIR`, `reward=DIR`, `toxicity=DIR` or
-    /// `perspective` (`KIND:NAME=DIR` names it); repeat for several
+    /// A judge: `llama-guard[-1|-2|-3|-3-vision]=DIR`, `reward=DIR`, `toxicity=DIR`,
+    /// `perspective` or `vqa` (`KIND:NAME=DIR` names it); repeat for several
     #[arg(long = "judge", value_name = "KIND=DIR")]
     pub judges: Vec<String>,
     /// Llama Guard: most verdict tokens generated
@@ -88,6 +95,9 @@ pub struct JudgeArgs {
     /// Perspective API endpoint
     #[arg(long, default_value = perspective::DEFAULT_URL, value_name = "URL")]
     pub perspective_url: String,
+    /// VQA: how answers are written into the results file the official evaluation scores
+    #[arg(long, value_enum, default_value_t = crate::vqa::answers::AnswerPrep::Llava)]
+    pub vqa_answers: crate::vqa::answers::AnswerPrep,
 }
 
 /// A `--judge` KIND: its name, the kind of scores it writes, whether it takes a model directory.
@@ -104,6 +114,8 @@ pub const KINDS: &[KindInfo] = &[
     KindInfo { name: "reward", kind: JudgeKind::Reward, takes_dir: true },
     KindInfo { name: "toxicity", kind: JudgeKind::Toxicity, takes_dir: true },
     KindInfo { name: "perspective", kind: JudgeKind::Perspective, takes_dir: false },
+    // Takes an annotations file optionally (else the run's): see `JudgeSpec::parse`.
+    KindInfo { name: "vqa", kind: JudgeKind::Vqa, takes_dir: false },
 ];
 
 /// One `--judge` argument, parsed and checked.
@@ -112,7 +124,10 @@ pub struct JudgeSpec {
     pub name: String,
     pub kind: JudgeKind,
     pub version: Option<LlamaGuardVersion>,
+    /// The model directory; for `vqa`, the annotations file (given, or the run's: [`vqa::resolve`]).
     pub dir: Option<PathBuf>,
+    /// `vqa`: how answers are prepared (set by [`vqa::resolve`]).
+    pub vqa_answers: Option<crate::vqa::answers::AnswerPrep>,
 }
 
 impl JudgeSpec {
@@ -131,11 +146,16 @@ impl JudgeSpec {
             None => match KINDS.iter().find(|k| k.name == kind_text) {
                 Some(k) => (*k, None),
                 None => bail!(
-                    "--judge {arg}: unknown judge kind `{kind_text}` (llama-guard, llama-guard-1/2/3/3-vision, reward, toxicity, perspective)"
+                    "--judge {arg}: unknown judge kind `{kind_text}` (llama-guard, llama-guard-1/2/3/3-vision, reward, toxicity, perspective, vqa)"
                 ),
             },
         };
         match (info.takes_dir, &dir) {
+            (false, Some(f)) if info.kind == JudgeKind::Vqa => {
+                if !f.is_file() {
+                    bail!("{}: no such annotations file for --judge {head}", f.display());
+                }
+            }
             (false, Some(_)) => bail!("--judge {arg}: {} takes no directory", info.name),
             (false, None) => {}
             (true, None) => bail!("--judge {arg}: give the model directory as {head}=DIR"),
@@ -145,12 +165,13 @@ impl JudgeSpec {
                 }
             }
         }
-        Ok(Self { name, kind: info.kind, version, dir })
+        Ok(Self { name, kind: info.kind, version, dir, vqa_answers: None })
     }
 
     /// What binds a judge name in `judges.json`: kind, version (Llama Guard 1-3 as numbers, as
     /// runs scored before 3-vision existed recorded them), model directory, and for the vision
-    /// judge whether it looked at the images (`--judge-text-only`), so one name never mixes both.
+    /// judge whether it looked at the images (`--judge-text-only`), so one name never mixes both;
+    /// for `vqa` the annotations file's SHA-256.
     pub fn identity(&self, text_only: bool) -> Result<serde_json::Value> {
         let version = self.version.map(|v| match v {
             LlamaGuardVersion::V3Vision => serde_json::json!(v.name()),
@@ -163,6 +184,16 @@ impl JudgeSpec {
         });
         if text_only && self.is_vision()? {
             id["text_only"] = serde_json::json!(true);
+        }
+        if let Some(prep) = self.vqa_answers {
+            id["answers"] = serde_json::json!(prep.name());
+        }
+        if self.kind == JudgeKind::Vqa {
+            // The annotations are the judge: scores against an edited file are never mixed
+            // with the old ones under one name.
+            if let Some(file) = &self.dir {
+                id["sha256"] = serde_json::json!(crate::fingerprint::file_sha256(file)?);
+            }
         }
         Ok(id)
     }
@@ -226,7 +257,12 @@ pub fn load<'a, B: Backend>(
             args.judge_max_new_tokens,
             args.judge_batch_size,
         )?),
+        JudgeKind::Reward if is_deberta_dir(spec.dir()) => {
+            eprintln!("icet: reward model {}: DeBERTa-v2/v3 on (prompt, response)", spec.dir().display());
+            Box::new(DebertaReward::load(spec.dir(), b)?)
+        }
         JudgeKind::Reward => Box::new(RewardModel::load(spec.dir(), b)?),
+        JudgeKind::Vqa => Box::new(vqa::VqaJudge::load(spec.dir(), spec.vqa_answers.unwrap_or_default())?),
         JudgeKind::Toxicity => Box::new(ToxicityClassifier::load(spec.dir(), b)?),
         JudgeKind::Perspective => Box::new(perspective::Perspective::new(
             &args.perspective_url,
@@ -268,6 +304,7 @@ mod tests {
             ("llama-guard-4=x", "unknown Llama Guard version"),
             ("llama-guard-3-visio=x", "unknown Llama Guard version"),
             ("reward=/nonexistent", "/nonexistent: not a model directory"),
+            ("vqa=/nonexistent.json", "/nonexistent.json: no such annotations file"),
         ] {
             let e = JudgeSpec::parse(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");

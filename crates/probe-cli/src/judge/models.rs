@@ -4,6 +4,7 @@ use std::path::Path;
 use anyhow::Result;
 use icet_models::backend::Backend;
 use icet_models::judges::classifier::{RewardModel, ToxicityClassifier};
+use icet_models::judges::deberta_reward::DebertaReward;
 use icet_models::judges::llama_guard::{Judgement, LlamaGuard, LlamaGuardVersion};
 use icet_models::judges::llama_guard_vision::{GuardItem, LlamaGuardVision};
 
@@ -101,6 +102,22 @@ impl<B: Backend> Judge<B> for GuardVisionJudge<B> {
 
 /// A GPT-2 reward model on the HH pair; the raw output is the logit.
 impl<B: Backend> Judge<B> for RewardModel<B> {
+    fn judge(&mut self, b: &B, answers: &[Answer]) -> Result<Vec<Verdict>> {
+        answers
+            .iter()
+            .map(|a| {
+                let s = self.score(b, a.prompt, a.response)?;
+                Ok(Verdict::score(s as f64, serde_json::json!({"logits": [s]})))
+            })
+            .collect()
+    }
+}
+
+/// A DeBERTa-v2/v3 reward model (OpenAssistant's `reward-model-deberta-v3-large-v2`) on the pair
+/// its model card scores, `tokenizer(question, answer)`: the question is the prompt as the data
+/// asked it — no conversation template, no image token — and the answer the response; the raw
+/// output is the logit.
+impl<B: Backend> Judge<B> for DebertaReward<B> {
     fn judge(&mut self, b: &B, answers: &[Answer]) -> Result<Vec<Verdict>> {
         answers
             .iter()

@@ -81,6 +81,8 @@ pub struct VqaItem {
     pub answer_type: String,
     /// The annotators' answers, for [`super::eval::question_accuracy`].
     pub answers: Vec<GtAnswer>,
+    /// The annotations' most common answer, where the file has it.
+    pub multiple_choice_answer: Option<String>,
 }
 
 /// `COCO_<split>_<image id, 12 digits>.jpg`.
@@ -137,10 +139,18 @@ pub fn stratified_sample(types: &[&str], n: usize, seed: u64) -> Vec<usize> {
 
 /// Reads, joins, samples and checks the items (see the module documentation).
 pub fn load(opts: &VqaOptions) -> Result<Vec<VqaItem>> {
-    let (q_path, a_path) = (&opts.questions, &opts.annotations);
     if opts.max_items == Some(0) {
         bail!("--max-items 0 selects no question");
     }
+    let items = sample(read_all(opts)?, opts.max_items, opts.seed);
+    check_images(&items, &opts.images)?;
+    Ok(items)
+}
+
+/// Every question of the files, joined with its annotation and named image, checked to belong
+/// together (splits, ids, images), before any sampling; the images are not looked at.
+pub fn read_all(opts: &VqaOptions) -> Result<Vec<VqaItem>> {
+    let (q_path, a_path) = (&opts.questions, &opts.annotations);
     let questions = read_questions(q_path)?;
     let annotations = read_annotations(a_path)?;
     if let (Some(q), Some(a)) = (&questions.data_subtype, &annotations.data_subtype) {
@@ -170,7 +180,7 @@ pub fn load(opts: &VqaOptions) -> Result<Vec<VqaItem>> {
             super::id_list(&unannotated)
         );
     }
-    let mut items: Vec<VqaItem> = questions
+    let items: Vec<VqaItem> = questions
         .questions
         .into_iter()
         .map(|q| {
@@ -187,19 +197,29 @@ pub fn load(opts: &VqaOptions) -> Result<Vec<VqaItem>> {
                 question_type: a.question_type,
                 answer_type: a.answer_type,
                 answers: a.answers,
+                multiple_choice_answer: a.multiple_choice_answer,
             }
         })
         .collect();
     if items.is_empty() {
         bail!("{}: no questions", q_path.display());
     }
-    if let Some(n) = opts.max_items {
-        let types: Vec<&str> = items.iter().map(|i| i.answer_type.as_str()).collect();
-        let keep: HashSet<usize> = stratified_sample(&types, n, opts.seed).into_iter().collect();
-        items = items.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, it)| it).collect();
-    }
-    if !opts.images.is_dir() {
-        return Err(anyhow!("{}: not an image folder", opts.images.display()));
+    Ok(items)
+}
+
+/// A seeded sample of `max_items` of `items`, stratified by answer type ([`stratified_sample`]),
+/// in the data's order; all of them without `max_items`.
+pub fn sample(items: Vec<VqaItem>, max_items: Option<usize>, seed: u64) -> Vec<VqaItem> {
+    let Some(n) = max_items else { return items };
+    let types: Vec<&str> = items.iter().map(|i| i.answer_type.as_str()).collect();
+    let keep: HashSet<usize> = stratified_sample(&types, n, seed).into_iter().collect();
+    items.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, it)| it).collect()
+}
+
+/// Every item's image must be in `images`; all missing ones are named in one error.
+pub fn check_images(items: &[VqaItem], images: &Path) -> Result<()> {
+    if !images.is_dir() {
+        return Err(anyhow!("{}: not an image folder", images.display()));
     }
     let mut seen = HashSet::new();
     let missing: Vec<&str> = items
@@ -208,9 +228,9 @@ pub fn load(opts: &VqaOptions) -> Result<Vec<VqaItem>> {
         .map(|i| i.image.as_str())
         .collect();
     if !missing.is_empty() {
-        bail!("{}: {} COCO image(s) not found: {}", opts.images.display(), missing.len(), missing.join(", "));
+        bail!("{}: {} COCO image(s) not found: {}", images.display(), missing.len(), missing.join(", "));
     }
-    Ok(items)
+    Ok(())
 }
 
 #[cfg(test)]

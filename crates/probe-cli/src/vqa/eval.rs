@@ -290,9 +290,15 @@ fn contraction(word: &str) -> Option<&'static str> {
 /// `processDigitArticle`: lower-case, split at whitespace, number words to digits, drop the
 /// articles (after the number mapping), expand contractions, join with single spaces.
 pub fn process_digit_article(text: &str) -> String {
-    let lowered = python_lower(text);
-    let words: Vec<&str> = lowered
-        .split(is_python_space)
+    digit_article_words(python_lower(text).split(is_python_space))
+}
+
+/// The word steps of `processDigitArticle` on already lower-cased, split `words` (empty ones are
+/// skipped): number words to digits, articles dropped (after the number mapping), contractions
+/// expanded, joined with single spaces. Shared with LLaVA's answer processor
+/// ([`super::answers`]), which splits as Python 3 does.
+pub(crate) fn digit_article_words<'a>(words: impl Iterator<Item = &'a str>) -> String {
+    let words: Vec<&str> = words
         .filter(|w| !w.is_empty())
         .map(|w| NUMBER_WORDS.iter().find(|(k, _)| *k == w).map_or(w, |(_, d)| d))
         .filter(|w| !ARTICLES.contains(w))

@@ -1,10 +1,12 @@
 //! VQA-v2: the official files ([`files`]), the official accuracy ([`eval`]), sweep items with
-//! COCO images ([`data`]); `icet vqa-eval` is `commands/vqa_eval.rs`.
-// Sweep items: the sweep's data options take them up in issue 12's second part (not yet wired).
-#[allow(dead_code)]
+//! COCO images ([`data`]) and the sweep's data source made of them ([`source`]); `icet vqa-eval`
+//! is `commands/vqa_eval.rs`.
+pub mod answers;
 pub mod data;
 pub mod eval;
 pub mod files;
+pub mod results;
+pub mod source;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

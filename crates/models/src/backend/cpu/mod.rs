@@ -1,0 +1,531 @@
+//! The CPU reference backend: f32 everywhere. GEMMs go through the `gemm` crate (its AVX-512
+//! kernels where the CPU has them), attention through one tiled routine (`attention`), the
+//! point-wise loops through `simd` (vectorised, the instruction set chosen at run time), and
+//! tensor storage is recycled through `pool`, so the hot path of a forward allocates nothing
+//! once the first layer has run. This is the twin every other backend is checked against.
+use rayon::prelude::*;
+
+use super::{
+    argmax_row, check_attention, check_cached_attention, check_cols, same_dims, sample_row, Activation, AttentionShape,
+    Backend, CacheShape, SamplingParams, SeqChunk,
+};
+use crate::error::{Error, Result};
+
+mod attention;
+pub mod pool;
+pub(crate) mod simd;
+mod skinny;
+
+/// A row-major f32 matrix in host memory. Its buffer goes back to [`pool`] when it is dropped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuTensor {
+    pub data: pool::Buffer,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl CpuTensor {
+    pub fn new(data: Vec<f32>, rows: usize, cols: usize) -> Result<Self> {
+        if data.len() != rows * cols {
+            return Err(Error::invalid(format!("tensor of {} values cannot be [{rows}, {cols}]", data.len())));
+        }
+        Ok(Self { data: data.into(), rows, cols })
+    }
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// Keys and values for `layers × slots`, each slot holding up to `capacity` positions.
+pub struct CpuKvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    slots: usize,
+    capacity: usize,
+    width: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+/// Below this many multiply-adds a GEMM runs on one thread: spawning costs more than it saves.
+const PARALLEL_GEMM_WORK: usize = 1 << 18;
+
+/// Elements per parallel task of the point-wise ops (smaller tensors run on one thread).
+const POINTWISE_CHUNK: usize = 1 << 14;
+
+impl super::Matrix for CpuTensor {
+    fn rows_cols(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+}
+
+/// `dst[m×n] = lhs[m×k] · rhs (+ dst if accumulate)`, where `rhs` is given by its strides so
+/// that transposed weights need no copy. Without `accumulate`, `dst` is not read.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
+    dst: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    rhs_cs: isize,
+    rhs_rs: isize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    let parallelism =
+        if m * n * k >= PARALLEL_GEMM_WORK { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: the slices cover m×n, m×k and the k×n view of rhs given by its strides (checked by
+    // the callers' shape tests); gemm writes only dst, and reads it only when accumulating.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The CPU reference of [`Backend::attention_kv`] on host slices: query segment `i` attends,
+/// without a mask, to every row of key/value segment `i`. Returns `[Σq_lens, heads*hd]`.
+pub fn attention_kv_host(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    q_lens: &[usize],
+    kv_lens: &[usize],
+    s: AttentionShape,
+) -> Result<Vec<f32>> {
+    let hd = s.head_dim;
+    let (qw, kw) = (s.heads * hd, s.kv_heads * hd);
+    let (q_total, kv_total) = (q_lens.iter().sum::<usize>(), kv_lens.iter().sum::<usize>());
+    if s.kv_heads == 0
+        || !s.heads.is_multiple_of(s.kv_heads)
+        || q_lens.len() != kv_lens.len()
+        || q.len() != q_total * qw
+        || k.len() != kv_total * kw
+        || v.len() != k.len()
+        || q_lens.iter().zip(kv_lens).any(|(&ql, &kl)| ql > 0 && kl == 0)
+    {
+        return Err(Error::invalid(format!(
+            "attention_kv: {} query / {} key values for segments {q_lens:?} / {kv_lens:?} ({} heads, {} kv heads, head_dim {hd})",
+            q.len(),
+            k.len(),
+            s.heads,
+            s.kv_heads
+        )));
+    }
+    let mut out = pool::take(q_total * qw);
+    attention::segments(q, k, v, q_lens, kv_lens, s, &mut out);
+    Ok(out)
+}
+
+pub fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+pub fn quick_gelu(x: f32) -> f32 {
+    x / (1.0 + simd::exp(-1.702 * x))
+}
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + simd::exp(-x))
+}
+/// transformers' `NewGELUActivation` (`gelu_new`), computed in f32 as torch does.
+pub fn gelu_tanh(x: f32) -> f32 {
+    let inner = (2.0f32 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+    0.5 * x * (1.0 + inner.tanh())
+}
+
+/// Rows per parallel task for row-wise ops on rows of `cols` values.
+fn rows_per_task(cols: usize) -> usize {
+    (POINTWISE_CHUNK / cols.max(1)).max(1)
+}
+
+/// Layer norm (`bias` given) or RMS norm of one row into `out`, as transformers computes them.
+fn norm_row(x: &[f32], out: &mut [f32], g: &[f32], bias: Option<&[f32]>, eps: f32) {
+    let cols = x.len() as f32;
+    match bias {
+        Some(b) => {
+            let mean = simd::sum(x) / cols;
+            let var = simd::sum_sq_dev(x, mean) / cols;
+            simd::normalize(x, mean, 1.0 / (var + eps).sqrt(), g, b, out);
+        }
+        None => {
+            let ms = simd::sum_sq_dev(x, 0.0) / cols;
+            simd::normalize(x, 0.0, 1.0 / (ms + eps).sqrt(), g, &[], out);
+        }
+    }
+}
+
+/// The norm of every row of `x` (see [`norm_row`]), in parallel.
+fn norm(x: &CpuTensor, g: &CpuTensor, bias: Option<&CpuTensor>, eps: f32, op: &str) -> Result<CpuTensor> {
+    let c = x.cols;
+    if g.data.len() != c || bias.is_some_and(|b| b.data.len() != c) {
+        return Err(Error::invalid(format!("{op}: parameters do not match width {c}")));
+    }
+    let mut out = pool::take(x.data.len());
+    let b = bias.map(|b| &b.data[..]);
+    x.data
+        .par_chunks(c.max(1))
+        .zip(out.par_chunks_mut(c.max(1)))
+        .with_min_len(rows_per_task(c))
+        .for_each(|(xr, orow)| norm_row(xr, orow, &g.data, b, eps));
+    CpuTensor::new(out, x.rows, c)
+}
+
+/// `x += delta`, then the norm of `x` (one pass per row).
+fn add_norm(
+    x: &mut CpuTensor,
+    delta: &CpuTensor,
+    g: &CpuTensor,
+    bias: Option<&CpuTensor>,
+    eps: f32,
+    op: &str,
+) -> Result<CpuTensor> {
+    same_dims(x, delta, op)?;
+    let c = x.cols;
+    if g.data.len() != c || bias.is_some_and(|b| b.data.len() != c) {
+        return Err(Error::invalid(format!("{op}: parameters do not match width {c}")));
+    }
+    let mut out = pool::take(x.data.len());
+    let b = bias.map(|b| &b.data[..]);
+    x.data
+        .par_chunks_mut(c.max(1))
+        .zip(delta.data.par_chunks(c.max(1)))
+        .zip(out.par_chunks_mut(c.max(1)))
+        .with_min_len(rows_per_task(c))
+        .for_each(|((xr, dr), orow)| {
+            simd::add(xr, dr);
+            norm_row(xr, orow, &g.data, b, eps);
+        });
+    CpuTensor::new(out, x.rows, c)
+}
+
+impl Backend for Cpu {
+    type Tensor = CpuTensor;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    /// `MemAvailable` of /proc/meminfo (Linux); `None` elsewhere.
+    fn free_memory(&self) -> Option<usize> {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    fn uninit(&self, rows: usize, cols: usize) -> Result<CpuTensor> {
+        CpuTensor::new(pool::take(rows * cols), rows, cols)
+    }
+
+    fn from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CpuTensor> {
+        CpuTensor::new(pool::take_copy(data), rows, cols)
+    }
+    fn to_host(&self, t: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(t.data.to_vec())
+    }
+    fn dims(&self, t: &CpuTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+
+    fn gather_rows(&self, x: &CpuTensor, rows: &[usize]) -> Result<CpuTensor> {
+        if let Some(&r) = rows.iter().find(|&&r| r >= x.rows) {
+            return Err(Error::invalid(format!("gather_rows: row {r} of {}", x.rows)));
+        }
+        let c = x.cols;
+        let mut data = pool::take(rows.len() * c);
+        data.par_chunks_mut(c.max(1)).zip(rows).with_min_len(rows_per_task(c)).for_each(|(dst, &r)| {
+            dst.copy_from_slice(x.row(r));
+        });
+        CpuTensor::new(data, rows.len(), c)
+    }
+
+    fn scatter_rows(&self, dst: &mut CpuTensor, rows: &[usize], src: &CpuTensor) -> Result<()> {
+        check_cols(src, dst.cols, "scatter_rows")?;
+        if src.rows != rows.len() {
+            return Err(Error::invalid(format!("scatter_rows: {} rows for {} targets", src.rows, rows.len())));
+        }
+        let c = dst.cols;
+        for (i, &r) in rows.iter().enumerate() {
+            if r >= dst.rows {
+                return Err(Error::invalid(format!("scatter_rows: row {r} of {}", dst.rows)));
+            }
+            dst.data[r * c..(r + 1) * c].copy_from_slice(src.row(i));
+        }
+        Ok(())
+    }
+
+    fn linear(&self, x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> Result<CpuTensor> {
+        check_cols(x, w.cols, "linear")?;
+        let (m, k, n) = (x.rows, x.cols, w.rows);
+        let mut out = pool::take(m * n);
+        if let Some(b) = bias {
+            if b.data.len() != n {
+                return Err(Error::invalid(format!("linear: bias of {} for {n} outputs", b.data.len())));
+            }
+            // The GEMM accumulates onto the bias: one pass over the output instead of two.
+            for row in out.chunks_mut(n) {
+                row.copy_from_slice(&b.data);
+            }
+        }
+        if m <= skinny::MAX_ROWS && skinny::available() {
+            // Decode-sized: stream the weights once instead of packing them.
+            skinny::linear(&x.data, &w.data, &mut out, m, k, n, bias.is_some());
+        } else {
+            // rhs = wᵀ: element (kk, j) lives at w[j*k + kk].
+            gemm_into(&mut out, &x.data, &w.data, m, n, k, k as isize, 1, bias.is_some());
+        }
+        CpuTensor::new(out, m, n)
+    }
+
+    fn add_assign(&self, a: &mut CpuTensor, b: &CpuTensor) -> Result<()> {
+        same_dims(a, b, "add")?;
+        a.data
+            .par_chunks_mut(POINTWISE_CHUNK)
+            .zip(b.data.par_chunks(POINTWISE_CHUNK))
+            .for_each(|(x, y)| simd::add(x, y));
+        Ok(())
+    }
+
+    fn layer_norm(&self, x: &CpuTensor, weight: &CpuTensor, bias: &CpuTensor, eps: f32) -> Result<CpuTensor> {
+        norm(x, weight, Some(bias), eps, "layer_norm")
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32) -> Result<CpuTensor> {
+        norm(x, weight, None, eps, "rms_norm")
+    }
+
+    fn add_layer_norm(
+        &self,
+        x: &mut CpuTensor,
+        delta: &CpuTensor,
+        weight: &CpuTensor,
+        bias: &CpuTensor,
+        eps: f32,
+    ) -> Result<CpuTensor> {
+        add_norm(x, delta, weight, Some(bias), eps, "add_layer_norm")
+    }
+
+    fn add_rms_norm(&self, x: &mut CpuTensor, delta: &CpuTensor, weight: &CpuTensor, eps: f32) -> Result<CpuTensor> {
+        add_norm(x, delta, weight, None, eps, "add_rms_norm")
+    }
+
+    fn activation(&self, x: &mut CpuTensor, act: Activation) -> Result<()> {
+        let chunks = x.data.par_chunks_mut(POINTWISE_CHUNK);
+        match act {
+            Activation::QuickGelu => chunks.for_each(simd::quick_gelu),
+            Activation::Silu => chunks.for_each(simd::silu),
+            Activation::GeluErf => chunks.for_each(|c| c.iter_mut().for_each(|v| *v = gelu_erf(*v))),
+            Activation::GeluTanh => chunks.for_each(|c| c.iter_mut().for_each(|v| *v = gelu_tanh(*v))),
+            Activation::Tanh => chunks.for_each(|c| c.iter_mut().for_each(|v| *v = v.tanh())),
+        }
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
+        same_dims(gate, up, "silu_mul")?;
+        let mut out = pool::take(gate.data.len());
+        out.par_chunks_mut(POINTWISE_CHUNK)
+            .zip(gate.data.par_chunks(POINTWISE_CHUNK).zip(up.data.par_chunks(POINTWISE_CHUNK)))
+            .for_each(|(o, (g, u))| simd::silu_mul(g, u, o));
+        CpuTensor::new(out, gate.rows, gate.cols)
+    }
+
+    fn rotary(&self, x: &mut CpuTensor, positions: &[usize], head_dim: usize, inv_freq: &[f32]) -> Result<()> {
+        let half = head_dim / 2;
+        if !head_dim.is_multiple_of(2)
+            || inv_freq.len() != half
+            || !x.cols.is_multiple_of(head_dim)
+            || positions.len() != x.rows
+        {
+            return Err(Error::invalid(format!(
+                "rotary: head_dim {head_dim}, {} frequencies, {} columns, {} positions for {} rows",
+                inv_freq.len(),
+                x.cols,
+                positions.len(),
+                x.rows
+            )));
+        }
+        let cols = x.cols;
+        x.data.par_chunks_mut(cols.max(1)).zip(positions).with_min_len(rows_per_task(cols)).for_each_init(
+            || (Vec::with_capacity(half), Vec::with_capacity(half)),
+            |(cos, sin), (row, &pos)| {
+                // As transformers: angle = position * inv_freq in f32, then cos/sin in f32.
+                cos.clear();
+                sin.clear();
+                for &f in inv_freq {
+                    let (s, c) = (pos as f32 * f).sin_cos();
+                    cos.push(c);
+                    sin.push(s);
+                }
+                for head in row.chunks_mut(head_dim) {
+                    let (lo, hi) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (a, b) = (lo[i], hi[i]);
+                        lo[i] = a * cos[i] - b * sin[i];
+                        hi[i] = b * cos[i] + a * sin[i];
+                    }
+                }
+            },
+        );
+        Ok(())
+    }
+
+    fn embedding(&self, table: &CpuTensor, ids: &[u32]) -> Result<CpuTensor> {
+        let rows: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
+        if let Some(&bad) = rows.iter().find(|&&r| r >= table.rows) {
+            return Err(Error::invalid(format!("token id {bad} is outside the vocabulary of {}", table.rows)));
+        }
+        self.gather_rows(table, &rows)
+    }
+
+    fn patch_embed(&self, pixels: &CpuTensor, channels: usize, patch: usize, weight: &CpuTensor) -> Result<CpuTensor> {
+        let (w, h) = (pixels.cols, pixels.rows / channels.max(1));
+        if channels == 0 || patch == 0 || pixels.rows != channels * h || h % patch != 0 || w % patch != 0 {
+            return Err(Error::invalid(format!(
+                "patch_embed: image [{channels}x{h}x{w}] is not a whole number of {patch}-pixel patches"
+            )));
+        }
+        check_cols(weight, channels * patch * patch, "patch_embed weight")?;
+        let (ph, pw) = (h / patch, w / patch);
+        let width = channels * patch * patch;
+        // im2col: one row per patch in (channel, y, x) order, matching the conv weight's layout.
+        let mut cols = pool::take(ph * pw * width);
+        for (i, dst) in cols.chunks_mut(width).enumerate() {
+            let (py, px) = (i / pw, i % pw);
+            for c in 0..channels {
+                for y in 0..patch {
+                    let row = (c * h + py * patch + y) * w + px * patch;
+                    let at = (c * patch + y) * patch;
+                    dst[at..at + patch].copy_from_slice(&pixels.data[row..row + patch]);
+                }
+            }
+        }
+        let patches = CpuTensor::new(cols, ph * pw, width)?;
+        self.linear(&patches, weight, None)
+    }
+
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        lens: &[usize],
+        s: AttentionShape,
+    ) -> Result<CpuTensor> {
+        check_attention(q, k, v, lens, s)?;
+        let mut out = pool::take(q.data.len());
+        attention::segments(&q.data, &k.data, &v.data, lens, lens, s, &mut out);
+        CpuTensor::new(out, q.rows, q.cols)
+    }
+
+    fn reshape(&self, mut t: CpuTensor, rows: usize, cols: usize) -> Result<CpuTensor> {
+        if t.rows * t.cols != rows * cols {
+            return Err(Error::invalid(format!("reshape: [{}, {}] has no [{rows}, {cols}] view", t.rows, t.cols)));
+        }
+        (t.rows, t.cols) = (rows, cols);
+        Ok(t)
+    }
+
+    fn attention_kv(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        q_lens: &[usize],
+        kv_lens: &[usize],
+        s: AttentionShape,
+    ) -> Result<CpuTensor> {
+        check_cols(q, s.heads * s.head_dim, "attention_kv q")?;
+        check_cols(k, s.kv_heads * s.head_dim, "attention_kv k")?;
+        same_dims(k, v, "attention_kv k/v")?;
+        let out = attention_kv_host(&q.data, &k.data, &v.data, q_lens, kv_lens, s)?;
+        CpuTensor::new(out, q.rows, q.cols)
+    }
+
+    fn kv_cache(
+        &self,
+        layers: usize,
+        slots: usize,
+        capacity: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<CpuKvCache> {
+        let width = kv_heads * head_dim;
+        let size = slots * capacity * width;
+        // One `vec!` per layer (not `vec![vec; layers]`, which clones — writing every page): fresh
+        // zeroed allocations are mapped lazily, so slots never used cost no memory.
+        let zeroed = || (0..layers).map(|_| vec![0.0f32; size]).collect::<Vec<_>>();
+        Ok(CpuKvCache { k: zeroed(), v: zeroed(), slots, capacity, width })
+    }
+
+    fn cached_attention(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        chunks: &[SeqChunk],
+        s: AttentionShape,
+    ) -> Result<CpuTensor> {
+        let shape =
+            CacheShape { layers: cache.k.len(), slots: cache.slots, capacity: cache.capacity, width: cache.width };
+        check_cached_attention(q, k, v, chunks, s, shape, layer)?;
+        let (w, cap) = (cache.width, cache.capacity);
+        let mut row = 0;
+        for c in chunks {
+            let dst = (c.slot * cap + c.start) * w;
+            cache.k[layer][dst..dst + c.len * w].copy_from_slice(&k.data[row * w..(row + c.len) * w]);
+            cache.v[layer][dst..dst + c.len * w].copy_from_slice(&v.data[row * w..(row + c.len) * w]);
+            row += c.len;
+        }
+        let mut out = pool::take(q.data.len());
+        attention::cached(&q.data, &cache.k[layer], &cache.v[layer], chunks, cap, s, &mut out);
+        CpuTensor::new(out, q.rows, q.cols)
+    }
+
+    fn argmax(&self, logits: &CpuTensor) -> Result<Vec<u32>> {
+        Ok(logits.data.chunks(logits.cols.max(1)).map(argmax_row).collect())
+    }
+
+    fn sample(&self, logits: &CpuTensor, params: SamplingParams, seeds: &[u64]) -> Result<Vec<u32>> {
+        if seeds.len() != logits.rows {
+            return Err(Error::invalid(format!("sample: {} seeds for {} rows", seeds.len(), logits.rows)));
+        }
+        Ok(logits
+            .data
+            .chunks(logits.cols.max(1))
+            .zip(seeds)
+            .map(|(row, &seed)| sample_row(row, params, seed))
+            .collect())
+    }
+}

@@ -1,0 +1,3 @@
+// What nvcc's <cuda_bf16.h> gives the kernels, on the emulated device.
+#pragma once
+#include "icet_emu.h"
