@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+#[path = "skip_note.rs"]
+mod skip_note;
+
 /// The key under which WebDriver returns an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -32,6 +35,7 @@ pub fn skip(test: &str, reason: &str) {
     }
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "SKIPPED {test}: {reason}");
+    skip_note::record(reason);
 }
 
 /// The file `env` names, else the first of `names` on PATH; or why there is none.

@@ -5,9 +5,13 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// The `icet` binary built for this test.
+/// The `icet` binary built for this test; `ICET_BIN` runs the tests against another one (e.g. an
+/// older build, to see a new test fail before its fix).
 pub fn command() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_icet"))
+    match std::env::var_os("ICET_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_icet")),
+    }
 }
 
 /// Runs `icet` with `args`.

@@ -11,9 +11,14 @@
 //! libtest captures what `println!`/`eprintln!` print in a passing test, so a skip reported that
 //! way would vanish from `cargo test`'s output. The skip line is instead written straight to the
 //! process's stderr (`std::io::Write` on `stderr()` bypasses the capture): `SKIPPED <test>: <reason>`.
+//! libtest still counts a skipped test as passed, so the binary also says, after its summary,
+//! how many of its "passed" did not run (skip_note.rs).
 #![allow(dead_code)]
 
 use std::io::Write;
+
+#[path = "skip_note.rs"]
+mod skip_note;
 
 use icet_models::backend::cuda::{Cuda, DType};
 
@@ -29,6 +34,7 @@ pub fn skip(test: &str, reason: &str) {
     }
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "SKIPPED {test}: {reason}");
+    skip_note::record(reason);
 }
 
 /// The CUDA backend storing `dtype`, or `None` after reporting the skip. The test is named by

@@ -441,3 +441,27 @@ fn backend_attention_paths_match_cpu_in_bf16() {
         assert_close(&format!("cached attention step {step}"), &cuda.to_host(&got).unwrap(), &wide(&want), tol(d));
     }
 }
+
+/// Issue 14, finding 12: libtest counted the skipped GPU tests as passed and nothing said how
+/// many really ran. This binary is run again for one GPU test on a device that cannot be had
+/// (`ICET_CUDA_DEVICE` naming none): it is skipped, counted as passed by libtest, and the note
+/// after the summary says so.
+#[test]
+fn a_skipped_test_is_said_not_to_have_run() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "casts_round_to_nearest_even", "--test-threads", "1"])
+        .env("ICET_CUDA_DEVICE", "none-such")
+        .env_remove("ICET_REQUIRE_GPU")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("test result: ok. 1 passed"), "{stdout}");
+    assert!(stderr.contains("SKIPPED casts_round_to_nearest_even: ICET_CUDA_DEVICE=none-such"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "note: 1 of the tests counted as passed above did not run, they were skipped (ICET_CUDA_DEVICE=none-such"
+        ),
+        "{stderr}"
+    );
+}

@@ -190,7 +190,19 @@ fn sweep_score_report_on_llava_next() {
     for column in ["refusal rate", "ASR (llama-guard)", "reward (reward)", "toxicity (toxicity)"] {
         assert!(md.contains(column), "{column} in {md}");
     }
-    assert!(md.contains("| 4 * | 4 |") && md.contains("| 5 | 4 |") && md.contains("| Average | 20 |"), "{md}");
+    // n counts the answers behind the refusal rate: empty ones are neither refusals nor compliance
+    // (issue 14, finding 4), left out and said.
+    let answered = |layers: std::ops::RangeInclusive<u64>| {
+        rows.iter()
+            .filter(|r| layers.contains(&r["layer"].as_u64().unwrap()))
+            .filter(|r| !r["response"].as_str().unwrap().trim().is_empty())
+            .count()
+    };
+    for (row, n) in [("4 *", answered(4..=4)), ("5", answered(5..=5)), ("Average", answered(1..=5))] {
+        assert!(md.contains(&format!("| {row} | {n} |")), "{row}: n {n} in {md}");
+    }
+    let empty = rows.iter().filter(|r| r["response"].as_str().unwrap().trim().is_empty()).count();
+    assert_eq!(md.contains(&format!("{empty} empty answer(s)")), empty > 0, "{md}");
     assert!(run.join("report/report.json").exists() && run.join("report/reward_reward.svg").exists());
 }
 

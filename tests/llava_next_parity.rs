@@ -102,7 +102,7 @@ fn check_generation(name: &str) -> (f64, usize, usize) {
             assert_eq!(by_default.texts, rendered.texts, "{name}: the language model's template is the default");
         }
         let image = image_path(&dir, &r, case["image"].as_str().unwrap());
-        let ids = model.prompt_ids(&rendered.texts[0], &image).unwrap();
+        let ids = model.prompt_ids(&rendered.texts[0], &image, rendered.add_special_tokens).unwrap();
         let want_ids: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
         assert_eq!(ids, want_ids, "{name} case {idx} prompt ids");
         let layer = case["resolved_layer"].as_u64().unwrap() as usize;
@@ -179,8 +179,8 @@ fn batched_generation_equals_one_at_a_time() {
         let features = model.image_features(&b, &image, &layers).unwrap();
         for (l, f) in features.into_iter().enumerate().filter(|(l, _)| (l + i) % 2 == 0) {
             slots.insert(f.real_rows);
-            let text = spec.render_prompts(None, &[prompts[(i + l) % 3]]).unwrap().texts.remove(0);
-            let ids = model.prompt_ids(&text, &image).unwrap();
+            let rendered = spec.render_prompts(None, &[prompts[(i + l) % 3]]).unwrap();
+            let ids = model.prompt_ids(&rendered.texts[0], &image, rendered.add_special_tokens).unwrap();
             requests.push(Request::with_image(ids, Arc::new(f), l as u64));
         }
     }
@@ -218,8 +218,8 @@ fn mistral_sequences_past_the_sliding_window_are_refused() {
     let spec = registry::open::<Cpu>(&dir, FamilyOptions::default()).unwrap();
     let model = spec.load(&b, LoadParts { deepest_vision_layer: Some(1), text: true }).unwrap();
     let image = dir.join("../images/square.png");
-    let text = spec.render_prompts(None, &["Describe the image."]).unwrap().texts.remove(0);
-    let ids = model.prompt_ids(&text, &image).unwrap();
+    let rendered = spec.render_prompts(None, &["Describe the image."]).unwrap();
+    let ids = model.prompt_ids(&rendered.texts[0], &image, rendered.add_special_tokens).unwrap();
     let features = Arc::new(model.image_features(&b, &image, &[1]).unwrap().remove(0));
     let fits = 160 - ids.len();
     let request = Request::with_image(ids.clone(), features, 0);

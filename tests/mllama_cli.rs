@@ -87,26 +87,35 @@ fn generate_matches_greedy_references() {
             let model = fixture(name);
             let image = model.join(r["images"][case["image"].as_str().unwrap()]["file"].as_str().unwrap());
             let layer = case["layer"].to_string();
-            let out = ok(&icet(&[
-                "generate",
-                "--model",
-                model.to_str().unwrap(),
-                "--device",
-                "cpu",
-                "--image",
-                image.to_str().unwrap(),
-                "--prompt",
-                case["prompt"].as_str().unwrap(),
-                "--template",
-                case["template"].as_str().unwrap(),
-                "--layer",
-                &layer,
-                "--exit-rule",
-                case["rule"].as_str().unwrap(),
-                "--max-new-tokens",
-                &r["max_new_tokens"].to_string(),
-                "--json",
-            ]));
+            // The references tokenize as the model card does, `add_special_tokens=False`; for
+            // `raw` (by default the processor's default call) that is --no-special-tokens.
+            let specials: &[&str] = if case["template"] == "raw" { &["--no-special-tokens"] } else { &[] };
+            let out = ok(&icet(
+                &[
+                    "generate",
+                    "--model",
+                    model.to_str().unwrap(),
+                    "--device",
+                    "cpu",
+                    "--image",
+                    image.to_str().unwrap(),
+                    "--prompt",
+                    case["prompt"].as_str().unwrap(),
+                    "--template",
+                    case["template"].as_str().unwrap(),
+                    "--layer",
+                    &layer,
+                    "--exit-rule",
+                    case["rule"].as_str().unwrap(),
+                    "--max-new-tokens",
+                    &r["max_new_tokens"].to_string(),
+                    "--json",
+                ]
+                .iter()
+                .chain(specials)
+                .copied()
+                .collect::<Vec<_>>(),
+            ));
             let v: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
             assert_eq!(v["prompt_ids"], case["prompt_ids"], "{name} case {}", case["index"]);
             assert_eq!(v["token_ids"], case["token_ids"], "{name} case {}", case["index"]);

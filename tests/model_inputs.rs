@@ -152,3 +152,125 @@ fn early_exit_loads_and_runs_only_needed_layers() {
     assert_eq!(cap.index, vec![0, 1, 2]);
     assert!(model.vision.capture(&b, &[model.upload_pixels(&b, &px).unwrap()], &[3]).is_err());
 }
+
+/// `config.json` of `dir` with `edit` applied.
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
+}
+
+/// Issue 14, finding 5: a checkpoint without `lm_head.weight` was tied to the embeddings even
+/// when the config says `tie_word_embeddings: false` (transformers would initialise a random
+/// head; either way the answers are not the model's). Tied only when the config says so, at the
+/// top level or in the text config (as transformers' `LlavaConfig` reads it).
+#[test]
+fn a_missing_lm_head_is_tied_only_when_the_config_says_so() {
+    let dir = scratch_model("no-lm-head", "llava-tiny");
+    rewrite_weights(&dir, |n| (n != "language_model.lm_head.weight").then(|| n.to_string()), None);
+    let e = load_err(&dir);
+    assert!(e.contains("language_model.lm_head.weight") && e.contains("tie_word_embeddings: false"), "{e}");
+    assert!(e.contains("model.safetensors"), "{e}");
+    edit_config(&dir, |c| c["tie_word_embeddings"] = true.into());
+    load(&dir).expect("tied at the top level");
+    edit_config(&dir, |c| {
+        c["tie_word_embeddings"] = false.into();
+        c["text_config"]["tie_word_embeddings"] = true.into();
+    });
+    load(&dir).expect("tied in the text config");
+}
+
+/// Issue 14, finding 5: weights with more layers than the config were ignored (and the default
+/// layer, counted from the end, moved). Now refused, naming the tensor and the config key.
+#[test]
+fn weights_with_more_layers_than_the_config_are_refused() {
+    let dir = scratch_model("extra-vision-layers", "llava-tiny");
+    std::fs::copy(fixture("llava-tiny/model.safetensors"), dir.join("model.safetensors")).unwrap();
+    edit_config(&dir, |c| c["vision_config"]["num_hidden_layers"] = 5.into());
+    let e = load_err(&dir);
+    assert!(
+        e.contains("vision_tower.vision_model.encoder.layers.5.") && e.contains("vision_config.num_hidden_layers is 5"),
+        "{e}"
+    );
+    assert!(e.contains("model.safetensors"), "{e}");
+    // Also when only the first layers are to be loaded (an early exit never reads layer 5).
+    let parts = LoadParts { deepest_vision_layer: Some(2), text: false };
+    let e = Llava::<Cpu>::load(&dir, &Cpu, parts).err().expect("refused").to_string();
+    assert!(e.contains("vision_config.num_hidden_layers is 5"), "{e}");
+
+    let dir = scratch_model("extra-text-layers", "llava-tiny");
+    std::fs::copy(fixture("llava-tiny/model.safetensors"), dir.join("model.safetensors")).unwrap();
+    edit_config(&dir, |c| c["text_config"]["num_hidden_layers"] = 1.into());
+    let e = load_err(&dir);
+    assert!(e.contains("language_model.model.layers.1.") && e.contains("text_config.num_hidden_layers is 1"), "{e}");
+
+    // Llama 3.2 Vision: local, global and text layers alike.
+    let mllama = |name: &str, edit: fn(&mut serde_json::Value)| {
+        let dir = scratch(&format!("inputs-{name}"));
+        for entry in std::fs::read_dir(fixture("mllama-tiny")).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+        edit_config(&dir, edit);
+        icet_models::mllama::Mllama::<Cpu>::load(&dir, &Cpu, LoadParts { deepest_vision_layer: None, text: true })
+            .err()
+            .expect("refused")
+            .to_string()
+    };
+    let e = mllama("mllama-local", |c| c["vision_config"]["num_hidden_layers"] = 7.into());
+    assert!(e.contains("transformer.layers.7.") && e.contains("vision_config.num_hidden_layers is 7"), "{e}");
+    let e = mllama("mllama-global", |c| c["vision_config"]["num_global_layers"] = 1.into());
+    assert!(e.contains("global_transformer.layers.1.") && e.contains("vision_config.num_global_layers is 1"), "{e}");
+    let e = mllama("mllama-text", |c| c["text_config"]["num_hidden_layers"] = 4.into());
+    assert!(e.contains("layers.4.") && e.contains("text_config.num_hidden_layers is 4"), "{e}");
+}
+
+/// A full copy of the fixture `from` (every file, weights included).
+fn copy_model(name: &str, from: &str) -> PathBuf {
+    let dir = scratch(&format!("inputs-{name}"));
+    for entry in std::fs::read_dir(fixture(from)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Issue 14, finding 5, for LLaVA-NeXT: the same checks as LLaVA's, with transformers'
+/// `LlavaNextConfig` rule for tying (its own `tie_word_embeddings` only: unlike `LlavaConfig` it
+/// does not take the text config's), and its vision and text layer counts.
+#[test]
+fn llava_next_checkpoints_match_their_config() {
+    use icet_models::llava_next::LlavaNext;
+    let load_next = |dir: &Path| {
+        LlavaNext::<Cpu>::load(dir, &Cpu, LoadParts { deepest_vision_layer: None, text: true })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let dir = copy_model("next-no-lm-head", "llava-next-tiny");
+    let bytes = std::fs::read(fixture("llava-next-tiny/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<_> = st.tensors().into_iter().filter(|(n, _)| n != "language_model.lm_head.weight").collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    let e = load_next(&dir).expect_err("an untied missing lm_head is refused");
+    assert!(e.contains("language_model.lm_head.weight") && e.contains("tie_word_embeddings: false"), "{e}");
+    assert!(e.contains("model.safetensors"), "{e}");
+    edit_config(&dir, |c| c["text_config"]["tie_word_embeddings"] = true.into());
+    let e = load_next(&dir).expect_err("LlavaNextConfig ignores the text config's tie_word_embeddings");
+    assert!(e.contains("tie_word_embeddings: false"), "{e}");
+    edit_config(&dir, |c| c["tie_word_embeddings"] = true.into());
+    load_next(&dir).expect("tied at the top level");
+
+    let dir = copy_model("next-extra-vision-layers", "llava-next-tiny");
+    edit_config(&dir, |c| c["vision_config"]["num_hidden_layers"] = 4.into());
+    let e = load_next(&dir).expect_err("refused");
+    assert!(
+        e.contains("vision_tower.vision_model.encoder.layers.4.") && e.contains("vision_config.num_hidden_layers is 4"),
+        "{e}"
+    );
+    assert!(e.contains("model.safetensors"), "{e}");
+    let dir = copy_model("next-extra-text-layers", "llava-next-tiny");
+    edit_config(&dir, |c| c["text_config"]["num_hidden_layers"] = 1.into());
+    let e = load_next(&dir).expect_err("refused");
+    assert!(e.contains("language_model.model.layers.1.") && e.contains("text_config.num_hidden_layers is 1"), "{e}");
+}

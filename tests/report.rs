@@ -516,8 +516,8 @@ fn llama_guard_vision_judges_each_answer_with_its_image() {
     // Each verdict is the library judge's on (image, prompt, response), one at a time.
     let mut guard = LlamaGuardVision::load(&guard_dir, &Cpu).unwrap();
     guard.max_new_tokens = 5;
-    for (resp, row) in responses.iter().zip(&rows).take(4) {
-        assert_eq!((&resp["id"], &resp["layer"]), (&row["id"], &row["layer"]));
+    for resp in responses.iter().take(4) {
+        let row = rows.iter().find(|r| (&r["id"], &r["layer"]) == (&resp["id"], &resp["layer"])).expect("scored");
         let image = PathBuf::from(resp["image_path"].as_str().expect("the sweep records the image path"));
         let item = GuardItem {
             prompt: resp["prompt"].as_str().unwrap(),

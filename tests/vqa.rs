@@ -573,3 +573,51 @@ fn vqa_judge_needs_vqa_data() {
         .unwrap();
     assert_one_line_error(&out, "no annotation for answer id `a`");
 }
+
+/// Issue 14, findings 2 and 8 on VQA-v2 data: a question edited since its answers were made is
+/// refused by its question id on resume (as a safety row is), and scores made against other
+/// annotations are never mixed with the old ones under one judge name.
+#[test]
+fn vqa_runs_never_mix_other_questions_or_annotations() {
+    let d = scratch("vqa-never-mixed");
+    let rows = vec![(11, 1, "yes/no", "is the", ten("yes")), (12, 2, "number", "how many", ten("2"))];
+    let (q, a, images) = vqa_set(&d, &rows);
+    let run = d.join("run");
+    let sweep = || {
+        cli_common::command()
+            .args(["sweep", "--device", "cpu", "--model"])
+            .arg(common::repo("demo/model"))
+            .args(["--layers", "0,-2", "--max-new-tokens", "2", "--data"])
+            .arg(&q)
+            .arg("--vqa-annotations")
+            .arg(&a)
+            .arg("--images")
+            .arg(&images)
+            .arg("--out")
+            .arg(&run)
+            .output()
+            .unwrap()
+    };
+    cli_common::ok(&sweep());
+    let score =
+        || cli_common::command().arg("score").arg(&run).args(["--device", "cpu", "--judge", "vqa"]).output().unwrap();
+    cli_common::ok(&score());
+    assert_eq!(jsonl(&run.join("scores.jsonl")).len(), 4);
+
+    // The annotations edited in place: the run's `vqa` scores were made against the old ones.
+    let text = std::fs::read_to_string(&a).unwrap();
+    std::fs::write(&a, text.replace("\"2\"", "\"3\"")).unwrap();
+    let out = score();
+    assert_one_line_error(&out, "judge `vqa` was scored with");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("judges.json") && stderr.contains("sha256:"), "{stderr}");
+
+    // A question edited: its answers are refused on resume, by question id.
+    let text = std::fs::read_to_string(&q).unwrap();
+    std::fs::write(&q, text.replace("how many thing 12?", "how many things 12?")).unwrap();
+    let out = sweep();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`12`") && !stderr.contains("`11`"), "{stderr}");
+    assert_eq!(jsonl(&run.join("responses.jsonl")).len(), 4, "nothing added");
+}

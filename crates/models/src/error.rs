@@ -7,6 +7,14 @@ pub enum Error {
     Input { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
+    /// The logits of request `request` (its index in the scheduler's request order) held NaN or
+    /// infinity when choosing new token `token` (1-based): a generated answer would be garbage.
+    /// Callers that know which input the request was name it.
+    #[error("the model's logits are not finite (NaN or infinity) at new token {token} of request {request}")]
+    NonFiniteLogits { request: usize, token: usize },
+    /// Work stopped because the process was asked to stop ([`crate::generation::interrupt`]).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl Error {

@@ -93,6 +93,33 @@ impl Checkpoint {
         })
     }
 
+    /// Checks that no tensor under `{layers}{i}.` (e.g. `vision_tower.vision_model.encoder.layers.`)
+    /// has an index `i` of `count` or more: the checkpoint must not hold more layers than the
+    /// config (`config_key` in `config.json`) describes, else the model would run a truncated
+    /// stack and its default layer (counted from the end) would silently move. Fewer layers are
+    /// caught when the missing tensors load.
+    pub fn check_layer_count(&self, layers: &str, count: usize, config_key: &str) -> Result<()> {
+        let beyond = self
+            .names()
+            .filter_map(|n| {
+                let rest = n.strip_prefix(layers)?;
+                let (index, _) = rest.split_once('.')?;
+                Some((index.parse::<usize>().ok()?, n))
+            })
+            .filter(|&(i, _)| i >= count)
+            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)));
+        match beyond {
+            None => Ok(()),
+            Some((i, name)) => Err(Error::input(
+                &self.shard_of(name)?.path,
+                format!(
+                    "tensor `{name}` is in layer {i}, but config.json's {config_key} is {count}: the checkpoint \
+                     holds more layers than its config describes",
+                ),
+            )),
+        }
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.location.keys().map(String::as_str)
     }

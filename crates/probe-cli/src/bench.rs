@@ -140,8 +140,8 @@ pub fn bench<B: Backend>(b: &B, req: &BenchRequest) -> Result<(Vec<Measurement>,
     let model = spec.load(b, LoadParts { deepest_vision_layer: None, text: true })?;
     let load_seconds = load_start.elapsed().as_secs_f64();
     let default_layer = spec.default_layer()?;
-    let text = spec.render_prompts(None, &[req.prompt.as_str()])?.texts.remove(0);
-    let prompt_ids = model.prompt_ids(&text, &req.image)?;
+    let rendered = spec.render_prompts(None, &[req.prompt.as_str()])?;
+    let prompt_ids = model.prompt_ids(&rendered.texts[0], &req.image, rendered.add_special_tokens)?;
     let features = model.image_features(b, &req.image, &[default_layer])?.remove(0);
     let flops = model.flop_model(&req.image)?;
     let request = Request::with_image(prompt_ids, Arc::new(features), 0);

@@ -23,7 +23,10 @@ Start here:
   icet sweep --model DIR --data prompts.jsonl --layers all --out runs/llava-all
   icet score runs/llava-all --judge llama-guard=GUARD_DIR --judge toxicity=DIR --judge reward=DIR
   icet report runs/llava-all               per-layer tables with 95% intervals, plots
-  icet bench --model DIR --device cuda     throughput of vision, prefill and decode, TFLOP/s";
+  icet bench --model DIR --device cuda     throughput of vision, prefill and decode, TFLOP/s
+  icet sweep ... --devices 0,1,2,3         one worker per GPU of this machine, one run
+  icet slurm --shards 8 --submit -- --model DIR --data prompts.jsonl --out /shared/runs/x
+                                           the sweep as a Slurm job array, one GPU per shard";
 
 #[derive(Parser)]
 #[command(name = "icet", version, about = "Layer-wise safety sweeps of vision-language models (image-encoder early exit)", long_about = ABOUT)]
@@ -50,10 +53,26 @@ enum Command {
     Bench(commands::bench::Args),
     /// The official VQA-v2 accuracy of a results file (overall, per answer/question type, per question)
     VqaEval(commands::vqa_eval::Args),
+    /// A sweep as a Slurm job array (one GPU per shard), with score and report jobs after it
+    Slurm(commands::slurm::Args),
+}
+
+/// SIGINT and SIGTERM (Ctrl-C, Slurm's preemption) ask running work to stop at its next step
+/// (`icet_models::generation::interrupt`): what is finished stays written and whole, the answers
+/// in flight are dropped, and the command says how to resume. A second signal ends the process at
+/// once (rows are written whole or not at all as far as a resume is concerned: a torn tail is cut).
+fn stop_cleanly_on_signals() {
+    let flag = icet_models::generation::interrupt::flag();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, flag.clone());
+        let _ = signal_hook::flag::register(signal, flag.clone());
+    }
 }
 
 fn main() {
+    stop_cleanly_on_signals();
     let cli = Cli::parse();
+    let resumable = matches!(cli.command, Command::Sweep(_) | Command::Score(_));
     let result = match cli.command {
         Command::Sweep(a) => (*a).run(),
         Command::Generate(a) => a.run(),
@@ -63,8 +82,14 @@ fn main() {
         Command::Report(a) => a.run(),
         Command::Bench(a) => a.run(),
         Command::VqaEval(a) => a.run(),
+        Command::Slurm(a) => a.run(),
     };
     if let Err(e) = result {
+        if e.chain().any(|c| matches!(c.downcast_ref(), Some(icet_models::Error::Interrupted))) {
+            let hint = if resumable { " — rerun to resume (every finished answer is kept)" } else { "" };
+            eprintln!("icet: interrupted{hint}");
+            std::process::exit(130);
+        }
         // One line, naming the input: the chain of contexts joined.
         let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
         eprintln!("error: {}", msg.join(": "));

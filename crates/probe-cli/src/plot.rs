@@ -1,10 +1,15 @@
 //! The one plotting path: a metric against vision layer, one line per series (a run), 95%
-//! intervals as error bars where known, the default layer as a larger marker; SVG and PNG with a
-//! bundled font (no system fonts needed). The sweep summary and the report both draw with it.
+//! intervals as error bars where known, the default layer as a larger marker, the paper's Early /
+//! Middle / Late thirds shaded inside the axis, a legend and a y label, "no data" when there is
+//! nothing to draw; SVG and PNG with a bundled font (no system fonts needed), each replaced
+//! atomically. The sweep summary and the report both draw with it.
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::grouping::{third_of, GROUPS};
 
 /// One point: a layer's value (as shown: rates in %), its interval if any, and whether the
 /// layer is the model's default.
@@ -57,11 +62,40 @@ fn register_font() {
     });
 }
 
-/// Draws `chart` into `svg` and `png` (800 × 450).
+/// Draws `chart` into `svg` and `png` (800 × 450), each through a temporary file renamed over
+/// the old one (a plot is never half written).
 pub fn write(chart: &Chart, svg: &Path, png: &Path) -> Result<()> {
     register_font();
-    draw(SVGBackend::new(svg, (800, 450)).into_drawing_area(), chart)?;
-    draw(BitMapBackend::new(png, (800, 450)).into_drawing_area(), chart)
+    let tmp = |p: &Path| {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // The image encoder goes by the extension, so the temporary name keeps it.
+        p.with_file_name(format!(".tmp-{}-{name}", std::process::id()))
+    };
+    let (svg_tmp, png_tmp) = (tmp(svg), tmp(png));
+    let drawn = draw(SVGBackend::new(&svg_tmp, (800, 450)).into_drawing_area(), chart)
+        .and_then(|_| draw(BitMapBackend::new(&png_tmp, (800, 450)).into_drawing_area(), chart))
+        .and_then(|_| {
+            std::fs::rename(&svg_tmp, svg).with_context(|| format!("cannot write {}", svg.display()))?;
+            std::fs::rename(&png_tmp, png).with_context(|| format!("cannot write {}", png.display()))
+        });
+    if drawn.is_err() {
+        let _ = std::fs::remove_file(&svg_tmp);
+        let _ = std::fs::remove_file(&png_tmp);
+    }
+    drawn
+}
+
+/// The paper's Early / Middle / Late thirds of layers `1..=max_layer` as x ranges (half a layer
+/// either side of their first and last layer), never past the axis (`-0.5..=max_layer + 0.5`).
+pub fn bands(max_layer: usize) -> Vec<(&'static str, f64, f64)> {
+    let axis = max_layer as f64 + 0.5;
+    (0..3)
+        .filter_map(|g| {
+            let members: Vec<usize> = (1..=max_layer).filter(|&l| third_of(l, max_layer) == Some(g)).collect();
+            let (first, last) = (*members.first()?, *members.last()?);
+            Some((GROUPS[g], (first as f64 - 0.5).max(-0.5), (last as f64 + 0.5).min(axis)))
+        })
+        .collect()
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, c: &Chart) -> Result<()>
@@ -95,6 +129,15 @@ where
         .y_label_area_size(56)
         .build_cartesian_2d(-0.5f64..max_layer as f64 + 0.5, (lo - pad)..(hi + pad))
         .map_err(err)?;
+    // The thirds, shaded behind everything else and named at their top.
+    let (bottom, top) = (lo - pad, hi + pad);
+    for (i, (name, from, to)) in bands(max_layer).into_iter().enumerate() {
+        let shade = if i % 2 == 0 { RGBColor(238, 242, 250) } else { RGBColor(246, 248, 252) };
+        chart.draw_series(std::iter::once(Rectangle::new([(from, bottom), (to, top)], shade.filled()))).map_err(err)?;
+        let label =
+            ("sans-serif", 12).into_font().color(&RGBColor(110, 110, 110)).pos(Pos::new(HPos::Center, VPos::Top));
+        chart.draw_series(std::iter::once(Text::new(name, ((from + to) / 2.0, top), label))).map_err(err)?;
+    }
     chart
         .configure_mesh()
         .x_desc("vision layer")
@@ -128,6 +171,14 @@ where
                 Circle::new(xy(p), size, if p.is_default { BLACK.filled() } else { color.filled() })
             }))
             .map_err(err)?;
+    }
+    if c.series.iter().all(|s| s.points.is_empty()) {
+        let style =
+            ("sans-serif", 24).into_font().color(&RGBColor(110, 110, 110)).pos(Pos::new(HPos::Center, VPos::Center));
+        let middle = (max_layer as f64 / 2.0, (bottom + top) / 2.0);
+        chart.draw_series(std::iter::once(Text::new("no data", middle, style))).map_err(err)?;
+        root.present().map_err(err)?;
+        return Ok(());
     }
     chart
         .configure_series_labels()
@@ -260,4 +311,46 @@ where
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chart(points: Vec<Point>) -> Chart {
+        Chart {
+            key: "refusal_rate".into(),
+            title: "refusal rate".into(),
+            y_label: "refusal rate (%)".into(),
+            y_range: Some((0.0, 100.0)),
+            max_layer: 6,
+            series: vec![Series { label: "answers with a refusal phrase".into(), points }],
+        }
+    }
+
+    /// Issue 14, finding 11: the sweep plot's Late band ran past the axis, there was no legend
+    /// or y label, and a plot with nothing to show was an empty frame.
+    #[test]
+    fn plots_shade_the_thirds_inside_the_axis_and_say_when_there_is_no_data() {
+        assert_eq!(bands(6), [("Early", 0.5, 2.5), ("Middle", 2.5, 4.5), ("Late", 4.5, 6.5)]);
+        assert_eq!(bands(24)[2], ("Late", 16.5, 24.5));
+        for l in [1, 2, 5, 7, 32] {
+            let b = bands(l);
+            assert!(b.iter().all(|&(_, from, to)| from >= -0.5 && to <= l as f64 + 0.5 && from < to), "{l}: {b:?}");
+        }
+        let d = std::env::temp_dir().join(format!("icet-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let (svg, png) = (d.join("p.svg"), d.join("p.png"));
+        let point = |layer, value| Point { layer, value, interval: None, is_default: layer == 5 };
+        write(&chart(vec![point(1, 10.0), point(5, 50.0)]), &svg, &png).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        for label in ["Early", "Middle", "Late", "refusal rate (%)", "answers with a refusal phrase", "vision layer"] {
+            assert!(text.contains(label), "{label} in the plot");
+        }
+        assert!(!text.contains("no data"));
+        write(&chart(vec![]), &svg, &png).unwrap();
+        assert!(std::fs::read_to_string(&svg).unwrap().contains("no data"));
+        assert!(png.is_file());
+        assert!(std::fs::read_dir(&d).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")));
+    }
 }

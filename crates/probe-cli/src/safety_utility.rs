@@ -324,6 +324,7 @@ mod tests {
             category_metrics: vec![],
             answer_type_metrics: vec![],
             unparsed_verdicts: BTreeMap::new(),
+            empty_answers: 0,
             layers: per_layer
                 .iter()
                 .map(|(l, est)| ReportRow {

@@ -2,19 +2,28 @@
 //! per (answer, judge), the judge's raw output kept. One loop for every judge ([`Judge`]).
 //!
 //! Resumable and idempotent: rows already in `scores.jsonl` are skipped; a judge name is bound to
-//! its identity in `judges.json`, so a rerun cannot mix two models under one name. Judges load one
-//! at a time (a Llama Guard 8B and a GPT-2 large need not fit in memory together).
+//! its identity in `judges.json`, so a rerun cannot mix two models under one name. One scorer per
+//! run at a time (the run's lock on `scores.jsonl`); each logs itself in `invocations.jsonl`.
+//! Judges load one at a time (a Llama Guard 8B and a GPT-2 large need not fit in memory together).
+//!
+//! Sharded (`icet score --shard K/N`, or a sweep shard's `--judge`): shard K scores its part of
+//! the answers into `scores.shard-K-of-N.jsonl` under its own lock ([`score_shard_of`]), skipping
+//! what any scores file of the run already holds.
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use icet_models::backend::Backend;
-use indicatif::{ProgressBar, ProgressStyle};
+use icet_models::generation::interrupt;
 
 use crate::judge::{self, Answer, JudgeArgs, JudgeSpec};
-use crate::run_dir::{ResponseRow, RunDir, ScoreRow, RESPONSES, SCORES};
+use crate::progress::Progress;
+use crate::run_dir::{Invocation, Manifest, ResponseRow, RunDir, ScoreRow, RESPONSES};
+use crate::shard::{describe_incomplete, Shard};
+use crate::stats::{fnv1a, FNV_OFFSET};
 
-/// Scores every answer of `run` with every judge of `args`.
+/// Scores every answer of `run` (of its shard, when `run` is a shard's: [`RunDir::with_shard`])
+/// with every judge of `args`.
 pub fn score_run<B: Backend>(b: &B, run: &RunDir, args: &JudgeArgs) -> Result<()> {
     if args.judges.is_empty() {
         bail!("no --judge given (e.g. --judge llama-guard=DIR --judge toxicity=DIR)");
@@ -22,7 +31,16 @@ pub fn score_run<B: Backend>(b: &B, run: &RunDir, args: &JudgeArgs) -> Result<()
     if !run.has_responses() {
         bail!("{}: no responses.jsonl here; run `icet sweep` first", run.root().display());
     }
-    let responses = run.responses()?;
+    let _lock = run.lock(&run.scores_file())?;
+    let answers = run.answers()?;
+    if let Some(note) = run.shard_status(&answers)?.and_then(|s| describe_incomplete(&s)) {
+        eprintln!("icet: {}: {note}; scoring the answers there are", run.root().display());
+    }
+    let mut responses = answers.rows;
+    if let Some(shard) = run.shard() {
+        score_shard(&mut responses, run.manifest()?.as_ref(), shard);
+        eprintln!("icet: scoring {shard}: {} answers, into {}", responses.len(), run.scores_file());
+    }
     let specs = judge::vqa::resolve(judge::preflight(args)?, run, args)?;
     let mut seen = HashSet::new();
     let mut identities = Vec::with_capacity(specs.len());
@@ -33,6 +51,7 @@ pub fn score_run<B: Backend>(b: &B, run: &RunDir, args: &JudgeArgs) -> Result<()
         identities.push((s.name.clone(), s.identity(args.judge_text_only)?));
     }
     run.bind_judges(&identities)?;
+    run.log_invocation(&Invocation::now(b.name(), &run.scores_file()))?;
     let done: HashSet<(String, String, usize)> =
         run.scores_for_resume()?.into_iter().map(|r| (r.judge, r.id, r.layer)).collect();
     let mut scores = run.score_appender()?;
@@ -54,10 +73,13 @@ pub fn score_run<B: Backend>(b: &B, run: &RunDir, args: &JudgeArgs) -> Result<()
             vec![None; todo.len()]
         };
         let mut judge = judge::load(spec, args, b, run)?;
-        let bar = ProgressBar::new(todo.len() as u64);
-        bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} scored  {msg}  eta {eta}").expect("template"));
+        let mut progress = Progress::new(todo.len(), "scored");
         let n = judge.batch_size().max(1);
         for (batch, batch_images) in todo.chunks(n).zip(images.chunks(n)) {
+            if interrupt::requested() {
+                progress.finish();
+                return Err(icet_models::Error::Interrupted.into());
+            }
             let answers: Vec<Answer> = batch
                 .iter()
                 .zip(batch_images)
@@ -71,12 +93,25 @@ pub fn score_run<B: Backend>(b: &B, run: &RunDir, args: &JudgeArgs) -> Result<()
             let verdicts = judge.judge(b, &answers)?;
             let rows: Vec<ScoreRow> = batch.iter().zip(verdicts).map(|(r, v)| score_row(r, spec, v)).collect();
             scores.append(&rows)?;
-            bar.inc(rows.len() as u64);
+            progress.inc(rows.len(), 0);
         }
-        bar.finish_and_clear();
+        progress.finish();
     }
-    eprintln!("icet: scores in {}", run.path(SCORES).display());
+    eprintln!("icet: scores in {}", run.path(&run.scores_file()).display());
     Ok(())
+}
+
+/// The answers of scoring shard `shard`: its sweep shard's when the run was made in as many
+/// shards (so shard K's answers are scored by shard K), else those whose image hashes to it (one
+/// image's answers together). Either way a function of each answer alone, so the split never
+/// depends on how far the run has got.
+pub fn score_shard(responses: &mut Vec<ResponseRow>, manifest: Option<&Manifest>, shard: Shard) {
+    let owner = manifest.and_then(|m| m.shards.as_ref()).filter(|p| p.count == shard.count).map(|p| p.shard_of());
+    let by_image = |r: &ResponseRow| (fnv1a(FNV_OFFSET, r.image.bytes()) % shard.count as u64) as usize;
+    responses.retain(|r| {
+        let k = owner.as_ref().and_then(|o| o.get(r.id.as_str()).copied()).unwrap_or_else(|| by_image(r));
+        k == shard.index
+    });
 }
 
 fn score_row(r: &ResponseRow, spec: &JudgeSpec, v: judge::Verdict) -> ScoreRow {

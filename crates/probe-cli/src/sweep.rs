@@ -1,24 +1,31 @@
 //! The sweep: every (prompt, image) of a data file through every requested vision layer, on any
 //! model family. The vision tower runs once per image for all layers; answers are generated with
 //! continuous batching and appended to `responses.jsonl` as they finish, so an interrupted run
-//! resumes where it stopped.
-use std::collections::{BTreeSet, HashMap};
+//! resumes where it stopped. A sweep in shards (`--shard K/N`, [`crate::shard`]) makes only its
+//! shard's images' answers, into its own answers file, and resumes on its own.
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Result};
 use icet_models::backend::Backend;
 use icet_models::generation::{run_stream, ImageFeatures, Request, SlotCost, Stream};
 use icet_models::layers::parse_layers;
-use icet_models::vlm::{registry, EarlyExitVlm, FamilyOptions, LoadParts, ModelSpec, WorkOrder};
-use indicatif::{ProgressBar, ProgressStyle};
+use icet_models::vlm::{registry, EarlyExitVlm, FamilyOptions, LoadParts, ModelSpec, RenderedPrompts, WorkOrder};
 
 use crate::data::{self, DataArgs, DataRow};
 use crate::decode::DecodeArgs;
+use crate::fingerprint::{self, ImageHashes};
+use crate::generate::{apply_no_special_tokens, too_long, NON_FINITE_HINT};
 use crate::judge::{self, JudgeArgs};
+use crate::progress::Progress;
 use crate::refusal::{is_refusal, REFUSAL_PHRASES};
-use crate::run_dir::{Appender, Manifest, ResponseRow, Resume, RunDir};
+use crate::run_dir::{
+    precision_of, utc_now, Appender, Invocation, Manifest, ResponseRow, Resume, RowInputs, RowSource, RunDir,
+    SkippedRow, MANIFEST_FORMAT, RESPONSES,
+};
+use crate::shard::{Shard, ShardPlan};
 use crate::stats::{fnv1a, FNV_OFFSET};
 use crate::summary::{summarize, Summary};
 
@@ -32,6 +39,8 @@ pub struct SweepRequest {
     pub layers: String,
     pub out: PathBuf,
     pub template: Option<String>,
+    /// `--no-special-tokens` (with `--template raw`).
+    pub no_special_tokens: bool,
     pub family_options: FamilyOptions,
     pub decode: DecodeArgs,
     pub batch_size: BatchSize,
@@ -39,6 +48,12 @@ pub struct SweepRequest {
     pub judges: JudgeArgs,
     /// The run is the embedded demo (recorded in the manifest).
     pub demo: bool,
+    /// `--allow-mixed-precision`: add answers in another precision than the run's.
+    pub allow_mixed_precision: bool,
+    /// `--skip-invalid`: leave out rows that cannot be answered instead of stopping.
+    pub skip_invalid: bool,
+    /// `--shard K/N` (N > 1): make only shard K's answers, into its own answers file.
+    pub shard: Option<Shard>,
 }
 
 /// `--batch-size`: a number of sequences, or `auto`.
@@ -79,35 +94,77 @@ pub fn answer_seed(seed: u64, id: &str, layer: usize) -> u64 {
 /// Runs the sweep on `b`; returns its summary (also written into the run and printed).
 pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
     // Everything that can be wrong with the inputs is found before the model loads.
-    let rows = data::load_with(&req.data, &req.data_options)?;
+    req.decode.check()?;
+    let mut rows = data::load_with(&req.data, &req.data_options)?;
     let judge_specs = judge::preflight(&req.judges)?;
     judge::vqa::check_sweep(&judge_specs, &req.data_options)?;
     let spec = registry::open::<B>(&req.model_dir, req.family_options.clone())?;
     let num_layers = spec.num_layers();
     let default_layer = spec.default_layer()?;
-    let prompts: Vec<&str> = rows.iter().map(|r| r.prompt.as_str()).collect();
-    let rendered = spec.render_prompts(req.template.as_deref(), &prompts)?;
+    let layers = parse_layers(&req.layers, num_layers)?;
+    // A shard: the split of every data row (so every shard computes the same), then this
+    // shard's rows only (the rows of the others are theirs to check and answer).
+    let plan = req.shard.map(|s| ShardPlan::new(&rows, &layers, s.count, RESPONSES));
+    if let (Some(shard), Some(plan)) = (req.shard, &plan) {
+        let mine = plan.ids(shard.index);
+        rows.retain(|r| mine.contains(r.id.as_str()));
+        let work = &plan.shards[shard.index];
+        eprintln!(
+            "icet: {shard}: {} of {} images, {} answers, into {}",
+            work.images,
+            plan.shards.iter().map(|w| w.images).sum::<usize>(),
+            work.answers,
+            work.file
+        );
+    }
+    // Prompts the template refuses (a raw prompt without the image token) are all found now;
+    // those the tokenizer refuses or that do not fit, once the model is loaded. Both stop the
+    // sweep before its first answer, naming every such row, unless --skip-invalid.
+    let (rows, mut rendered, mut skipped) = render_rows(spec.as_ref(), req, rows)?;
+    apply_no_special_tokens(&mut rendered, req.no_special_tokens)?;
     if let Some(note) = &rendered.note {
         eprintln!("icet: {note}");
     }
-    let layers = parse_layers(&req.layers, num_layers)?;
 
-    let run = RunDir::create(&req.out)?;
-    run.start(&Manifest {
+    // The folder is this process's (or refused) before anything is loaded, and a run made
+    // otherwise (settings, model files, precision, shards) is refused before the model loads.
+    let (run, _lock) = RunDir::create_for(&req.out, req.shard)?;
+    let mut manifest = Manifest {
+        format: MANIFEST_FORMAT,
         engine: "icet".into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        created: utc_now(),
         command: std::env::args().collect(),
-        settings: settings(req, &rendered.template, &layers, spec.as_ref()),
+        settings: settings(req, &rendered, &layers, spec.as_ref()),
+        model_files: fingerprint::model_files(&req.model_dir)?,
+        precision: precision_of(b.name()),
         backend: b.name().into(),
         batch_size: req.batch_size.to_string(),
         default_layer: Some(default_layer),
         refusal_phrases: REFUSAL_PHRASES.iter().map(|p| p.to_string()).collect(),
         demo: req.demo,
-    })?;
+        skipped_rows: vec![],
+        num_layers: Some(num_layers),
+        shards: plan,
+    };
+    run.check_resume(&manifest, req.allow_mixed_precision)?;
 
+    // What each row's answers are made from now; answers made from anything else are refused.
+    let mut images = ImageHashes::default();
+    let inputs: Vec<RowInputs> = rows
+        .iter()
+        .zip(&rendered.texts)
+        .map(|(r, text)| images.row_inputs(text, rendered.add_special_tokens, &r.image_path))
+        .collect::<Result<_>>()?;
+    let sources: HashMap<&str, RowSource> = rows
+        .iter()
+        .zip(&inputs)
+        .map(|(r, i)| (r.id.as_str(), RowSource { prompt: &r.prompt, image: &r.image, inputs: i.clone() }))
+        .collect();
     let mut all_rows = run.responses_for_resume()?;
+    Resume::check_inputs(&all_rows, &sources, &run.path(&run.answers_file()))?;
     let resume = Resume::new(&all_rows);
-    let pending: Vec<(usize, usize)> = rows
+    let mut pending: Vec<(usize, usize)> = rows
         .iter()
         .enumerate()
         .flat_map(|(i, r)| layers.iter().filter(|&&l| !resume.is_done(&r.id, l)).map(move |&l| (i, l)))
@@ -115,20 +172,45 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
     if resume.done() > 0 {
         eprintln!("icet: resuming {}: {} answers done, {} to go", req.out.display(), resume.done(), pending.len());
     }
-    if !pending.is_empty() {
+    let mut invocation = Invocation::now(b.name(), &run.answers_file());
+    invocation.batch_size = req.batch_size.to_string();
+    invocation.allow_mixed_precision = req.allow_mixed_precision;
+    if pending.is_empty() {
+        invocation.skipped_rows = skipped.clone();
+        run.start(&manifest, &invocation)?;
+    } else {
         let model = spec.load(b, LoadParts { deepest_vision_layer: layers.last().copied(), text: true })?;
+        let prompt_ids = tokenize_rows(model.as_ref(), req, &rows, &rendered, &mut pending, &mut skipped)?;
+        invocation.skipped_rows = skipped.clone();
+        manifest.skipped_rows = skipped.clone();
+        run.start(&manifest, &invocation)?;
         let run_note: String = spec
             .settings()
             .iter()
             .map(|(k, v)| format!(", {} {}", k.replace('_', " "), v.as_str().unwrap_or("")))
             .collect();
-        let answers = Answers { rows: &rows, texts: &rendered.texts, pending: &pending };
+        let answers = Answers { rows: &rows, prompt_ids: &prompt_ids, inputs: &inputs, pending: &pending };
         generate_answers(b, model.as_ref(), req, &answers, &run, &mut all_rows, &run_note)?;
     }
 
-    // The summary covers the requested layers of this data file, resumed rows included.
-    let wanted: BTreeSet<(&str, usize)> =
-        rows.iter().flat_map(|r| layers.iter().map(move |&l| (r.id.as_str(), l))).collect();
+    // A shard's summary is of the whole run as far as it got (every shard's answers).
+    if req.shard.is_some() {
+        let summary = run_summary(&run, &skipped)?;
+        println!("{}", summary.table());
+        eprintln!("icet: results in {}", req.out.display());
+        if !judge_specs.is_empty() {
+            crate::score::score_run(b, &run, &req.judges)?;
+        }
+        return Ok(summary);
+    }
+    // The summary covers the requested layers of this data file (rows left out aside), resumed
+    // rows included.
+    let left_out: HashSet<&str> = skipped.iter().map(|r| r.id.as_str()).collect();
+    let wanted: BTreeSet<(&str, usize)> = rows
+        .iter()
+        .filter(|r| !left_out.contains(r.id.as_str()))
+        .flat_map(|r| layers.iter().map(move |&l| (r.id.as_str(), l)))
+        .collect();
     all_rows.retain(|r| wanted.contains(&(r.id.as_str(), r.layer)));
     let summary = summarize(&all_rows, num_layers, default_layer);
     summary.write(&run)?;
@@ -140,12 +222,38 @@ pub fn sweep<B: Backend>(b: &B, req: &SweepRequest) -> Result<Summary> {
     Ok(summary)
 }
 
+/// The summary of a run made in shards, of every shard's answers there are (`skipped`: rows this
+/// process left out, besides those the run's log records), written into the run and returned;
+/// shards that still owe answers are named in it and on stderr. Read and written under the run's
+/// summary lock, so that the summary last written is of the last reading.
+pub fn run_summary(run: &RunDir, skipped: &[SkippedRow]) -> Result<Summary> {
+    run.with_summary_lock(|| {
+        let manifest = run.manifest()?.ok_or_else(|| anyhow!("{}: no manifest.json", run.root().display()))?;
+        let plan = manifest.shards.ok_or_else(|| anyhow!("{}: not a run made in shards", run.root().display()))?;
+        let (Some(num_layers), Some(default_layer)) = (manifest.num_layers, manifest.default_layer) else {
+            bail!("{}: manifest.json records no vision layers", run.root().display());
+        };
+        let mut left_out = run.left_out()?;
+        left_out.extend(skipped.iter().map(|r| r.id.clone()));
+        let answers = run.answers()?;
+        let status = plan.status(&answers.by_file, &left_out);
+        let grid = plan.grid(&left_out);
+        let rows: Vec<ResponseRow> =
+            answers.rows.into_iter().filter(|r| grid.contains(&(r.id.clone(), r.layer))).collect();
+        let mut summary = summarize(&rows, num_layers, default_layer);
+        // The table says it when a shard still owes answers.
+        summary.shards = status;
+        summary.write(run)?;
+        Ok(summary)
+    })
+}
+
 /// What decides a run's answers (a run resumes only under the same settings). `strategy` and
 /// `pad_square` are recorded for every family, as runs have always recorded them; the family adds
 /// its own (Llama 3.2 Vision: `exit_rule`).
 fn settings<B: Backend>(
     req: &SweepRequest,
-    template: &str,
+    rendered: &RenderedPrompts,
     layers: &[usize],
     spec: &dyn ModelSpec<B>,
 ) -> serde_json::Value {
@@ -154,7 +262,7 @@ fn settings<B: Backend>(
         "model": canonical(&req.model_dir),
         "data": canonical(&req.data),
         "layers": layers,
-        "template": template,
+        "template": rendered.template,
         "strategy": req.family_options.get("strategy"),
         "pad_square": req.family_options.get("pad-square").is_some(),
         "max_new_tokens": req.decode.max_new_tokens,
@@ -162,8 +270,16 @@ fn settings<B: Backend>(
         "top_p": req.decode.top_p,
         "seed": req.decode.seed,
     });
+    if rendered.template == "raw" {
+        // Only `raw` lets the user choose (`--no-special-tokens`); every other template fixes it.
+        settings["add_special_tokens"] = rendered.add_special_tokens.into();
+    }
     if let Some(pairing) = req.data_options.settings() {
         settings["data_options"] = pairing;
+    }
+    if let Some(shard) = req.shard {
+        // Every shard of a run splits it alike; another N is another run.
+        settings["shards"] = shard.count.into();
     }
     for (k, v) in spec.settings() {
         settings[k] = v;
@@ -175,8 +291,105 @@ fn settings<B: Backend>(
 /// (row, layer) pairs.
 struct Answers<'a> {
     rows: &'a [DataRow],
-    texts: &'a [String],
+    /// The prompt ids of every row with pending work.
+    prompt_ids: &'a HashMap<usize, Vec<u32>>,
+    /// Per row, what its answers are made from (recorded in each).
+    inputs: &'a [RowInputs],
     pending: &'a [(usize, usize)],
+}
+
+/// The rows' prompts under the template; rows whose prompt the template refuses are named all
+/// at once, or left out with `--skip-invalid` (returned as skipped). An error that every row
+/// gets alike is the template's own, given as it is.
+fn render_rows<B: Backend>(
+    spec: &dyn ModelSpec<B>,
+    req: &SweepRequest,
+    rows: Vec<DataRow>,
+) -> Result<(Vec<DataRow>, RenderedPrompts, Vec<SkippedRow>)> {
+    let template = req.template.as_deref();
+    let prompts: Vec<&str> = rows.iter().map(|r| r.prompt.as_str()).collect();
+    let all = match spec.render_prompts(template, &prompts) {
+        Ok(rendered) => return Ok((rows, rendered, vec![])),
+        Err(e) => e,
+    };
+    let bad: Vec<SkippedRow> = rows
+        .iter()
+        .filter_map(|r| {
+            let e = spec.render_prompts(template, &[r.prompt.as_str()]).err()?;
+            Some(SkippedRow { id: r.id.clone(), reason: e.to_string() })
+        })
+        .collect();
+    if bad.is_empty() {
+        return Err(all.into());
+    }
+    if bad.len() == rows.len() && bad.len() > 1 && bad.iter().all(|b| b.reason == bad[0].reason) {
+        return Err(anyhow!(all).context(format!("{}: all {} data rows", req.data.display(), bad.len())));
+    }
+    invalid_rows(req, &bad)?;
+    let rows: Vec<DataRow> = rows.into_iter().filter(|r| !bad.iter().any(|b| b.id == r.id)).collect();
+    let prompts: Vec<&str> = rows.iter().map(|r| r.prompt.as_str()).collect();
+    Ok((rows.clone(), spec.render_prompts(template, &prompts)?, bad))
+}
+
+/// The prompt ids of every row with pending work, once the tokenizer is loaded: rows the
+/// tokenizer refuses (LLaVA: an `<image>` of the user's besides the template's) and rows whose
+/// prompt and `--max-new-tokens` do not fit the model's positions are named all at once, or left
+/// out with `--skip-invalid` (their work dropped from `pending`, the rows added to `skipped`).
+fn tokenize_rows<B: Backend>(
+    model: &dyn EarlyExitVlm<B>,
+    req: &SweepRequest,
+    rows: &[DataRow],
+    rendered: &RenderedPrompts,
+    pending: &mut Vec<(usize, usize)>,
+    skipped: &mut Vec<SkippedRow>,
+) -> Result<HashMap<usize, Vec<u32>>> {
+    let limit = model.stream(1)?.max_positions();
+    let mut ids: HashMap<usize, Vec<u32>> = HashMap::new();
+    let mut bad: Vec<SkippedRow> = Vec::new();
+    for &(i, _) in pending.iter() {
+        if ids.contains_key(&i) || bad.iter().any(|b| b.id == rows[i].id) {
+            continue;
+        }
+        let why = match model.prompt_ids(&rendered.texts[i], &rows[i].image_path, rendered.add_special_tokens) {
+            Ok(p) => match too_long(p.len(), req.decode.max_new_tokens, limit) {
+                None => {
+                    ids.insert(i, p);
+                    continue;
+                }
+                Some(why) => why,
+            },
+            Err(e) => e.to_string(),
+        };
+        bad.push(SkippedRow { id: rows[i].id.clone(), reason: why });
+    }
+    invalid_rows(req, &bad)?;
+    pending.retain(|(i, _)| ids.contains_key(i));
+    skipped.extend(bad);
+    Ok(ids)
+}
+
+/// Rows that cannot be answered: an error naming every one (the first 50 with their reasons),
+/// or with `--skip-invalid` a note that they are left out.
+fn invalid_rows(req: &SweepRequest, bad: &[SkippedRow]) -> Result<()> {
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let mut list: Vec<String> = bad.iter().take(50).map(|b| format!("`{}`: {}", b.id, b.reason)).collect();
+    if bad.len() > 50 {
+        let rest: Vec<String> = bad[50..].iter().map(|b| format!("`{}`", b.id)).collect();
+        list.push(format!("and {} more: {}", rest.len(), rest.join(", ")));
+    }
+    if !req.skip_invalid {
+        bail!(
+            "{}: {} data rows cannot be answered ({}); fix them, or give --skip-invalid to leave them out \
+             (recorded in the run's manifest)",
+            req.data.display(),
+            bad.len(),
+            list.join("; ")
+        );
+    }
+    eprintln!("icet: leaving out {} data rows (--skip-invalid): {}", bad.len(), list.join("; "));
+    Ok(())
 }
 
 /// The pending work in the model's order: image by image (in the order of each image's first
@@ -207,15 +420,8 @@ fn generate_answers<B: Backend>(
     all_rows: &mut Vec<ResponseRow>,
     run_note: &str,
 ) -> Result<()> {
-    let rows = answers.rows;
+    let (rows, prompt_ids) = (answers.rows, answers.prompt_ids);
     let opts = req.decode.options(model.eos_token_ids().to_vec())?;
-    let mut prompt_ids: HashMap<usize, Vec<u32>> = HashMap::new();
-    for &(i, _) in answers.pending {
-        if let std::collections::hash_map::Entry::Vacant(e) = prompt_ids.entry(i) {
-            let ids = model.prompt_ids(&answers.texts[i], &rows[i].image_path);
-            e.insert(ids.with_context(|| format!("data row `{}`", rows[i].id))?);
-        }
-    }
     let work = order_work(answers.pending, rows, model.work_order());
     let longest = prompt_ids.values().map(Vec::len).max().unwrap_or(0);
     let capacity = longest + opts.max_new_tokens;
@@ -251,12 +457,26 @@ fn generate_answers<B: Backend>(
         Some(features.map(|f| Request::with_image(prompt_ids[&i].clone(), f, seed)))
     });
     let mut writer = AnswerWriter::open(run, work.len())?;
-    run_stream(b, &mut *model.stream(slots)?, requests, &opts, stream, |index, g| {
+    let generated = run_stream(b, &mut *model.stream(slots)?, requests, &opts, stream, |index, g| {
         let (i, l) = work[index];
         let response = model.decode(&g.token_ids)?;
-        writer.push(response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str()), all_rows)
-    })?;
+        let inputs = answers.inputs[i].clone();
+        writer.push(response_row(&rows[i], l, response, g.token_ids, g.finish_reason.as_str(), inputs), all_rows)
+    });
+    // What was written is said even when the run stops early (interrupted: the answers in
+    // flight are dropped, every written one is whole).
     writer.finish(run_note);
+    generated.map_err(|e| match e {
+        icet_models::Error::NonFiniteLogits { request, token } => {
+            let (i, l) = work[request];
+            anyhow!(
+                "data row `{}` at vision layer {l}: the model's logits are not finite (NaN or infinity) at new token \
+                 {token}: {NON_FINITE_HINT}, or leave layer {l} out (--layers)",
+                rows[i].id
+            )
+        }
+        e => e.into(),
+    })?;
     Ok(())
 }
 
@@ -292,7 +512,7 @@ pub fn choose_slots(arg: BatchSize, free: Option<usize>, cost: &SlotCost, answer
 /// loses only the answers in flight — and shows progress (answers/s, tokens/s).
 struct AnswerWriter {
     appender: Appender,
-    bar: ProgressBar,
+    progress: Progress,
     started: Instant,
     answers: usize,
     tokens: usize,
@@ -300,28 +520,22 @@ struct AnswerWriter {
 
 impl AnswerWriter {
     fn open(run: &RunDir, total: usize) -> Result<Self> {
-        let bar = ProgressBar::new(total as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} answers  {per_sec}  {msg}  eta {eta}")
-                .expect("valid template"),
-        );
-        Ok(Self { appender: run.answer_appender()?, bar, started: Instant::now(), answers: 0, tokens: 0 })
+        let progress = Progress::new(total, "answers");
+        Ok(Self { appender: run.answer_appender()?, progress, started: Instant::now(), answers: 0, tokens: 0 })
     }
 
     fn push(&mut self, row: ResponseRow, all_rows: &mut Vec<ResponseRow>) -> icet_models::Result<()> {
         self.appender.append(std::slice::from_ref(&row))?;
         self.answers += 1;
         self.tokens += row.token_ids.len();
+        self.progress.inc(1, row.token_ids.len());
         all_rows.push(row);
-        self.bar.inc(1);
-        let rate = self.tokens as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        self.bar.set_message(format!("{rate:.1} tok/s"));
         Ok(())
     }
 
-    /// Clears the bar and says how fast it went (`note` is appended, e.g. the exit rule).
+    /// Clears the progress bar and says how fast it went (`note` is appended, e.g. the exit rule).
     fn finish(self, note: &str) {
-        self.bar.finish_and_clear();
+        self.progress.finish();
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
         eprintln!(
             "icet: {} answers, {} tokens in {secs:.1} s ({:.2} answers/s, {:.1} tokens/s{note})",
@@ -333,7 +547,14 @@ impl AnswerWriter {
     }
 }
 
-fn response_row(row: &DataRow, layer: usize, response: String, token_ids: Vec<u32>, finish: &str) -> ResponseRow {
+fn response_row(
+    row: &DataRow,
+    layer: usize,
+    response: String,
+    token_ids: Vec<u32>,
+    finish: &str,
+    inputs: RowInputs,
+) -> ResponseRow {
     ResponseRow {
         id: row.id.clone(),
         layer,
@@ -344,6 +565,7 @@ fn response_row(row: &DataRow, layer: usize, response: String, token_ids: Vec<u3
         response,
         token_ids,
         finish_reason: finish.to_string(),
+        inputs: Some(inputs),
     }
 }
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::backend::{Backend, SamplingParams};
 
 pub mod config;
+pub mod interrupt;
 pub mod memory;
 pub mod scheduler;
 

@@ -81,6 +81,12 @@ struct Active<B: Backend> {
 /// others decode (a packed batch of prefill chunks and one-token decode chunks). `on_done(i, g)`
 /// gets request `i`'s result as soon as it finishes, so callers can write results as they go.
 /// Requests are drawn from the iterator only when a slot is free, so they can be made lazily.
+///
+/// Never a silent wrong answer: logits holding NaN or infinity are
+/// [`Error::NonFiniteLogits`] naming the request and the new token (argmax and sampling would
+/// otherwise pick some token from garbage), and a stop asked for through [`super::interrupt`]
+/// ends the run before its next step with [`Error::Interrupted`], dropping the sequences in
+/// flight (their callers never see a partial answer).
 pub fn run_stream<B: Backend, M: StreamModel<B> + ?Sized>(
     b: &B,
     model: &mut M,
@@ -97,7 +103,11 @@ pub fn run_stream<B: Backend, M: StreamModel<B> + ?Sized>(
     let mut pending = requests.enumerate().peekable();
     let mut active: Vec<Active<B>> = Vec::new();
     let mut free: Vec<usize> = (0..stream.slots).rev().collect();
+    let mut ones = None;
     loop {
+        if super::interrupt::requested() {
+            return Err(Error::Interrupted);
+        }
         // Admit requests into free slots.
         while let (Some(slot), Some(_)) = (free.last().copied(), pending.peek()) {
             let (index, request) = pending.next().expect("peeked");
@@ -143,6 +153,10 @@ pub fn run_stream<B: Backend, M: StreamModel<B> + ?Sized>(
             .map(|a| StreamSeq { slot: a.slot, request: &a.request, fresh: a.fresh, tokens: &a.tokens })
             .collect();
         let logits = model.step(b, &seqs, cache)?;
+        if let Some(row) = first_non_finite_row(b, &logits, &mut ones)? {
+            let a = &active[row];
+            return Err(Error::NonFiniteLogits { request: a.index, token: a.tokens.len() + 1 });
+        }
         if stream.keep_first_logits && active.iter().any(|a| a.fresh) {
             let host = b.to_host(&logits)?;
             let vocab = b.dims(&logits).1;
@@ -182,6 +196,20 @@ pub fn run_stream<B: Backend, M: StreamModel<B> + ?Sized>(
         }
         active = still;
     }
+}
+
+/// The first row of `logits` (`[sequences, vocab]`) holding NaN or infinity, if any. Each row is
+/// summed on the device by one product with a ones vector (`ones`, made at the first call): NaN
+/// and infinity survive a sum, and finite logits cannot overflow one, so only `sequences` numbers
+/// come back to the host.
+fn first_non_finite_row<B: Backend>(b: &B, logits: &B::Tensor, ones: &mut Option<B::Tensor>) -> Result<Option<usize>> {
+    let vocab = b.dims(logits).1;
+    let ones = match ones {
+        Some(o) if b.dims(o).1 == vocab => o,
+        _ => ones.insert(b.from_host(&vec![1.0; vocab], 1, vocab)?),
+    };
+    let sums = b.to_host(&b.linear(logits, ones, None)?)?;
+    Ok(sums.iter().position(|s| !s.is_finite()))
 }
 
 /// The ids and KV-cache chunks of one step: the whole prompt of a fresh sequence, the last

@@ -156,7 +156,16 @@ impl<B: Backend> Llama<B> {
         let layers = (0..c.num_hidden_layers)
             .map(|i| LlamaDecoderLayer::load(&model.sub(format_args!("layers.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
-        let tied = c.tie_word_embeddings || !lm_head.contains("weight");
+        let tied = c.tie_word_embeddings;
+        if !tied && !lm_head.contains("weight") {
+            let files: Vec<String> = lm_head.checkpoint.files().iter().map(|f| f.display().to_string()).collect();
+            return Err(Error::invalid(format!(
+                "{}: tensor `{}` is missing and config.json says tie_word_embeddings: false, so the output \
+                 projection is not the embeddings (transformers would initialise it at random)",
+                files.join(", "),
+                lm_head.full_name("weight")
+            )));
+        }
         Ok(Self {
             embed_tokens: model.get("embed_tokens.weight", &[c.vocab_size, d])?,
             norm: RmsNorm::load(model, "norm", d, c.rms_norm_eps)?,

@@ -26,6 +26,10 @@ pub struct LlavaConfig {
     pub projector_hidden_act: String,
     #[serde(default = "default_true")]
     pub multimodal_projector_bias: bool,
+    /// Whether `lm_head` is the word embeddings (transformers' `LlavaConfig` also takes the text
+    /// config's `tie_word_embeddings`, where older checkpoints saved it).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
 }
 
 fn default_image_token() -> u32 {
@@ -70,6 +74,14 @@ impl FeatureStrategy {
 }
 
 impl LlavaConfig {
+    /// The language model's config as transformers builds the model from it: tied output
+    /// projection when either the top-level or the text config says so.
+    pub fn language_model_config(&self) -> LlamaConfig {
+        let mut c = self.text_config.clone();
+        c.tie_word_embeddings |= self.tie_word_embeddings;
+        c
+    }
+
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::input(&path, format!("cannot read: {e}")))?;

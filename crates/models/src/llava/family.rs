@@ -139,11 +139,10 @@ impl<B: Backend> ModelSpec<B> for LlavaSpec {
         resolve_layer(self.config.default_layer()?, self.config.vision_layers())
     }
 
-    /// `auto` puts `<image>\n` before the prompt in string-content templates and drops the
-    /// template's BOS (the tokenizer adds BOS itself).
+    /// `auto` puts `<image>\n` before the prompt in string-content templates.
     fn render_prompts(&self, template: Option<&str>, prompts: &[&str]) -> Result<RenderedPrompts> {
         let placeholder = format!("{IMAGE_PLACEHOLDER}\n");
-        let auto = AutoTemplate { placeholder: &placeholder, strip_bos: true };
+        let auto = AutoTemplate { placeholder: &placeholder };
         render_prompts::<LlavaFamily, Template>(&self.dir, template, prompts, auto)
     }
 
@@ -173,8 +172,8 @@ impl<B: Backend> LlavaVlm<B> {
 
 impl<B: Backend> EarlyExitVlm<B> for LlavaVlm<B> {
     /// LLaVA-1.5's slots do not depend on the image.
-    fn prompt_ids(&self, text: &str, _image: &Path) -> Result<Vec<u32>> {
-        self.model.tokenizer()?.encode_with_image(text, self.image_slots())
+    fn prompt_ids(&self, text: &str, _image: &Path, add_special_tokens: bool) -> Result<Vec<u32>> {
+        self.model.tokenizer()?.encode_image_prompt(text, add_special_tokens, self.image_slots())
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String> {

@@ -71,6 +71,10 @@ impl crate::vlm::PromptTemplate for Template {
     fn render(&self, prompt: &str) -> Result<String> {
         Template::render(*self, prompt)
     }
+    /// `LlavaProcessor(images, text)` with its defaults: the tokenizer adds BOS.
+    fn add_special_tokens(&self) -> bool {
+        true
+    }
 }
 
 /// A model's tokenizer plus the id of its image placeholder.
@@ -90,7 +94,16 @@ impl PromptTokenizer {
     /// says), with the single image token expanded into `slots` copies — what transformers'
     /// `LlavaProcessor` feeds the model.
     pub fn encode_with_image(&self, text: &str, slots: usize) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, true).map_err(|e| Error::invalid(format!("tokenization failed: {e}")))?;
+        self.encode_image_prompt(text, true, slots)
+    }
+
+    /// [`Self::encode_with_image`] with the tokenizer's special tokens added or not
+    /// (`add_special_tokens` of the processor call).
+    pub fn encode_image_prompt(&self, text: &str, add_special_tokens: bool, slots: usize) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(|e| Error::invalid(format!("tokenization failed: {e}")))?;
         let ids = enc.get_ids();
         let n_images = ids.iter().filter(|&&i| i == self.image_token_id).count();
         if n_images != 1 {

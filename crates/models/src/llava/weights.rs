@@ -25,10 +25,13 @@ pub fn detect_layout(checkpoint: &Checkpoint) -> Result<ComponentLayout> {
             "embed_tokens.weight",
             "language model",
         )?;
-        // A checkpoint without an output projection ties it to the embeddings.
+        // Without an output projection the config must tie it to the embeddings (checked at load).
         let lm_head = checkpoint
             .find_prefix(&["language_model.lm_head.", "lm_head."], "weight", "lm_head")
-            .unwrap_or_else(|_| "lm_head.".to_string());
+            .unwrap_or_else(|_| {
+                let hub = text.starts_with("language_model.");
+                if hub { "language_model.lm_head." } else { "lm_head." }.to_string()
+            });
         Ok(ComponentLayout { vision, projector, text, lm_head })
     }
 }

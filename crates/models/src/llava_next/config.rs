@@ -25,6 +25,9 @@ pub struct LlavaNextConfig {
     pub multimodal_projector_bias: bool,
     /// `(height, width)` canvases an image may be tiled into, each a multiple of the tile.
     pub image_grid_pinpoints: Vec<[usize; 2]>,
+    /// Whether `lm_head` is the word embeddings. `LlavaNextConfig` reads only its own key (unlike
+    /// `LlavaConfig`, it does not take the text config's), and the model ties by it alone.
+    pub tie_word_embeddings: bool,
 }
 
 /// The keys as written; sub-configs kept as JSON until their model type is known.
@@ -47,6 +50,8 @@ struct RawConfig {
     #[serde(default = "default_true")]
     multimodal_projector_bias: bool,
     image_grid_pinpoints: Option<Vec<Vec<usize>>>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
 }
 
 fn default_image_token() -> u32 {
@@ -152,7 +157,14 @@ impl LlavaNextConfig {
             projector_hidden_act: raw.projector_hidden_act,
             multimodal_projector_bias: raw.multimodal_projector_bias,
             image_grid_pinpoints,
+            tie_word_embeddings: raw.tie_word_embeddings,
         })
+    }
+
+    /// The language model's config as `LlavaNextForConditionalGeneration` builds it: its output
+    /// projection tied to the embeddings exactly when the top-level `tie_word_embeddings` says so.
+    pub fn language_model_config(&self) -> LlamaConfig {
+        LlamaConfig { tie_word_embeddings: self.tie_word_embeddings, ..self.text_config.clone() }
     }
 
     /// Vision layers in transformers' `hidden_states` indexing: 0..=num_hidden_layers.

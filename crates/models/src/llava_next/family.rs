@@ -163,7 +163,7 @@ impl<B: Backend> ModelSpec<B> for LlavaNextSpec {
     /// The default is the template of the language model's card; `auto` as LLaVA's.
     fn render_prompts(&self, template: Option<&str>, prompts: &[&str]) -> Result<RenderedPrompts> {
         let placeholder = format!("{IMAGE_PLACEHOLDER}\n");
-        let auto = AutoTemplate { placeholder: &placeholder, strip_bos: true };
+        let auto = AutoTemplate { placeholder: &placeholder };
         let default = NextTemplate::default_for(&self.config).name();
         render_prompts_with_default::<LlavaNextFamily, NextTemplate>(&self.dir, template, default, prompts, auto)
     }
@@ -183,9 +183,9 @@ struct LlavaNextVlm<B: Backend> {
 
 impl<B: Backend> EarlyExitVlm<B> for LlavaNextVlm<B> {
     /// `<image>` becomes as many slots as `image`'s tiling gives (read from its header).
-    fn prompt_ids(&self, text: &str, image: &Path) -> Result<Vec<u32>> {
+    fn prompt_ids(&self, text: &str, image: &Path, add_special_tokens: bool) -> Result<Vec<u32>> {
         let slots = self.model.grid_of(image)?.image_slots();
-        self.model.tokenizer()?.encode_with_image(text, slots)
+        self.model.tokenizer()?.encode_image_prompt(text, add_special_tokens, slots)
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String> {

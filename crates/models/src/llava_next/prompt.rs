@@ -77,6 +77,12 @@ impl crate::vlm::PromptTemplate for NextTemplate {
             )),
         }
     }
+
+    /// `LlavaNextProcessor(images, text)` with its defaults: the tokenizer adds its BOS (the
+    /// Llama 3 turn is written without one for that reason).
+    fn add_special_tokens(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

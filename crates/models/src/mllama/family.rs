@@ -137,10 +137,10 @@ impl<B: Backend> ModelSpec<B> for MllamaSpec {
     }
 
     /// `auto` renders the model's own chat template (Llama-3.2-11B-Vision-Instruct ships one)
-    /// with `[image, text]` parts, as `MllamaProcessor.apply_chat_template` does; the BOS it
-    /// writes stays (the prompt is tokenized without added special tokens).
+    /// with `[image, text]` parts, as `MllamaProcessor.apply_chat_template` does (the BOS it
+    /// writes stays, and the tokenizer then adds none).
     fn render_prompts(&self, template: Option<&str>, prompts: &[&str]) -> Result<RenderedPrompts> {
-        let auto = AutoTemplate { placeholder: IMAGE_TOKEN, strip_bos: false };
+        let auto = AutoTemplate { placeholder: IMAGE_TOKEN };
         render_prompts::<MllamaFamily, MllamaTemplate>(&self.dir, template, prompts, auto)
     }
 
@@ -165,8 +165,8 @@ struct MllamaVlm<B: Backend> {
 
 impl<B: Backend> EarlyExitVlm<B> for MllamaVlm<B> {
     /// The image is read by cross-attention, not spliced: its ids do not depend on it.
-    fn prompt_ids(&self, text: &str, _image: &Path) -> Result<Vec<u32>> {
-        self.model.prompt_ids(text)
+    fn prompt_ids(&self, text: &str, _image: &Path, add_special_tokens: bool) -> Result<Vec<u32>> {
+        self.model.prompt_ids_with(text, add_special_tokens)
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String> {

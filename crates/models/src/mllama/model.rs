@@ -109,6 +109,13 @@ impl<B: Backend> Mllama<B> {
         let config = MllamaConfig::from_dir(dir)?;
         let files = ModelFiles::open(dir, detect_layout)?;
         let (l, deepest) = (&files.layout, parts.deepest_vision_layer.unwrap_or(config.vision_layers()));
+        let (v, t, ckpt) = (&config.vision_config, &config.text_config, &files.checkpoint);
+        let local = format!("{}transformer.layers.", l.vision);
+        ckpt.check_layer_count(&local, v.num_hidden_layers, "vision_config.num_hidden_layers")?;
+        let global = format!("{}global_transformer.layers.", l.vision);
+        ckpt.check_layer_count(&global, v.num_global_layers, "vision_config.num_global_layers")?;
+        let text_layers = format!("{}layers.", l.text);
+        ckpt.check_layer_count(&text_layers, t.llama.num_hidden_layers, "text_config.num_hidden_layers")?;
         let vision = MllamaVision::load(&files.weights(b, &l.vision), &config.vision_config, deepest)?;
         let projector = MllamaProjector::load(&files.weights(b, &l.projector), &config)?;
         let (text, tokenizer) = if parts.text {
@@ -140,9 +147,17 @@ impl<B: Backend> Mllama<B> {
     /// `add_special_tokens=False` (the model card's usage; the template carries the BOS):
     /// `build_string_from_input`, then the tokenizer without its post-processor.
     pub fn prompt_ids(&self, text: &str) -> Result<Vec<u32>> {
+        self.prompt_ids_with(text, false)
+    }
+
+    /// [`Self::prompt_ids`] with the tokenizer's special tokens added or not, as
+    /// `MllamaProcessor(images, text, add_special_tokens=...)`.
+    pub fn prompt_ids_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let text = build_string_from_input(text);
-        let enc =
-            self.tokenizer()?.encode(text, false).map_err(|e| Error::invalid(format!("tokenization failed: {e}")))?;
+        let enc = self
+            .tokenizer()?
+            .encode(text, add_special_tokens)
+            .map_err(|e| Error::invalid(format!("tokenization failed: {e}")))?;
         let ids = enc.get_ids().to_vec();
         let images = ids.iter().filter(|&&t| t == self.config.image_token_index).count();
         if images != 1 {

@@ -65,6 +65,13 @@ impl crate::vlm::PromptTemplate for MllamaTemplate {
     fn render(&self, prompt: &str) -> Result<String> {
         MllamaTemplate::render(*self, prompt)
     }
+    /// `llama3` writes the BOS itself and is tokenized as the model card does,
+    /// `processor(image, text, add_special_tokens=False)`; `raw` is the processor's default call,
+    /// `processor(image, prompt)`, whose tokenizer adds a BOS before the one
+    /// `build_string_from_input` puts after the leading `<|image|>`.
+    fn add_special_tokens(&self) -> bool {
+        matches!(self, Self::Raw)
+    }
 }
 
 /// The `llama3` format of one user turn without an image (text-only use of the model, e.g. a

@@ -134,6 +134,13 @@ pub struct RenderedPrompts {
     /// The template's name as a run records it (`llava-v1`, `auto (DIR/chat_template.jinja)`).
     pub template: String,
     pub texts: Vec<String>,
+    /// Whether the tokenizer adds its special tokens (its post-processor's BOS) to these texts,
+    /// as the transformers call the template stands for does: the processor's default for `raw`
+    /// and LLaVA's templates, `add_special_tokens=False` for templates that write the BOS
+    /// themselves (Llama 3.2 Vision's `llama3`), and for `auto` what
+    /// `apply_chat_template(tokenize=True)` does — none when the rendered text starts with the
+    /// tokenizer's BOS, else the processor's default.
+    pub add_special_tokens: bool,
     /// Something the user should be told once (e.g. `auto` fell back to the family default).
     pub note: Option<String>,
 }
@@ -187,8 +194,9 @@ pub struct FeatureDump {
 pub trait EarlyExitVlm<B: Backend> {
     /// Token ids of a rendered prompt for `image` as the family's processor gives them (image
     /// slots expanded where the family splices features into the prompt; their number may
-    /// depend on the image, as LLaVA-NeXT's tiling does on its size).
-    fn prompt_ids(&self, text: &str, image: &Path) -> Result<Vec<u32>>;
+    /// depend on the image, as LLaVA-NeXT's tiling does on its size), the tokenizer's special
+    /// tokens added or not ([`RenderedPrompts::add_special_tokens`]).
+    fn prompt_ids(&self, text: &str, image: &Path, add_special_tokens: bool) -> Result<Vec<u32>>;
     /// Text of generated ids, special tokens removed.
     fn decode(&self, ids: &[u32]) -> Result<String>;
     /// End-of-sequence ids from the model's generation config.
@@ -231,6 +239,8 @@ pub trait PromptTemplate: Sized {
     fn name(&self) -> &'static str;
     /// The full input text for `prompt`.
     fn render(&self, prompt: &str) -> Result<String>;
+    /// Whether the processor call this template stands for adds the tokenizer's special tokens.
+    fn add_special_tokens(&self) -> bool;
 }
 
 /// How `--template auto` renders a model's own chat template for a family.
@@ -239,8 +249,6 @@ pub struct AutoTemplate<'a> {
     /// What stands before the prompt in templates whose message content is a string (the
     /// family's image token); templates that read typed parts get `[image, text]`.
     pub placeholder: &'a str,
-    /// Remove a leading BOS string: the family's tokenizer adds BOS itself.
-    pub strip_bos: bool,
 }
 
 /// `prompts` under `--template arg` for family `F`, whose templates are `T`: `None` is the
@@ -276,19 +284,21 @@ pub fn render_prompts_with_default<F: Family, T: PromptTemplate>(
                 rendered.note = Some(format!("{} ships no chat template; using {default}", dir.display()));
                 return Ok(rendered);
             };
+            let texts: Vec<String> =
+                prompts.iter().map(|p| chat.render_image_turn(p, auto.placeholder)).collect::<Result<_>>()?;
+            // ProcessorMixin.apply_chat_template(tokenize=True): the rendered text is tokenized as
+            // it is, without added special tokens when it starts with the tokenizer's BOS (the
+            // template wrote it), else with the processor's defaults. Stripping the BOS instead
+            // loses it with tokenizers that add none (Llama 3's tokenizer.json without a BOS
+            // post-processor, ChatML models).
             let bos = chat.special_tokens.iter().find(|(k, _)| k == "bos_token").map(|(_, v)| v.as_str());
-            let bos = bos.filter(|b| auto.strip_bos && !b.is_empty());
-            let texts = prompts
-                .iter()
-                .map(|p| {
-                    let text = chat.render_image_turn(p, auto.placeholder)?;
-                    Ok(match bos.and_then(|b| text.strip_prefix(b)) {
-                        Some(rest) => rest.to_string(),
-                        None => text,
-                    })
-                })
-                .collect::<Result<_>>()?;
-            return Ok(RenderedPrompts { template: format!("auto ({})", chat.origin.display()), texts, note: None });
+            let starts_with_bos = bos.is_some_and(|b| !b.is_empty() && texts.first().is_some_and(|t| t.starts_with(b)));
+            return Ok(RenderedPrompts {
+                template: format!("auto ({})", chat.origin.display()),
+                texts,
+                add_special_tokens: !starts_with_bos,
+                note: None,
+            });
         }
         Some(t) if t == "raw" || F::TEMPLATES.iter().any(|x| x.name == t) => t,
         Some(t) => {
@@ -302,5 +312,10 @@ pub fn render_prompts_with_default<F: Family, T: PromptTemplate>(
     };
     let template = T::parse(name)?;
     let texts = prompts.iter().map(|p| template.render(p)).collect::<Result<_>>()?;
-    Ok(RenderedPrompts { template: template.name().to_string(), texts, note: None })
+    Ok(RenderedPrompts {
+        template: template.name().to_string(),
+        texts,
+        add_special_tokens: template.add_special_tokens(),
+        note: None,
+    })
 }

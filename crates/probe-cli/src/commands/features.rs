@@ -19,6 +19,8 @@ projected.{l} [max_tiles, tokens, text width], the cross-attention states of ICE
 For LLaVA-NeXT: pixel_values [tiles, 3, S, S] (the image's real tiles, base image first);
 hidden.{l} [tiles, 1 + patches, width] for every tile; projected.{l} [image slots, text width], exactly
 the rows spliced for ICET-l (base, then the unpadded grid row by row, image_newline rows included).
+The file's __metadata__ says what made it: model, model_type, image and its sha256, layers, how they
+are indexed, the family's settings (--strategy, --pad-square, --exit-rule), icet's version.
 
 Example: icet features --model llava-1.5-7b-hf --image cat.jpg --layers 0..24 --out cat.safetensors")]
 pub struct Args {

@@ -30,6 +30,11 @@ pub struct Args {
     /// for LLaVA-NeXT its language model's: mistral-instruct, llava-v1 for Vicuna, llava-next-llama3)]
     #[arg(long, value_parser = super::template_values())]
     pub template: Option<String>,
+    /// With --template raw: the tokenizer adds no special tokens (transformers'
+    /// `add_special_tokens=False`; by default raw is the processor's default call, which adds
+    /// them: LLaVA's BOS, and for Llama 3.2 Vision a BOS before the `<|image|>` too)
+    #[arg(long)]
+    pub no_special_tokens: bool,
     /// Vision layer whose features feed the projector (default: the model's default layer)
     #[arg(long, allow_hyphen_values = true)]
     pub layer: Option<i64>,
@@ -52,6 +57,7 @@ impl super::OnBackend for Args {
             image: &self.image,
             prompt: &self.prompt,
             template: self.template.as_deref(),
+            no_special_tokens: self.no_special_tokens,
             layer: self.layer,
             decode: &self.decode,
         };

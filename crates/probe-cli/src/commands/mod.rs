@@ -15,6 +15,7 @@ pub mod generate;
 pub mod info;
 pub mod report;
 pub mod score;
+pub mod slurm;
 pub mod sweep;
 pub mod vqa_eval;
 
@@ -82,7 +83,7 @@ pub struct ModelArgs {
     pub exit_rule: Option<ExitRuleArg>,
 }
 
-fn value_name(v: impl ValueEnum) -> String {
+pub fn value_name(v: impl ValueEnum) -> String {
     v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
 }
 

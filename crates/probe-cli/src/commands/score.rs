@@ -7,6 +7,7 @@ use icet_engine::device::{self, Device, DtypeArg};
 use icet_engine::judge::JudgeArgs;
 use icet_engine::run_dir::RunDir;
 use icet_engine::score::score_run;
+use icet_engine::shard::ShardArg;
 
 #[derive(ClapArgs, Debug)]
 #[command(after_help = "Judges (KIND):
@@ -27,6 +28,9 @@ Writes into RUN_DIR:
   judges.json             judge name -> kind, model directory (VQA: annotations, --vqa-answers)
   perspective_cache.jsonl Perspective answers by text (never asked twice)
 Rerunning skips what is scored. Then: icet report RUN_DIR
+A run made in shards is scored as one run (every shard's answers file). --shard K/N (or auto, as
+`icet sweep`) scores shard K's answers into scores.shard-K-of-N.jsonl: the sweep's shard K when
+the run was made in N shards, else the answers whose image hashes to K.
 
 Examples:
   icet score runs/rt-llava --judge llama-guard-3=Llama-Guard-3-8B --judge toxicity=toxic-bert \\
@@ -42,12 +46,19 @@ pub struct Args {
     /// Compute device
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// Score only shard K (from 0) of N of the answers: `K/N`, `auto` or `auto/N` (as `icet sweep`)
+    #[arg(long, value_name = "K/N|auto")]
+    pub shard: Option<ShardArg>,
 }
 
 impl super::Run for Args {
     fn run(self) -> Result<()> {
+        let shard = match self.shard {
+            Some(arg) => Some(arg.resolve(|k| std::env::var(k).ok())?).filter(|s| s.count > 1),
+            None => None,
+        };
         let selected = device::select(self.device, DtypeArg::F32)?;
-        let run = RunDir::open_for_writing(&self.run_dir);
+        let run = RunDir::open_for_writing(&self.run_dir).map(|r| r.with_shard(shard));
         icet_engine::with_backend!(selected, |b| score_run(&b, &run?, &self.judges))
     }
 }

@@ -6,7 +6,9 @@ use clap::Args as ClapArgs;
 use icet_engine::data::DataArgs;
 use icet_engine::decode::DecodeArgs;
 use icet_engine::judge::JudgeArgs;
+use icet_engine::shard::ShardArg;
 use icet_engine::sweep::{sweep, BatchSize, SweepRequest};
+use icet_engine::workers::{parse_devices, run_workers, WorkersRequest};
 use icet_models::backend::Backend;
 
 use super::ModelArgs;
@@ -25,14 +27,29 @@ is asked with LLaVA-1.5's line \"Answer the question using a single word or phra
 --max-items N asks a seeded sample stratified by answer type (--sample-seed); score with --judge vqa.
 With --judge, the answers are scored as by `icet score` (scores.jsonl) once generated.
 
-Writes into --out:
+Writes into --out (a new or empty folder, or a run to resume):
   responses.jsonl       one row per (item, layer), appended as produced (id, layer, prompt, image,
-                        response, token_ids, finish_reason, refusal)
-  summary.json/.csv     per-layer n, refusals, refusal_rate (share of answers with a refusal phrase:
-                        the keyword check, not a judge's ASR), mean tokens; Early/Middle/Late/Average
+                        response, token_ids, finish_reason, refusal, inputs: sha256 of the rendered
+                        prompt and of the image)
+  summary.json/.csv     per-layer n, empty answers, refusals, refusal_rate (share of non-empty answers
+                        with a refusal phrase: the keyword check, not a judge's ASR), mean tokens;
+                        Early/Middle/Late/Average
   refusal_rate.svg/.png the per-layer plot
-  manifest.json         model, arguments, engine version, seed
-Rerunning the same command resumes: finished (id, layer) pairs are skipped.
+  manifest.json         what the answers are made from: settings, model files' sha256, precision
+  invocations.jsonl     every command that wrote here (time, command, device, dtype, version)
+Rerunning the same command resumes: finished (id, layer) pairs are skipped. A run resumes only with
+its settings, model files and precision, and only while each data row's prompt and image are what
+its answers were made from; anything else is refused, naming what differs. One process writes a run
+at a time (\"in use by pid N\"). Ctrl-C or SIGTERM stops cleanly (the answers in flight are dropped;
+rerun to resume); a second one stops at once. Progress: a bar on a terminal, else a line every 30 s
+(ICET_PROGRESS_SECONDS).
+
+Many GPUs: --shard K/N makes shard K (from 0) of N, split by image and balanced by answers, into
+responses.shard-K-of-N.jsonl of the same --out (shared by all shards; each resumes on its own);
+--shard auto takes K and N from Slurm (SLURM_ARRAY_TASK_ID/COUNT, or SLURM_PROCID/NTASKS).
+Summary, `icet score` and `icet report` read every shard's file as one run and name the shards that
+still owe answers. --devices 0,1,2,3 runs one worker per GPU of this machine, as shards;
+`icet slurm` writes (and submits) the Slurm job array.
 
 Example: icet sweep --model llava-1.5-7b-hf --data redteam.jsonl --layers all --out runs/rt-llava")]
 pub struct Args {
@@ -51,6 +68,11 @@ pub struct Args {
     /// for LLaVA-NeXT its language model's: mistral-instruct, llava-v1 for Vicuna, llava-next-llama3)]
     #[arg(long, value_parser = super::template_values())]
     pub template: Option<String>,
+    /// With --template raw: the tokenizer adds no special tokens (transformers'
+    /// `add_special_tokens=False`; by default raw is the processor's default call, which adds
+    /// them: LLaVA's BOS, and for Llama 3.2 Vision a BOS before the `<|image|>` too)
+    #[arg(long)]
+    pub no_special_tokens: bool,
     #[command(flatten)]
     pub decode: DecodeArgs,
     /// Sequences in flight at once (continuous batching: a finished answer's slot is refilled at
@@ -63,11 +85,69 @@ pub struct Args {
     /// Judges to score the answers with once generated (as `icet score`; see `icet score --help`)
     #[command(flatten)]
     pub judges: JudgeArgs,
+    /// Resume a run made in another precision (--dtype, or CPU f32 vs GPU bf16) anyway, mixing
+    /// answers of both in one run (recorded in invocations.jsonl)
+    #[arg(long)]
+    pub allow_mixed_precision: bool,
+    /// Leave out data rows that cannot be answered (a prompt the template or the tokenizer
+    /// refuses, one too long for the model with --max-new-tokens) instead of stopping before the
+    /// first answer; each is named on stderr and recorded in the run's manifest
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Make only shard K (from 0) of N of the run: `K/N`, `auto` (Slurm's array task id and
+    /// count, or SLURM_PROCID and SLURM_NTASKS) or `auto/N` (the task id, N shards)
+    #[arg(long, value_name = "K/N|auto", conflicts_with = "devices")]
+    pub shard: Option<ShardArg>,
+    /// One worker process per device of this machine, each a shard (CUDA_VISIBLE_DEVICES set to
+    /// its device; with --device cpu the ids are only labels), e.g. 0,1,2,3
+    #[arg(long, value_name = "IDS")]
+    pub devices: Option<String>,
 }
 
-impl super::OnBackend for Args {
-    fn model(&self) -> &ModelArgs {
-        &self.model
+impl super::Run for Args {
+    fn run(self) -> Result<()> {
+        if let Some(devices) = self.devices.as_deref().map(parse_devices).transpose()? {
+            return self.run_on_devices(devices);
+        }
+        let selected = self.model.backend()?;
+        icet_engine::with_backend!(selected, |b| self.run_on(&b))
+    }
+}
+
+/// The demo's default `--out`.
+fn demo_out() -> PathBuf {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    PathBuf::from(format!("icet-runs/demo-{t}"))
+}
+
+impl Args {
+    /// `--devices`: this command's arguments again for each worker, without `--devices`, with
+    /// the one `--out` of them all.
+    fn run_on_devices(self, devices: Vec<String>) -> Result<()> {
+        let demo = self.model.model.is_none() && self.data.is_none();
+        let out = match (&self.out, demo) {
+            (Some(o), _) => o.clone(),
+            (None, true) => demo_out(),
+            (None, false) => bail!("--out DIR is required"),
+        };
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut given = std::env::args_os().skip(1);
+        while let Some(a) = given.next() {
+            if a == "--devices" {
+                given.next();
+            } else if !a.to_string_lossy().starts_with("--devices=") {
+                args.push(a);
+            }
+        }
+        if self.out.is_none() {
+            args.push("--out".into());
+            args.push(out.clone().into());
+        }
+        let exe = std::env::current_exe().context("cannot find the icet binary for the workers")?;
+        let summary = run_workers(&WorkersRequest { exe, args, devices, out: out.clone() })?;
+        println!("{}", summary.table());
+        eprintln!("icet: results in {}", out.display());
+        Ok(())
     }
 
     fn run_on<B: Backend>(mut self, b: &B) -> Result<()> {
@@ -87,14 +167,13 @@ impl super::OnBackend for Args {
         let model_dir = self.model.model_dir()?.to_path_buf();
         let out = match (&self.out, demo) {
             (Some(o), _) => o.clone(),
-            (None, true) => {
-                let t = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                PathBuf::from(format!("icet-runs/demo-{t}"))
-            }
+            (None, true) => demo_out(),
             (None, false) => bail!("--out DIR is required"),
+        };
+        // One shard of one is the run itself.
+        let shard = match self.shard {
+            Some(arg) => Some(arg.resolve(|k| std::env::var(k).ok())?).filter(|s| s.count > 1),
+            None => None,
         };
         let req = SweepRequest {
             model_dir,
@@ -103,11 +182,15 @@ impl super::OnBackend for Args {
             layers: self.layers,
             out,
             template: self.template,
+            no_special_tokens: self.no_special_tokens,
             family_options: self.model.family_options(),
             decode: self.decode,
             batch_size: self.batch_size,
             judges: self.judges,
             demo,
+            allow_mixed_precision: self.allow_mixed_precision,
+            skip_invalid: self.skip_invalid,
+            shard,
         };
         sweep(b, &req)?;
         Ok(())

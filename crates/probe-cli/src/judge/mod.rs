@@ -170,7 +170,8 @@ impl JudgeSpec {
 
     /// What binds a judge name in `judges.json`: kind, version (Llama Guard 1-3 as numbers, as
     /// runs scored before 3-vision existed recorded them), model directory, and for the vision
-    /// judge whether it looked at the images (`--judge-text-only`), so one name never mixes both.
+    /// judge whether it looked at the images (`--judge-text-only`), so one name never mixes both;
+    /// for `vqa` the annotations file's SHA-256.
     pub fn identity(&self, text_only: bool) -> Result<serde_json::Value> {
         let version = self.version.map(|v| match v {
             LlamaGuardVersion::V3Vision => serde_json::json!(v.name()),
@@ -186,6 +187,13 @@ impl JudgeSpec {
         }
         if let Some(prep) = self.vqa_answers {
             id["answers"] = serde_json::json!(prep.name());
+        }
+        if self.kind == JudgeKind::Vqa {
+            // The annotations are the judge: scores against an edited file are never mixed
+            // with the old ones under one name.
+            if let Some(file) = &self.dir {
+                id["sha256"] = serde_json::json!(crate::fingerprint::file_sha256(file)?);
+            }
         }
         Ok(id)
     }
@@ -259,7 +267,7 @@ pub fn load<'a, B: Backend>(
         JudgeKind::Perspective => Box::new(perspective::Perspective::new(
             &args.perspective_url,
             args.perspective_qps,
-            &run.path(crate::run_dir::PERSPECTIVE_CACHE),
+            &run.path(&run.perspective_cache_file()),
         )?),
     })
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::refusal::REFUSAL_RATE;
 use crate::run_dir::{JudgeKind, ResponseRow, RunDir, ScoreRow};
+use crate::shard::{describe_incomplete, ShardStatus};
 use crate::stats::{estimate, fnv1a, Estimate, FNV_OFFSET};
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -52,8 +53,15 @@ pub struct RunReport {
     pub answer_type_metrics: Vec<Metric>,
     /// Per Llama Guard judge: answers whose verdict was neither safe nor unsafe (not in its ASR).
     pub unparsed_verdicts: BTreeMap<String, usize>,
+    /// Empty answers (no token before the end): neither refusals nor compliance, so left out of
+    /// the refusal rate and its `n`; said under the table.
+    pub empty_answers: usize,
     pub layers: Vec<Row>,
     pub groups: Vec<Row>,
+    /// A run made in shards: how far each shard got (one that still owes answers is named in the
+    /// report, whose numbers are then of the answers there are).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardStatus>,
 }
 
 /// Per metric, per layer: the per-answer values (0/1 for rates).
@@ -66,6 +74,8 @@ pub struct Collected {
     pub answer_type_metrics: Vec<Metric>,
     pub samples: Samples,
     pub unparsed: BTreeMap<String, usize>,
+    /// Empty answers, left out of the refusal rate.
+    pub empty: usize,
 }
 
 /// Sort key of a hazard category code: `S2` before `S10`, letters first (`O1` before `S1`).
@@ -102,7 +112,8 @@ pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> Collected {
     let mut metrics = vec![Metric::new(REFUSAL_RATE.into(), "refusal rate".into(), "rate")];
     let mut samples: Samples = BTreeMap::new();
     let answered: BTreeSet<(String, usize)> = responses.iter().map(|r| (r.id.clone(), r.layer)).collect();
-    for r in responses {
+    // Empty answers are neither refusals nor compliance (as in the sweep's summary).
+    for r in responses.iter().filter(|r| !r.is_empty_answer()) {
         samples.entry(REFUSAL_RATE.into()).or_default().entry(r.layer).or_default().push(r.refusal as u8 as f64);
     }
     let mut judges: Vec<(String, JudgeKind)> = Vec::new();
@@ -170,7 +181,8 @@ pub fn collect(responses: &[ResponseRow], scores: &[ScoreRow]) -> Collected {
         let m = metric_of(k);
         metrics.push(Metric::new(format!("{}:{j}", m.prefix), format!("{} ({j})", m.title), m.unit));
     }
-    Collected { metrics, category_metrics, answer_type_metrics, samples, unparsed }
+    let empty = responses.iter().filter(|r| r.is_empty_answer()).count();
+    Collected { metrics, category_metrics, answer_type_metrics, samples, unparsed, empty }
 }
 
 /// Builds the report of one run from its files.
@@ -179,7 +191,12 @@ pub fn run_report(dir: &Path, label: &str, resamples: usize, seed: u64) -> Resul
     if !run.has_responses() {
         bail!("{}: no responses.jsonl (not a sweep folder)", dir.display());
     }
-    let responses = run.responses()?;
+    let answers = run.answers()?;
+    let shards = run.shard_status(&answers)?.unwrap_or_default();
+    if let Some(note) = describe_incomplete(&shards) {
+        eprintln!("icet: warning: {}: {note}; its tables are of the answers there are", dir.display());
+    }
+    let responses = answers.rows;
     if responses.is_empty() {
         bail!("{}: no answers", run.path(crate::run_dir::RESPONSES).display());
     }
@@ -187,7 +204,7 @@ pub fn run_report(dir: &Path, label: &str, resamples: usize, seed: u64) -> Resul
     let default_layer = run.manifest()?.and_then(|m| m.default_layer);
     // The vision tower's depth: from the sweep's summary, else the deepest layer answered.
     let num_layers = run.num_layers().unwrap_or_else(|| responses.iter().map(|r| r.layer).max().unwrap_or(0));
-    let Collected { metrics, category_metrics, answer_type_metrics, samples, unparsed: unparsed_verdicts } =
+    let Collected { metrics, category_metrics, answer_type_metrics, samples, unparsed: unparsed_verdicts, empty } =
         collect(&responses, &scores);
     let mut layer_rows: BTreeMap<usize, Row> = BTreeMap::new();
     let mut group_rows: Vec<Row> = Vec::new();
@@ -233,7 +250,9 @@ pub fn run_report(dir: &Path, label: &str, resamples: usize, seed: u64) -> Resul
         category_metrics,
         answer_type_metrics,
         unparsed_verdicts,
+        empty_answers: empty,
         layers: layer_rows.into_values().collect(),
         groups: group_rows,
+        shards,
     })
 }

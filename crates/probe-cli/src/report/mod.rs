@@ -21,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use crate::plot::{self, Chart, Point, Series};
 use crate::refusal::REFUSAL_RATE;
 use crate::run_dir::{RunDir, REPORT_DIR};
+use crate::shard::describe_incomplete;
 use crate::stats::Estimate;
 
 pub mod estimates;
@@ -51,6 +52,9 @@ pub fn markdown(runs: &[RunReport]) -> String {
     );
     for r in runs {
         let _ = writeln!(s, "\n## {}\n\n`{}` — {} vision layers\n", r.label, r.dir.display(), r.num_layers);
+        if let Some(note) = describe_incomplete(&r.shards) {
+            let _ = writeln!(s, "**Incomplete:** {note}. The numbers below are of the answers there are.\n");
+        }
         let _ = write!(s, "| layer | n |");
         for m in &r.metrics {
             let _ = write!(s, " {} |", m.title);
@@ -73,6 +77,14 @@ pub fn markdown(runs: &[RunReport]) -> String {
                 }
             }
             s.push('\n');
+        }
+        if r.empty_answers > 0 {
+            let _ = writeln!(
+                s,
+                "\n{} empty answer(s) (nothing generated before the end): neither refusals nor compliance, they are \
+                 left out of the refusal rate and its n.",
+                r.empty_answers
+            );
         }
         for (judge, n) in &r.unparsed_verdicts {
             let _ = writeln!(s, "\n{n} answer(s) got a {judge} verdict that is neither `safe` nor `unsafe`; they are left out of its ASR.");

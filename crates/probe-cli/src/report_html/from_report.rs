@@ -14,7 +14,7 @@ use super::{
 use crate::data::{self, DataArgs, Fields};
 use crate::refusal::REFUSAL_RATE;
 use crate::report::estimates::{Metric, Row, RunReport};
-use crate::run_dir::{read_jsonl, JudgeKind, ResponseRow, ScoreRow, MANIFEST, RESPONSES, SCORES};
+use crate::run_dir::{JudgeKind, ResponseRow, RunDir, ScoreRow, MANIFEST};
 use crate::safety_utility::SafetyUtility;
 use crate::stats::Estimate;
 
@@ -105,8 +105,10 @@ fn table_row(r: &Row) -> TableRow {
 
 fn run_page(report: &RunReport, images: &mut Images) -> Result<RunPage> {
     let dir = &report.dir;
-    let responses: Vec<ResponseRow> = read_jsonl(&dir.join(RESPONSES), false)?;
-    let scores: Vec<ScoreRow> = read_jsonl(&dir.join(SCORES), false)?;
+    // Through the run's readers, as the report: one row per answer (and per judge), copies said.
+    let run = RunDir::open(dir);
+    let responses: Vec<ResponseRow> = run.responses()?;
+    let scores: Vec<ScoreRow> = run.scores()?;
     let mut notes = Vec::new();
 
     // Judges in the table's order (by kind, then name, as the report sorts its columns).
