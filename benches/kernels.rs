@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use icet_kernels::{twin, Act, AttnRow, DType, DevBuf, Gpu, SeqDesc};
+use icet_kernels::{twin, Act, AttnRow, DType, DevBuf, Gpu, RelRow, RelTables, SeqDesc};
 use icet_models::backend::conformance::TestRng;
 use icet_models::backend::cuda::Cuda;
 use icet_models::backend::{sample_row, SamplingParams};
@@ -138,6 +138,34 @@ fn gpu_benches<'a>(g: &'a Gpu) -> Vec<Bench<'a>> {
             work: Work::Bytes(2.0 * (kv_rows * heads * hd) as f64 * e),
             run: Box::new(move || {
                 g.attention_rows(&mut out, &q, &k, &vv, kv_rows, &rows, heads, heads, hd, 0.088, None).unwrap();
+                sync();
+            }),
+        });
+    }
+
+    // DeBERTa-v3-large's disentangled attention (relative kernel): 16 heads x 64, 512 tokens, the
+    // 512-row position tables (position_buckets 256). FLOPs: q·k, both relative dots, and P V.
+    {
+        let (heads, hd, n, positions) = (16usize, 64usize, 512usize, 512usize);
+        let qw = heads * hd;
+        let (q, k, vv) = (up(g, &mut rng, n * qw, 1.0), up(g, &mut rng, n * qw, 1.0), up(g, &mut rng, n * qw, 1.0));
+        let (pk, pq) = (up(g, &mut rng, positions * qw, 1.0), up(g, &mut rng, positions * qw, 1.0));
+        let c2p: Vec<i32> = (0..2 * n - 1).map(|i| (i as i32 - n as i32 + 1 + 256).clamp(0, 511)).collect();
+        let p2c: Vec<i32> = c2p.iter().rev().copied().collect();
+        let rows: Vec<RelRow> = (0..n).map(|i| RelRow { k_base: 0, n_keys: n as i32, pos: i as i32 }).collect();
+        let mut out = g.alloc(D, n * qw).unwrap();
+        let scale = 1.0 / ((hd * 3) as f32).sqrt();
+        v.push(Bench {
+            name: format!("relative_attention/deberta_{n}_{heads}x{hd}"),
+            work: Work::Flops(8.0 * (n * n * heads * hd) as f64),
+            run: Box::new(move || {
+                let rel = RelTables {
+                    pos_key: Some((&pk, positions)),
+                    pos_query: Some((&pq, positions)),
+                    c2p: &c2p,
+                    p2c: &p2c,
+                };
+                g.relative_attention(&mut out, &q, &k, &vv, n, &rows, rel, heads, heads, hd, scale).unwrap();
                 sync();
             }),
         });

@@ -15,6 +15,12 @@
 //   partial (m, l, o) and attention_combine merges them), for f32 (tensor cores would round to
 //   tf32/bf16 and break the f32 reference tolerance) and for head dims the flash kernel lacks.
 //   Each row has its own (first key row, number of keys), which covers causal masks too.
+//
+// relative_attention_<dtype>: DeBERTa's disentangled attention, one block per (query row, head),
+//   plain f32 FMA like attention_rows (without key splits: its sequences are at most a few hundred
+//   tokens). The score of query i and key j of a sequence adds, to q.k, the content->position term
+//   q.pos_key[c2p[i - j + center]] and the position->content term k.pos_query[p2c[i - j + center]]
+//   (rows of per-head position tables picked by relative position), all times `scale`.
 #include <mma.h>
 
 #include "common.cuh"
@@ -297,6 +303,82 @@ __device__ void attention_combine(T* out, const float* partial, int rows, int he
     }
 }
 
+// ---- relative (DeBERTa) -------------------------------------------------------------------------
+constexpr int REL_THREADS = 128;  // 4 warps; the Rust launcher uses the same block size
+
+// grid = (rows, heads). rel_desc[3r .. 3r+2] = (key row of the sequence's key 0, its number of
+// keys, the query's position in the sequence). pos_key / pos_query are [positions, heads*hd] or
+// null (that term absent); c2p / p2c index them by relative position + center.
+template <typename T>
+__device__ void relative_attention(T* out, const T* q, const T* k, const T* v, const T* pos_key, const T* pos_query,
+                                   const int* rel_desc, const int* c2p, const int* p2c, int center, int heads,
+                                   int group, int hd, float scale) {
+    __shared__ float sm_m[REL_THREADS / 32], sm_l[REL_THREADS / 32];
+    __shared__ float sm_o[REL_THREADS / 32][MAX_HD];
+    const int row = blockIdx.x, h = blockIdx.y;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const int k_base = rel_desc[3 * row], n_keys = rel_desc[3 * row + 1], pos = rel_desc[3 * row + 2];
+    const long long q_stride = (long long)heads * hd, kv_stride = (long long)(heads / group) * hd;
+    const long long head = (long long)h * hd, kv_head = (long long)(h / group) * hd;
+    const T* qr = q + (long long)row * q_stride + head;
+
+    float qv[PER_LANE], o[PER_LANE];
+#pragma unroll
+    for (int t = 0; t < PER_LANE; ++t) {
+        const int d = lane + 32 * t;
+        qv[t] = d < hd ? to_f(qr[d]) : 0.f;
+        o[t] = 0.f;
+    }
+    float m = -INFINITY, l = 0.f;
+    for (int j = warp; j < n_keys; j += warps) {
+        const T* kr = k + (long long)(k_base + j) * kv_stride + kv_head;
+        const int rp = pos - j + center;  // the relative position's row of the index tables
+        const T* pk = pos_key ? pos_key + (long long)c2p[rp] * q_stride + head : nullptr;
+        const T* pq = pos_query ? pos_query + (long long)p2c[rp] * q_stride + head : nullptr;
+        float dot = 0.f;
+#pragma unroll
+        for (int t = 0; t < PER_LANE; ++t) {
+            const int d = lane + 32 * t;
+            if (d < hd) {
+                const float kd = to_f(kr[d]);
+                dot += qv[t] * kd;
+                if (pk) dot += qv[t] * to_f(pk[d]);
+                if (pq) dot += kd * to_f(pq[d]);
+            }
+        }
+        const float s = warp_sum(dot) * scale;
+        const float m_new = fmaxf(m, s);
+        const float corr = expf(m - m_new), p = expf(s - m_new);
+        l = l * corr + p;
+        const T* vr = v + (long long)(k_base + j) * kv_stride + kv_head;
+#pragma unroll
+        for (int t = 0; t < PER_LANE; ++t) {
+            const int d = lane + 32 * t;
+            if (d < hd) o[t] = o[t] * corr + p * to_f(vr[d]);
+        }
+        m = m_new;
+    }
+    // Merge the warps' (m, l, o) as attention_rows does with one split.
+    if (lane == 0) sm_m[warp] = m, sm_l[warp] = l;
+#pragma unroll
+    for (int t = 0; t < PER_LANE; ++t) {
+        const int d = lane + 32 * t;
+        if (d < hd) sm_o[warp][d] = o[t];
+    }
+    __syncthreads();  // every warp's state is stored before any thread merges them
+    float mm = -INFINITY;
+    for (int w = 0; w < warps; ++w) mm = fmaxf(mm, sm_m[w]);
+    float ll = 0.f;
+    for (int w = 0; w < warps; ++w) ll += sm_m[w] == -INFINITY ? 0.f : sm_l[w] * expf(sm_m[w] - mm);
+    T* orow = out + (long long)row * q_stride + head;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.f;
+        for (int w = 0; w < warps; ++w)
+            if (sm_m[w] != -INFINITY) acc += sm_o[w][d] * expf(sm_m[w] - mm);
+        orow[d] = from_f<T>(ll > 0.f ? acc / ll : 0.f);
+    }
+}
+
 }  // namespace
 
 #define ICET_FLASH(sfx, T, HD)                                                                          \
@@ -323,3 +405,13 @@ ICET_FLASH(f16, __half, 128)
         attention_combine(out, partial, rows, heads, hd, splits);                                            \
     }
 ICET_FOR_DTYPES(ICET_ROWS_ATTN)
+
+#define ICET_REL_ATTN(sfx, T)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(REL_THREADS)                                                 \
+        relative_attention_##sfx(T* out, const T* q, const T* k, const T* v, const T* pos_key,               \
+                                 const T* pos_query, const int* rel_desc, const int* c2p, const int* p2c,    \
+                                 int center, int heads, int group, int hd, float scale) {                    \
+        relative_attention(out, q, k, v, pos_key, pos_query, rel_desc, c2p, p2c, center, heads, group, hd,   \
+                           scale);                                                                           \
+    }
+ICET_FOR_DTYPES(ICET_REL_ATTN)

@@ -11,7 +11,8 @@
 //! bf16 tolerance was 2e-2 until the emulated device first ran this suite: `add_assign` of
 //! values in [-6, 6) reached 2.04e-2 — the kernel exact, the estimate short.) The exact checks — row movement, reshape, token choice — compare bit patterns of f32
 //! values and run at f32; tests/gpu_kernels.rs checks those kernels at bf16/f16 on values the
-//! storage type represents exactly.
+//! storage type represents exactly. So does `invalid_calls`: every invalid call must be refused
+//! with the CPU backend's error, which does not depend on the storage type.
 #[macro_use]
 #[path = "gpu_common.rs"]
 mod gpu_common;
@@ -59,6 +60,10 @@ macro_rules! numeric_conformance {
             #[test]
             fn cached_attention() {
                 c::check_cached_attention(&cuda_or_skip!(LABEL, $dtype), $tol);
+            }
+            #[test]
+            fn relative_attention() {
+                c::check_relative_attention(&cuda_or_skip!(LABEL, $dtype), $tol);
             }
         }
     };

@@ -20,7 +20,7 @@
 mod gpu_common;
 
 use gpu_common::{assert_close, on_gpu_else};
-use icet_kernels::{twin, Act, AttnRow, DType, DevBuf, Gpu, SeqDesc};
+use icet_kernels::{twin, Act, AttnRow, DType, DevBuf, Gpu, RelRow, RelTables, SeqDesc};
 use icet_models::backend::conformance::TestRng;
 use icet_models::backend::cpu::Cpu;
 use icet_models::backend::{sample_row, uniform_from_seed, AttentionShape, Backend, SamplingParams, SeqChunk};
@@ -335,6 +335,80 @@ fn row_attention_with_key_splits_matches_twin() {
                 let what = format!("attention_rows {d} hd={hd} heads={heads}/{kv_heads} splits={splits:?}");
                 assert_close(&what, &down(g, &out), &want, tol(d));
             }
+        }
+    }
+}
+
+/// DeBERTa's relative attention: packed sequences (one of a single row, one longer than a block's
+/// four warps cover in one pass), both relative terms and each alone, GQA and the head dims of the
+/// tiny fixtures and the real model (64); index tables wider than needed, with repeated (clamped)
+/// rows, and rows placed in a key buffer with other rows around them.
+#[test]
+fn relative_attention_matches_twin() {
+    let cuda = cuda_or_skip!("relative_attention_matches_twin", DType::F32);
+    let g = cuda.gpu();
+    let mut rng = TestRng::new(19);
+    for d in DTYPES {
+        for (hd, heads, kv_heads, terms) in [(16usize, 4usize, 4usize, 3u8), (64, 2, 2, 3), (8, 6, 2, 1), (32, 3, 3, 2)]
+        {
+            let lens = [13usize, 1, 70];
+            let (qw, kw) = (heads * hd, kv_heads * hd);
+            let (center, positions) = (80usize, 24usize);
+            let c2p: Vec<i32> =
+                (0..2 * center + 1).map(|i| ((i as i32 - center as i32) / 3 + 12).clamp(0, 23)).collect();
+            let p2c: Vec<i32> =
+                (0..2 * center + 1).map(|i| (12 - (i as i32 - center as i32) / 5).clamp(0, 23)).collect();
+            // Key rows of sequence i start at 5 + 7i + Σ earlier lengths: gaps between sequences.
+            let mut rows = Vec::new();
+            let mut k_base = 5;
+            for &n in &lens {
+                rows.extend((0..n).map(|i| RelRow { k_base: k_base as i32, n_keys: n as i32, pos: i as i32 }));
+                k_base += n + 7;
+            }
+            let kv_rows = k_base;
+            let q = data(&mut rng, d, rows.len() * qw, 1.0);
+            let k = data(&mut rng, d, kv_rows * kw, 1.0);
+            let v = data(&mut rng, d, kv_rows * kw, 1.0);
+            let pk = data(&mut rng, d, positions * qw, 1.0);
+            let pq = data(&mut rng, d, positions * qw, 1.0);
+            let scale = 1.0 / ((hd * 3) as f32).sqrt();
+            let (use_pk, use_pq) = (terms & 1 != 0, terms & 2 != 0);
+            let want = twin::relative_attention(
+                &q,
+                &k,
+                &v,
+                &rows,
+                use_pk.then_some(&pk[..]),
+                use_pq.then_some(&pq[..]),
+                &c2p,
+                &p2c,
+                heads,
+                kv_heads,
+                hd,
+                scale,
+            );
+            let (tq, tk, tv, tpk, tpq) = (up(g, d, &q), up(g, d, &k), up(g, d, &v), up(g, d, &pk), up(g, d, &pq));
+            let rel = RelTables {
+                pos_key: use_pk.then_some((&tpk, positions)),
+                pos_query: use_pq.then_some((&tpq, positions)),
+                c2p: &c2p,
+                p2c: &p2c,
+            };
+            let mut out = poisoned(g, d, rows.len() * qw);
+            g.relative_attention(&mut out, &tq, &tk, &tv, kv_rows, &rows, rel, heads, kv_heads, hd, scale).unwrap();
+            let what = format!("relative_attention {d} hd={hd} heads={heads}/{kv_heads} terms={terms}");
+            assert_close(&what, &down(g, &out), &want, tol(d));
+            // An index past its table, and a row whose keys reach outside the index tables, are refused.
+            let mut bad = c2p.clone();
+            bad[3] = positions as i32;
+            let bad_rel = RelTables { pos_key: Some((&tpk, positions)), c2p: &bad, ..rel };
+            assert!(g
+                .relative_attention(&mut out, &tq, &tk, &tv, kv_rows, &rows, bad_rel, heads, kv_heads, hd, scale)
+                .is_err());
+            let far = [RelRow { k_base: 0, n_keys: (2 * center + 2) as i32, pos: 0 }];
+            assert!(g
+                .relative_attention(&mut out, &tq, &tk, &tv, kv_rows, &far, rel, heads, kv_heads, hd, scale)
+                .is_err());
         }
     }
 }

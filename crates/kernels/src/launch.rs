@@ -1,7 +1,11 @@
-//! Typed launchers: one method of [`Gpu`] per kernel of `kernels-cu/`. Each checks dtypes and
-//! that every buffer is large enough for the shape it is given before launching, so a wrong
-//! call is an error, never an out-of-bounds access on the device. Block sizes here must match the
-//! constants named in the .cu files.
+//! Typed launchers: one method of [`Gpu`] per kernel of `kernels-cu/`. The arguments of a model's
+//! op are validated once, above this crate (`icet_models::backend`'s checked layer); a launcher
+//! checks only what keeps a raw launch memory-safe — dtypes, that every buffer is large enough for
+//! the shape it is given, that every index and descriptor stays inside its buffer, that no two
+//! threads write one element (a device data race) and that the grid fits — so a wrong call is an
+//! error, never an out-of-bounds access on the device. Preconditions that only affect the values
+//! computed are documented on each launcher instead. Block sizes here must match the constants
+//! named in the .cu files.
 use crate::device::{Args, DevPtr, LaunchConfig};
 use crate::gpu::{err, DType, DevBuf, Gpu, Result};
 
@@ -42,6 +46,27 @@ pub struct AttnRow {
     pub n_keys: i32,
 }
 
+/// One query row of a relative-attention call: its sequence's keys are rows
+/// `k_base..k_base + n_keys`, and the query is at position `pos` of that sequence (key `j` is at
+/// relative position `pos - j`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelRow {
+    pub k_base: i32,
+    pub n_keys: i32,
+    pub pos: i32,
+}
+
+/// The relative-position terms of a relative-attention call: position tables (buffer and rows,
+/// `[rows, heads*head_dim]`) and the index tables (by relative position `d + center`, `center =
+/// (len - 1) / 2`) into them; an absent term's table is not read.
+#[derive(Clone, Copy)]
+pub struct RelTables<'a> {
+    pub pos_key: Option<(&'a DevBuf, usize)>,
+    pub pos_query: Option<(&'a DevBuf, usize)>,
+    pub c2p: &'a [i32],
+    pub p2c: &'a [i32],
+}
+
 const ELEMENTWISE_THREADS: u32 = 256;
 const NORM_THREADS: u32 = 256; // norms.cu NORM_THREADS
 const ARGMAX_THREADS: u32 = 512; // sampling.cu ARGMAX_THREADS
@@ -50,6 +75,7 @@ const FLASH_THREADS: u32 = 128; // attention.cu FLASH_THREADS
 const FLASH_BM: usize = 64; // attention.cu BM
 const ROWS_THREADS: u32 = 128; // attention.cu ROWS_THREADS
 const ROWS_MAX_HD: usize = 256; // attention.cu MAX_HD
+const REL_THREADS: u32 = 128; // attention.cu REL_THREADS
 
 /// Head dims the tensor-core kernel is instantiated for.
 pub const FLASH_HEAD_DIMS: [usize; 3] = [64, 80, 128];
@@ -495,14 +521,12 @@ impl Gpu {
         unsafe { self.matmul(&op) }
     }
 
-    /// Index of the largest value of each of `rows` rows (first on ties, NaN never wins).
+    /// Index of the largest value of each of `rows` rows (first on ties, NaN never wins; 0 for
+    /// rows of no columns).
     pub fn argmax(&self, logits: &DevBuf, rows: usize, cols: usize) -> Result<Vec<u32>> {
         need(logits, logits.dtype, rows * cols, "argmax logits")?;
         if rows == 0 {
             return Ok(vec![]);
-        }
-        if cols == 0 {
-            return Err(err("argmax over zero columns"));
         }
         let out = self.upload_raw(&vec![-1i32; rows])?;
         let f = Self::name("argmax", logits.dtype);
@@ -514,7 +538,8 @@ impl Gpu {
     }
 
     /// Seeded nucleus sampling, one token per row; `uniforms[r]` is row r's draw in `[0, 1)`
-    /// (`icet_models::backend::uniform_from_seed`). `temperature` must be > 0.
+    /// (`icet_models::backend::uniform_from_seed`). `temperature` must be > 0 (greedy choice is
+    /// [`Gpu::argmax`]); the vocabulary must not be empty, since the kernel reads its first entry.
     pub fn sample_top_p(
         &self,
         logits: &DevBuf,
@@ -528,8 +553,8 @@ impl Gpu {
         if uniforms.len() != rows {
             return Err(err(format!("sample: {} draws for {rows} rows", uniforms.len())));
         }
-        if temperature <= 0.0 || cols == 0 {
-            return Err(err("sample: temperature must be > 0 and the vocabulary non-empty"));
+        if cols == 0 {
+            return Err(err("sample: an empty vocabulary"));
         }
         if rows == 0 {
             return Ok(vec![]);
@@ -704,6 +729,95 @@ impl Gpu {
             l.arg(&po).arg(&pp).arg(&nr).arg(&h).arg(&hd).arg(&s);
             unsafe { self.launch(&f, cfg((n as u32, heads as u32, 1), row_block(head_dim), 0), &mut l) }?;
         }
+        Ok(())
+    }
+
+    /// Attention with DeBERTa's relative-position terms, one block per (query row, head): row `r`
+    /// of `q` attends to key rows `rows[r].k_base..+n_keys` with scores
+    /// `scale · (q·k + q·pos_key[c2p[pos - j + center]] + k·pos_query[p2c[pos - j + center]])`
+    /// (any dtype, head_dim ≤ 256). Checks every index the kernel will read.
+    #[allow(clippy::too_many_arguments)]
+    pub fn relative_attention(
+        &self,
+        out: &mut DevBuf,
+        q: &DevBuf,
+        k: &DevBuf,
+        v: &DevBuf,
+        kv_rows: usize,
+        rows: &[RelRow],
+        rel: RelTables<'_>,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let d = q.dtype;
+        let group = self.check_attention_shape(heads, kv_heads, head_dim)?;
+        if head_dim > ROWS_MAX_HD {
+            return Err(err(format!("relative_attention: head_dim {head_dim} > {ROWS_MAX_HD}")));
+        }
+        let n = rows.len();
+        let qw = heads * head_dim;
+        need(q, d, n * qw, "relative_attention q")?;
+        need(out, d, n * qw, "relative_attention out")?;
+        need(k, d, kv_rows * kv_heads * head_dim, "relative_attention k")?;
+        need(v, d, kv_rows * kv_heads * head_dim, "relative_attention v")?;
+        let len = rel.c2p.len();
+        if rel.p2c.len() != len || len.is_multiple_of(2) {
+            return Err(err(format!("relative_attention: index tables of {len} and {} entries", rel.p2c.len())));
+        }
+        let center = (len - 1) / 2;
+        for (name, table, index) in [("pos_key", rel.pos_key, rel.c2p), ("pos_query", rel.pos_query, rel.p2c)] {
+            if let Some((t, t_rows)) = table {
+                need(t, d, t_rows * qw, name)?;
+                if let Some(&bad) = index.iter().find(|&&i| i < 0 || i as usize >= t_rows) {
+                    return Err(err(format!("relative_attention: index {bad} into {t_rows} {name} rows")));
+                }
+            }
+        }
+        // The kernel reads table entry pos - j + center for keys j < n_keys.
+        let bad = rows.iter().find(|r| {
+            r.k_base < 0
+                || r.n_keys < 0
+                || r.pos < 0
+                || (r.k_base + r.n_keys) as usize > kv_rows
+                || r.pos as usize + center >= len
+                || (r.n_keys > 0 && (r.n_keys - 1) as usize > r.pos as usize + center)
+        });
+        if let Some(r) = bad {
+            return Err(err(format!("relative_attention: row {r:?} outside {kv_rows} key rows or {len} positions")));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        if n > i32::MAX as usize || heads > 65535 {
+            return Err(err(format!("relative_attention: {n} rows x {heads} heads exceed the grid")));
+        }
+        let desc: Vec<i32> = rows.iter().flat_map(|r| [r.k_base, r.n_keys, r.pos]).collect();
+        let dev_desc = self.upload_raw(&desc)?;
+        let (dev_c2p, dev_p2c) = (self.upload_raw(rel.c2p)?, self.upload_raw(rel.p2c)?);
+        let f = Self::name("relative_attention", d);
+        let (po, pq, pk, pv) = (out.ptr(), q.ptr(), k.ptr(), v.ptr());
+        let ppk = rel.pos_key.map_or(DevPtr::NULL, |(t, _)| t.ptr());
+        let ppq = rel.pos_query.map_or(DevPtr::NULL, |(t, _)| t.ptr());
+        let (pdesc, pc2p, pp2c) = (dev_desc.ptr(), dev_c2p.ptr(), dev_p2c.ptr());
+        let (c, h, g, hd) = (center as i32, heads as i32, group as i32, head_dim as i32);
+        let mut l = Args::new();
+        l.arg(&po)
+            .arg(&pq)
+            .arg(&pk)
+            .arg(&pv)
+            .arg(&ppk)
+            .arg(&ppq)
+            .arg(&pdesc)
+            .arg(&pc2p)
+            .arg(&pp2c)
+            .arg(&c)
+            .arg(&h)
+            .arg(&g)
+            .arg(&hd)
+            .arg(&scale);
+        unsafe { self.launch(&f, cfg((n as u32, heads as u32, 1), REL_THREADS, 0), &mut l) }?;
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ pub mod twin;
 
 pub use device::emu::emulator_build;
 pub use gpu::{DType, DevBuf, EmuOptions, Gpu, KernelError, Schedule};
-pub use launch::{flash_smem_bytes, Act, AttnRow, SeqDesc, FLASH_HEAD_DIMS};
+pub use launch::{flash_smem_bytes, Act, AttnRow, RelRow, RelTables, SeqDesc, FLASH_HEAD_DIMS};
 
 mod built {
     include!(concat!(env!("OUT_DIR"), "/kernel_modules.rs"));

@@ -2,7 +2,7 @@
 //! reduction is long), rounding to the storage dtype exactly where the kernel stores. The GPU
 //! tests (`tests/gpu_kernels.rs`) compare each kernel with its twin on fresh random inputs, and
 //! the kernel benches fall back to these when there is no GPU.
-use crate::{Act, AttnRow, DType, SeqDesc};
+use crate::{Act, AttnRow, DType, RelRow, SeqDesc};
 
 /// `v` rounded to `dtype` (round-to-nearest-even, as the kernels' `__float2bfloat16_rn`).
 pub fn round(dtype: DType, v: f32) -> f32 {
@@ -318,6 +318,62 @@ pub fn attention_rows(
         for h in 0..heads {
             let o = attend(q, k, v, r, keys.clone(), h, heads, kv_heads, hd, scale);
             out[r * qw + h * hd..][..hd].copy_from_slice(&o);
+        }
+    }
+    out
+}
+
+/// Reference for `relative_attention`: row `r` of `q` over keys `rows[r].k_base..+n_keys`, with
+/// scores `scale · (q·k + q·pos_key[c2p[pos - j + center]] + k·pos_query[p2c[pos - j + center]])`
+/// per head (position tables `[_, heads*hd]`, `None` for an absent term), in f64.
+#[allow(clippy::too_many_arguments)]
+pub fn relative_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    rows: &[RelRow],
+    pos_key: Option<&[f32]>,
+    pos_query: Option<&[f32]>,
+    c2p: &[i32],
+    p2c: &[i32],
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    scale: f32,
+) -> Vec<f64> {
+    let (qw, kw) = (heads * hd, kv_heads * hd);
+    let center = (c2p.len() - 1) / 2;
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>();
+    let mut out = vec![0.0f64; rows.len() * qw];
+    for (r, row) in rows.iter().enumerate() {
+        for h in 0..heads {
+            let kvh = h / (heads / kv_heads);
+            let qv = &q[r * qw + h * hd..][..hd];
+            let keys = row.k_base as usize..(row.k_base + row.n_keys) as usize;
+            let scores: Vec<f64> = keys
+                .clone()
+                .enumerate()
+                .map(|(j, kr)| {
+                    let kv = &k[kr * kw + kvh * hd..][..hd];
+                    let d = (row.pos as usize + center) - j;
+                    let mut s = dot(qv, kv);
+                    if let Some(pk) = pos_key {
+                        s += dot(qv, &pk[c2p[d] as usize * qw + h * hd..][..hd]);
+                    }
+                    if let Some(pq) = pos_query {
+                        s += dot(kv, &pq[p2c[d] as usize * qw + h * hd..][..hd]);
+                    }
+                    s * scale as f64
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+            for (s, kr) in scores.iter().zip(keys) {
+                let p = (s - max).exp() / z;
+                for d in 0..hd {
+                    out[r * qw + h * hd + d] += p * v[kr * kw + kvh * hd + d] as f64;
+                }
+            }
         }
     }
     out

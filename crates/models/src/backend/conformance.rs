@@ -2,7 +2,8 @@
 //! and compares it with a naive f64 implementation written here, independently of any backend.
 //! `conformance_tests!(path::to::backend_constructor(), tolerance)` expands to one `#[test]` per
 //! op, so a new backend gets the whole suite with one line (see the CPU backend's tests below).
-use super::{argmax_row, sample_row, Activation, AttentionShape, Backend, SamplingParams, SeqChunk};
+use super::cpu::Cpu;
+use super::{argmax_row, sample_row, Activation, AttentionShape, Backend, RelativePositions, SamplingParams, SeqChunk};
 
 /// Deterministic test data (SplitMix64 stream), uniform in `[-scale, scale)`.
 pub struct TestRng(u64);
@@ -454,6 +455,235 @@ pub fn check_long_attention<B: Backend>(b: &B, tol: f64) {
     }
 }
 
+/// Naive DeBERTa attention of one sequence (rows `start..start + n` of the packed tensors): scores
+/// `scale · (qᵢ·kⱼ + qᵢ·pk[c2p[i-j+center]] + kⱼ·pq[p2c[i-j+center]])` per head, in f64.
+#[allow(clippy::too_many_arguments)]
+fn naive_relative(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pos_key: Option<&[f32]>,
+    pos_query: Option<&[f32]>,
+    (c2p, p2c): (&[u32], &[u32]),
+    s: AttentionShape,
+    start: usize,
+    n: usize,
+) -> Vec<f64> {
+    let (qw, kw, hd) = (s.heads * s.head_dim, s.kv_heads * s.head_dim, s.head_dim);
+    let center = (c2p.len() - 1) / 2;
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>();
+    let mut out = vec![0.0f64; n * qw];
+    for h in 0..s.heads {
+        let kh = h / (s.heads / s.kv_heads);
+        for i in 0..n {
+            let qi = &q[(start + i) * qw + h * hd..][..hd];
+            let scores: Vec<f64> = (0..n)
+                .map(|j| {
+                    let kj = &k[(start + j) * kw + kh * hd..][..hd];
+                    let d = center + i - j;
+                    let mut sc = dot(qi, kj);
+                    if let Some(pk) = pos_key {
+                        sc += dot(qi, &pk[c2p[d] as usize * qw + h * hd..][..hd]);
+                    }
+                    if let Some(pq) = pos_query {
+                        sc += dot(kj, &pq[p2c[d] as usize * qw + h * hd..][..hd]);
+                    }
+                    sc * s.scale as f64
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = scores.iter().map(|x| (x - max).exp()).sum();
+            for (j, sc) in scores.iter().enumerate() {
+                let p = (sc - max).exp() / z;
+                for d in 0..hd {
+                    out[i * qw + h * hd + d] += p * v[(start + j) * kw + kh * hd + d] as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// DeBERTa's disentangled attention: packed sequences (one of a single row), both relative terms
+/// and each alone, GQA, index tables longer than the longest sequence needs and indices that
+/// repeat (the clamped far buckets); out-of-range tables and indices are errors.
+pub fn check_relative_attention<B: Backend>(b: &B, tol: f64) {
+    let mut rng = TestRng::new(11);
+    for &(heads, kv_heads, hd, terms) in &[(4, 4, 16, 3), (6, 2, 8, 1), (2, 1, 64, 2), (3, 3, 32, 3)] {
+        let s = AttentionShape { scale: 1.0 / ((hd * 3) as f32).sqrt(), ..AttentionShape::new(heads, kv_heads, hd) };
+        let (qw, kw) = (heads * hd, kv_heads * hd);
+        let lens = [9usize, 1, 37];
+        let total: usize = lens.iter().sum();
+        let positions = 12;
+        let (q, k, v) = (rng.vec(total * qw, 1.0), rng.vec(total * kw, 1.0), rng.vec(total * kw, 1.0));
+        let (pk, pq) = (rng.vec(positions * qw, 1.0), rng.vec(positions * qw, 1.0));
+        // Relative positions -40..=40 (center 40), bucketed into the 12 rows with clamping.
+        let center = 40i64;
+        let c2p: Vec<u32> = (-center..=center).map(|d| (d / 4 + 6).clamp(0, 11) as u32).collect();
+        let p2c: Vec<u32> = (-center..=center).map(|d| (6 - d / 5).clamp(0, 11) as u32).collect();
+        let (qu, ku, vu) = (upload(b, &q, total, qw), upload(b, &k, total, kw), upload(b, &v, total, kw));
+        let (pku, pqu) = (upload(b, &pk, positions, qw), upload(b, &pq, positions, qw));
+        let rel = RelativePositions {
+            pos_key: (terms & 1 != 0).then_some(&pku),
+            pos_query: (terms & 2 != 0).then_some(&pqu),
+            c2p: &c2p,
+            p2c: &p2c,
+        };
+        let got = b.relative_attention(&qu, &ku, &vu, &lens, rel, s).expect("relative_attention");
+        let mut expected = Vec::new();
+        let mut start = 0;
+        for &n in &lens {
+            let (pk, pq) = ((terms & 1 != 0).then_some(&pk[..]), (terms & 2 != 0).then_some(&pq[..]));
+            expected.extend(naive_relative(&q, &k, &v, pk, pq, (&c2p[..], &p2c[..]), s, start, n));
+            start += n;
+        }
+        assert_close(&format!("relative_attention terms {terms}"), &download(b, &got), &expected, tol);
+        // 71 relative positions: too few for a sequence of 37 rows (73).
+        let bad = RelativePositions { c2p: &c2p[5..c2p.len() - 5], p2c: &p2c[5..p2c.len() - 5], ..rel };
+        assert!(b.relative_attention(&qu, &ku, &vu, &lens, bad, s).is_err(), "index tables too short");
+    }
+}
+
+fn filled<B: Backend>(b: &B, rows: usize, cols: usize) -> B::Tensor {
+    b.from_host(&vec![0.5; rows * cols], rows, cols).expect("upload")
+}
+
+/// One `cached_attention` call on a fresh 2-layer cache of 2 slots × 8 positions of
+/// `cache_kv_heads` heads as wide as the call's.
+fn cached_call<B: Backend>(
+    b: &B,
+    chunks: &[SeqChunk],
+    layer: usize,
+    s: AttentionShape,
+    cache_kv_heads: usize,
+) -> crate::error::Result<()> {
+    let mut cache = b.kv_cache(2, 2, 8, cache_kv_heads, s.head_dim)?;
+    let rows: usize = chunks.iter().map(|c| c.len).sum();
+    let (q, k) = (filled(b, rows, s.heads * s.head_dim), filled(b, rows, s.kv_heads * s.head_dim));
+    b.cached_attention(&mut cache, layer, &q, &k, &k, chunks, s).map(drop)
+}
+
+/// One `relative_attention` call over a sequence of 3 rows with a c2p table `[pos_rows, width]`.
+fn relative_call<B: Backend>(
+    b: &B,
+    index: &[u32],
+    pos_rows: usize,
+    width: usize,
+    s: AttentionShape,
+) -> crate::error::Result<()> {
+    let pk = filled(b, pos_rows, width);
+    let rel = RelativePositions { pos_key: Some(&pk), pos_query: None, c2p: index, p2c: index };
+    let (q, k) = (filled(b, 3, s.heads * s.head_dim), filled(b, 3, s.kv_heads * s.head_dim));
+    b.relative_attention(&q, &k, &k, &[3], rel, s).map(drop)
+}
+
+/// Every kind of invalid call is refused, before any backend computes, with the error the CPU
+/// backend gives (one message per mistake, from the checked layer — not a launcher's or a
+/// kernel's); each message names its op.
+pub fn check_invalid_calls<B: Backend>(b: &B) {
+    // The call's body runs once with `$b` the backend under test, once with the CPU backend.
+    macro_rules! case {
+        ($what:literal, $op:literal, |$b:ident| $body:expr) => {{
+            let got = {
+                let $b = b;
+                $body.map(drop)
+            };
+            let want = {
+                let $b = &Cpu;
+                $body.map(drop)
+            };
+            let got = got.err().unwrap_or_else(|| panic!("{}: {} was accepted", b.name(), $what)).to_string();
+            let want = want.err().unwrap_or_else(|| panic!("cpu: {} was accepted", $what)).to_string();
+            assert_eq!(got, want, "{}: {} and cpu refuse it differently", $what, b.name());
+            assert!(got.starts_with(concat!($op, ": ")), "{}: the error should name {}: {got}", $what, $op);
+        }};
+    }
+    let s = AttentionShape::new(4, 2, 8);
+    let sampling = SamplingParams { temperature: 1.0, top_p: 0.9 };
+    case!("6 values as [2, 4]", "from_host", |b| b.from_host(&[0.0; 6], 2, 4));
+    case!("a row past the end", "gather_rows", |b| b.gather_rows(&filled(b, 3, 2), &[1, 3]));
+    case!("a scatter source of other width", "scatter_rows", |b| b.scatter_rows(
+        &mut filled(b, 3, 2),
+        &[0],
+        &filled(b, 1, 3)
+    ));
+    case!("a scatter row past the end", "scatter_rows", |b| b.scatter_rows(
+        &mut filled(b, 3, 2),
+        &[0, 5],
+        &filled(b, 2, 2)
+    ));
+    case!("a view of another size", "reshape", |b| b.reshape(filled(b, 4, 6), 5, 5));
+    case!("mismatched inner dims", "linear", |b| b.linear(&filled(b, 2, 3), &filled(b, 4, 5), None));
+    case!("a bias of the wrong length", "linear", |b| b.linear(
+        &filled(b, 2, 3),
+        &filled(b, 4, 3),
+        Some(&filled(b, 1, 5))
+    ));
+    case!("a residual of another shape", "add_assign", |b| b.add_assign(&mut filled(b, 2, 3), &filled(b, 3, 2)));
+    case!("norm weights of another width", "layer_norm", |b| {
+        b.layer_norm(&filled(b, 2, 3), &filled(b, 1, 4), &filled(b, 1, 3), 1e-5)
+    });
+    case!("an rms weight of another width", "rms_norm", |b| b.rms_norm(&filled(b, 2, 3), &filled(b, 1, 2), 1e-5));
+    case!("a fused residual of another shape", "add_layer_norm", |b| {
+        b.add_layer_norm(&mut filled(b, 2, 3), &filled(b, 1, 3), &filled(b, 1, 3), &filled(b, 1, 3), 1e-5)
+    });
+    case!("a fused rms residual of another shape", "add_rms_norm", |b| {
+        b.add_rms_norm(&mut filled(b, 2, 3), &filled(b, 2, 4), &filled(b, 1, 3), 1e-5)
+    });
+    case!("gate and up of other shapes", "silu_mul", |b| b.silu_mul(&filled(b, 2, 3), &filled(b, 2, 4)));
+    case!("one position short", "rotary", |b| b.rotary(&mut filled(b, 3, 8), &[0, 1], 8, &[1.0; 4]));
+    case!("an odd head dim", "rotary", |b| b.rotary(&mut filled(b, 1, 6), &[0], 3, &[1.0]));
+    case!("a token outside the table", "embedding", |b| b.embedding(&filled(b, 5, 2), &[1, 5]));
+    case!("an image of partial patches", "patch_embed", |b| b.patch_embed(
+        &filled(b, 30, 14),
+        3,
+        7,
+        &filled(b, 4, 147)
+    ));
+    case!("a patch weight of another width", "patch_embed", |b| b.patch_embed(
+        &filled(b, 42, 14),
+        3,
+        7,
+        &filled(b, 4, 144)
+    ));
+    case!("lengths that do not cover the rows", "attention", |b| {
+        b.attention(&filled(b, 5, 32), &filled(b, 5, 16), &filled(b, 5, 16), &[2, 2], s)
+    });
+    case!("heads that do not group", "attention", |b| {
+        b.attention(&filled(b, 2, 24), &filled(b, 2, 16), &filled(b, 2, 16), &[2], AttentionShape::new(3, 2, 8))
+    });
+    case!("values of another shape than the keys", "attention", |b| {
+        b.attention(&filled(b, 2, 32), &filled(b, 2, 16), &filled(b, 2, 8), &[2], s)
+    });
+    case!("queries without keys", "attention_kv", |b| {
+        b.attention_kv(&filled(b, 3, 32), &filled(b, 4, 16), &filled(b, 4, 16), &[1, 2], &[4, 0], s)
+    });
+    case!("segment counts that differ", "attention_kv", |b| {
+        b.attention_kv(&filled(b, 3, 32), &filled(b, 4, 16), &filled(b, 4, 16), &[3], &[2, 2], s)
+    });
+    case!("a layer past the cache", "cached_attention", |b| {
+        cached_call(b, &[SeqChunk { slot: 0, start: 0, len: 1 }], 2, s, 2)
+    });
+    case!("a chunk past the capacity", "cached_attention", |b| {
+        cached_call(b, &[SeqChunk { slot: 1, start: 6, len: 3 }], 0, s, 2)
+    });
+    case!("a slot past the cache", "cached_attention", |b| {
+        cached_call(b, &[SeqChunk { slot: 2, start: 0, len: 1 }], 0, s, 2)
+    });
+    case!("one slot twice", "cached_attention", |b| {
+        cached_call(b, &[SeqChunk { slot: 1, start: 0, len: 1 }, SeqChunk { slot: 1, start: 1, len: 1 }], 0, s, 2)
+    });
+    case!("a cache of another width", "cached_attention", |b| {
+        cached_call(b, &[SeqChunk { slot: 0, start: 0, len: 1 }], 0, s, 1)
+    });
+    case!("index tables too short", "relative_attention", |b| relative_call(b, &[0, 1, 2], 4, 32, s));
+    case!("index tables of even length", "relative_attention", |b| relative_call(b, &[0, 1, 2, 3, 0, 1], 4, 32, s));
+    case!("an index past the position table", "relative_attention", |b| relative_call(b, &[0, 1, 2, 3, 4], 4, 32, s));
+    case!("a position table of another width", "relative_attention", |b| relative_call(b, &[0, 1, 2, 3, 0], 4, 16, s));
+    case!("logits without columns", "argmax", |b| b.argmax(&filled(b, 2, 0)));
+    case!("one seed short", "sample", |b| b.sample(&filled(b, 3, 5), sampling, &[1, 2]));
+}
+
 pub fn check_token_choice<B: Backend>(b: &B) {
     let mut rng = TestRng::new(9);
     let (rows, vocab) = (5, 301);
@@ -531,6 +761,14 @@ macro_rules! conformance_tests {
         #[test]
         fn token_choice() {
             c::check_token_choice(&$backend);
+        }
+        #[test]
+        fn relative_attention() {
+            c::check_relative_attention(&$backend, $tol);
+        }
+        #[test]
+        fn invalid_calls() {
+            c::check_invalid_calls(&$backend);
         }
     };
 }

@@ -1,7 +1,9 @@
 //! The CUDA backend: tensors live on the GPU in one storage dtype chosen at construction (f32,
 //! bf16 or f16; every kernel computes in f32 and rounds once on store, GEMMs accumulate in f32),
-//! and every [`Backend`] op is one or two launches of `icet_kernels` (hand-written kernels from
-//! `kernels-cu/`, GEMMs through cuBLASLt).
+//! and every op is one or two launches of `icet_kernels` (hand-written kernels from
+//! `kernels-cu/`, GEMMs through cuBLASLt) — none computes on the host. Arguments arrive checked
+//! (`crate::backend::Backend`'s checked layer); what is checked here is only this backend's own
+//! limit, the kernels' 32-bit indices.
 //!
 //! The same code runs on a real GPU ([`Cuda::new`]) and on the emulated device
 //! ([`Cuda::emulated`], `--device cuda-emu`): `icet_kernels::Gpu` hides which one it is behind its
@@ -14,14 +16,13 @@
 //! Attention picks a kernel per call: the tensor-core flash kernel for bf16/f16 with head dims
 //! 64/80/128 (the ViT, prefill), the row kernel — split along the keys and combined — for decode
 //! steps, for f32 (the reference precision: tensor cores would round the inputs) and for any
-//! other head dim.
+//! other head dim. DeBERTa's relative attention has its own row kernel at every dtype.
 use std::sync::{Arc, OnceLock};
 
-use icet_kernels::{Act, AttnRow, DevBuf, Gpu, SeqDesc};
+use icet_kernels::{Act, AttnRow, DevBuf, Gpu, RelRow, SeqDesc};
 
 use super::{
-    check_attention, check_cached_attention, check_cols, same_dims, uniform_from_seed, Activation, AttentionShape,
-    Backend, CacheShape, SamplingParams, SeqChunk,
+    uniform_from_seed, Activation, AttentionShape, BackendOps, CacheShape, RelativePositions, SamplingParams, SeqChunk,
 };
 use crate::error::{Error, Result};
 
@@ -175,13 +176,6 @@ impl Cuda {
         Ok(CudaTensor { buf: self.gpu.alloc(self.dtype, rows * cols).map_err(kerr)?, rows, cols })
     }
 
-    fn check_dtype(&self, t: &CudaTensor, op: &str) -> Result<()> {
-        if t.buf.dtype() != self.dtype {
-            return Err(Error::invalid(format!("{op}: tensor is {}, backend is {}", t.buf.dtype(), self.dtype)));
-        }
-        Ok(())
-    }
-
     fn flash_ok(&self, head_dim: usize) -> bool {
         self.dtype != DType::F32
             && icet_kernels::FLASH_HEAD_DIMS.contains(&head_dim)
@@ -271,13 +265,7 @@ fn to_i32(v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(format!("{v} rows exceed the CUDA kernels' 32-bit indices")))
 }
 
-impl super::Matrix for CudaTensor {
-    fn rows_cols(&self) -> (usize, usize) {
-        (self.rows, self.cols)
-    }
-}
-
-impl Backend for Cuda {
+impl BackendOps for Cuda {
     type Tensor = CudaTensor;
     type KvCache = CudaKvCache;
 
@@ -305,9 +293,6 @@ impl Backend for Cuda {
     }
 
     fn from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
-        if data.len() != rows * cols {
-            return Err(Error::invalid(format!("tensor of {} values cannot be [{rows}, {cols}]", data.len())));
-        }
         Ok(CudaTensor { buf: self.gpu.upload_f32(self.dtype, data).map_err(kerr)?, rows, cols })
     }
 
@@ -321,23 +306,17 @@ impl Backend for Cuda {
         (t.rows, t.cols)
     }
 
+    fn cache_shape(&self, c: &CudaKvCache) -> CacheShape {
+        CacheShape { layers: c.k.len(), slots: c.slots, capacity: c.capacity, width: c.width }
+    }
+
     fn gather_rows(&self, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor> {
-        if let Some(&r) = rows.iter().find(|&&r| r >= x.rows) {
-            return Err(Error::invalid(format!("gather_rows: row {r} of {}", x.rows)));
-        }
         let mut out = self.alloc(rows.len(), x.cols)?;
         self.gpu.gather_rows(&mut out.buf, &x.buf, x.rows, rows, x.cols).map_err(kerr)?;
         Ok(out)
     }
 
     fn scatter_rows(&self, dst: &mut CudaTensor, rows: &[usize], src: &CudaTensor) -> Result<()> {
-        check_cols(src, dst.cols, "scatter_rows")?;
-        if src.rows != rows.len() {
-            return Err(Error::invalid(format!("scatter_rows: {} rows for {} targets", src.rows, rows.len())));
-        }
-        if let Some(&r) = rows.iter().find(|&&r| r >= dst.rows) {
-            return Err(Error::invalid(format!("scatter_rows: row {r} of {}", dst.rows)));
-        }
         // A row named twice keeps the last write, as on the CPU; the kernel needs distinct rows.
         let mut last = std::collections::HashMap::with_capacity(rows.len());
         for (i, &r) in rows.iter().enumerate() {
@@ -354,36 +333,22 @@ impl Backend for Cuda {
     }
 
     fn reshape(&self, t: CudaTensor, rows: usize, cols: usize) -> Result<CudaTensor> {
-        if t.rows * t.cols != rows * cols {
-            return Err(Error::invalid(format!("reshape: [{}, {}] has no [{rows}, {cols}] view", t.rows, t.cols)));
-        }
         Ok(CudaTensor { buf: t.buf, rows, cols })
     }
 
     fn linear(&self, x: &CudaTensor, w: &CudaTensor, bias: Option<&CudaTensor>) -> Result<CudaTensor> {
-        check_cols(x, w.cols, "linear")?;
-        self.check_dtype(x, "linear")?;
         let (m, k, n) = (x.rows, x.cols, w.rows);
-        if let Some(b) = bias {
-            if b.rows * b.cols != n {
-                return Err(Error::invalid(format!("linear: bias of {} for {n} outputs", b.rows * b.cols)));
-            }
-        }
         let mut out = self.alloc(m, n)?;
         self.gpu.linear(&mut out.buf, &x.buf, &w.buf, bias.map(|b| &b.buf), m, n, k).map_err(kerr)?;
         Ok(out)
     }
 
     fn add_assign(&self, a: &mut CudaTensor, b: &CudaTensor) -> Result<()> {
-        same_dims(a, b, "add")?;
         self.gpu.add_assign(&mut a.buf, &b.buf).map_err(kerr)
     }
 
     fn layer_norm(&self, x: &CudaTensor, weight: &CudaTensor, bias: &CudaTensor, eps: f32) -> Result<CudaTensor> {
         let c = x.cols;
-        if weight.rows * weight.cols != c || bias.rows * bias.cols != c {
-            return Err(Error::invalid(format!("layer_norm: parameters do not match width {c}")));
-        }
         let mut out = self.alloc(x.rows, c)?;
         self.gpu.layer_norm(&mut out.buf, &x.buf, &weight.buf, &bias.buf, x.rows, c, eps).map_err(kerr)?;
         Ok(out)
@@ -391,9 +356,6 @@ impl Backend for Cuda {
 
     fn rms_norm(&self, x: &CudaTensor, weight: &CudaTensor, eps: f32) -> Result<CudaTensor> {
         let c = x.cols;
-        if weight.rows * weight.cols != c {
-            return Err(Error::invalid(format!("rms_norm: weight does not match width {c}")));
-        }
         let mut out = self.alloc(x.rows, c)?;
         self.gpu.rms_norm(&mut out.buf, &x.buf, &weight.buf, x.rows, c, eps).map_err(kerr)?;
         Ok(out)
@@ -408,7 +370,6 @@ impl Backend for Cuda {
         bias: &CudaTensor,
         eps: f32,
     ) -> Result<CudaTensor> {
-        same_dims(x, delta, "add_layer_norm")?;
         let mut out = self.alloc(x.rows, x.cols)?;
         let (rows, cols) = (x.rows, x.cols);
         self.gpu
@@ -424,7 +385,6 @@ impl Backend for Cuda {
         weight: &CudaTensor,
         eps: f32,
     ) -> Result<CudaTensor> {
-        same_dims(x, delta, "add_rms_norm")?;
         let mut out = self.alloc(x.rows, x.cols)?;
         let (rows, cols) = (x.rows, x.cols);
         self.gpu.add_rms_norm(&mut out.buf, &mut x.buf, &delta.buf, &weight.buf, rows, cols, eps).map_err(kerr)?;
@@ -444,27 +404,12 @@ impl Backend for Cuda {
     }
 
     fn silu_mul(&self, gate: &CudaTensor, up: &CudaTensor) -> Result<CudaTensor> {
-        same_dims(gate, up, "silu_mul")?;
         let mut out = self.alloc(gate.rows, gate.cols)?;
         self.gpu.silu_mul(&mut out.buf, &gate.buf, &up.buf, gate.rows * gate.cols).map_err(kerr)?;
         Ok(out)
     }
 
     fn rotary(&self, x: &mut CudaTensor, positions: &[usize], head_dim: usize, inv_freq: &[f32]) -> Result<()> {
-        if head_dim == 0
-            || !head_dim.is_multiple_of(2)
-            || inv_freq.len() != head_dim / 2
-            || !x.cols.is_multiple_of(head_dim)
-            || positions.len() != x.rows
-        {
-            return Err(Error::invalid(format!(
-                "rotary: head_dim {head_dim}, {} frequencies, {} columns, {} positions for {} rows",
-                inv_freq.len(),
-                x.cols,
-                positions.len(),
-                x.rows
-            )));
-        }
         let pos: Vec<i32> = positions.iter().map(|&p| to_i32(p)).collect::<Result<_>>()?;
         let heads = x.cols / head_dim;
         self.gpu.rotary(&mut x.buf, &pos, inv_freq, heads, head_dim).map_err(kerr)
@@ -472,9 +417,6 @@ impl Backend for Cuda {
 
     fn embedding(&self, table: &CudaTensor, ids: &[u32]) -> Result<CudaTensor> {
         let rows: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
-        if let Some(&bad) = rows.iter().find(|&&r| r >= table.rows) {
-            return Err(Error::invalid(format!("token id {bad} is outside the vocabulary of {}", table.rows)));
-        }
         self.gather_rows(table, &rows)
     }
 
@@ -485,18 +427,7 @@ impl Backend for Cuda {
         patch: usize,
         weight: &CudaTensor,
     ) -> Result<CudaTensor> {
-        let (w, h) = (pixels.cols, pixels.rows / channels.max(1));
-        if channels == 0
-            || patch == 0
-            || pixels.rows != channels * h
-            || !h.is_multiple_of(patch)
-            || !w.is_multiple_of(patch)
-        {
-            return Err(Error::invalid(format!(
-                "patch_embed: image [{channels}x{h}x{w}] is not a whole number of {patch}-pixel patches"
-            )));
-        }
-        check_cols(weight, channels * patch * patch, "patch_embed weight")?;
+        let (w, h) = (pixels.cols, pixels.rows / channels);
         let n_patches = (h / patch) * (w / patch);
         let mut cols = self.alloc(n_patches, channels * patch * patch)?;
         self.gpu.im2col(&mut cols.buf, &pixels.buf, channels, h, w, patch).map_err(kerr)?;
@@ -511,7 +442,6 @@ impl Backend for Cuda {
         lens: &[usize],
         s: AttentionShape,
     ) -> Result<CudaTensor> {
-        check_attention(q, k, v, lens, s)?;
         self.segment_attention(q, k, v, lens, lens, s)
     }
 
@@ -524,24 +454,53 @@ impl Backend for Cuda {
         kv_lens: &[usize],
         s: AttentionShape,
     ) -> Result<CudaTensor> {
-        let hd = s.head_dim;
-        let (q_total, kv_total) = (q_lens.iter().sum::<usize>(), kv_lens.iter().sum::<usize>());
-        if s.kv_heads == 0
-            || !s.heads.is_multiple_of(s.kv_heads)
-            || q_lens.len() != kv_lens.len()
-            || q.cols != s.heads * hd
-            || k.cols != s.kv_heads * hd
-            || q.rows != q_total
-            || k.rows != kv_total
-            || (v.rows, v.cols) != (k.rows, k.cols)
-            || q_lens.iter().zip(kv_lens).any(|(&ql, &kl)| ql > 0 && kl == 0)
-        {
-            return Err(Error::invalid(format!(
-                "attention_kv: [{}, {}] queries / [{}, {}] keys for segments {q_lens:?} / {kv_lens:?} ({} heads, {} kv heads, head_dim {hd})",
-                q.rows, q.cols, k.rows, k.cols, s.heads, s.kv_heads
-            )));
-        }
         self.segment_attention(q, k, v, q_lens, kv_lens, s)
+    }
+
+    /// The row kernel with the relative-position terms (`relative_attention` in
+    /// kernels-cu/attention.cu), one block per (query row, head); f32 arithmetic whatever the
+    /// storage dtype.
+    fn relative_attention(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        lens: &[usize],
+        rel: RelativePositions<'_, CudaTensor>,
+        s: AttentionShape,
+    ) -> Result<CudaTensor> {
+        let mut rows = Vec::with_capacity(q.rows);
+        let mut start = 0usize;
+        for &n in lens {
+            for i in 0..n {
+                rows.push(RelRow { k_base: to_i32(start)?, n_keys: to_i32(n)?, pos: to_i32(i)? });
+            }
+            start += n;
+        }
+        let table = |t: &[u32]| t.iter().map(|&i| to_i32(i as usize)).collect::<Result<Vec<i32>>>();
+        let (c2p, p2c) = (table(rel.c2p)?, table(rel.p2c)?);
+        let mut out = self.alloc(q.rows, q.cols)?;
+        self.gpu
+            .relative_attention(
+                &mut out.buf,
+                &q.buf,
+                &k.buf,
+                &v.buf,
+                k.rows,
+                &rows,
+                icet_kernels::RelTables {
+                    pos_key: rel.pos_key.map(|t| (&t.buf, t.rows)),
+                    pos_query: rel.pos_query.map(|t| (&t.buf, t.rows)),
+                    c2p: &c2p,
+                    p2c: &p2c,
+                },
+                s.heads,
+                s.kv_heads,
+                s.head_dim,
+                s.scale,
+            )
+            .map_err(kerr)?;
+        Ok(out)
     }
 
     fn kv_cache(
@@ -574,9 +533,6 @@ impl Backend for Cuda {
         s: AttentionShape,
     ) -> Result<CudaTensor> {
         let hd = s.head_dim;
-        let shape =
-            CacheShape { layers: cache.k.len(), slots: cache.slots, capacity: cache.capacity, width: cache.width };
-        check_cached_attention(q, k, v, chunks, s, shape, layer)?;
         let total: usize = chunks.iter().map(|c| c.len).sum();
         let cap = cache.capacity;
         let mut dst_rows = Vec::with_capacity(total);
@@ -634,16 +590,10 @@ impl Backend for Cuda {
     }
 
     fn argmax(&self, logits: &CudaTensor) -> Result<Vec<u32>> {
-        if logits.cols == 0 {
-            return Ok(vec![0; logits.rows]);
-        }
         self.gpu.argmax(&logits.buf, logits.rows, logits.cols).map_err(kerr)
     }
 
     fn sample(&self, logits: &CudaTensor, params: SamplingParams, seeds: &[u64]) -> Result<Vec<u32>> {
-        if seeds.len() != logits.rows {
-            return Err(Error::invalid(format!("sample: {} seeds for {} rows", seeds.len(), logits.rows)));
-        }
         if params.temperature <= 0.0 {
             return self.argmax(logits);
         }

@@ -4,15 +4,13 @@
 //! One sequence at a time, unpadded (the attention mask is all ones, so the masks of
 //! `DebertaV2Embeddings.forward` and `DisentangledSelfAttention.forward` change nothing).
 //!
-//! Projections, norms, the MLP and the head run on the backend. The attention core
-//! (`DisentangledSelfAttention.forward` from the scores to the context) runs on the host: its
-//! scores add, per (query, key) pair, a content→position and a position→content term gathered by
-//! relative-position bucket, and the [`Backend`] has no attention op with such a bias. The
-//! relative-position projections (`pos_key_layer`, `pos_query_layer`) do not depend on the input,
-//! so each layer's are computed once at load (on the backend) and kept on the host.
-use rayon::prelude::*;
-
-use crate::backend::{Activation, Backend};
+//! Everything runs on the backend. The attention core (`DisentangledSelfAttention.forward` from
+//! the projections to the context) is [`Backend::relative_attention`]: its scores add, per
+//! (query, key) pair, a content→position and a position→content term read from rows of the
+//! relative-position projections picked by relative-position bucket ([`RelativeIndex`]). Those
+//! projections (`pos_key_layer`, `pos_query_layer`) do not depend on the input, so each layer's are
+//! computed once at load and kept on the backend.
+use crate::backend::{Activation, AttentionShape, Backend, RelativePositions};
 use crate::error::{Error, Result};
 use crate::nn::{LayerNorm, Linear};
 use crate::weights::{Checkpoint, Weights};
@@ -44,17 +42,18 @@ fn relative_position(c: &DebertaV2Config, delta: i64) -> i64 {
 }
 
 /// Rows of the relative embeddings that query `i` and key `j` read, by `i - j` (index
-/// `i - j + n - 1`): c2p reads `clamp(r(i - j) + span)` of `pos_key_layer`, p2c reads
-/// `clamp(-r(j - i) + span)` of `pos_query_layer` (`disentangled_attention_bias`).
+/// `i - j + n - 1`, the layout of [`RelativePositions`]): c2p reads `clamp(r(i - j) + span)` of
+/// `pos_key_layer`, p2c reads `clamp(-r(j - i) + span)` of `pos_query_layer`
+/// (`disentangled_attention_bias`).
 struct RelativeIndex {
-    c2p: Vec<usize>,
-    p2c: Vec<usize>,
+    c2p: Vec<u32>,
+    p2c: Vec<u32>,
 }
 
 impl RelativeIndex {
     fn new(c: &DebertaV2Config, n: usize) -> Self {
         let span = c.attention_span() as i64;
-        let clamp = |x: i64| x.clamp(0, 2 * span - 1) as usize;
+        let clamp = |x: i64| x.clamp(0, 2 * span - 1) as u32;
         let deltas = -(n as i64 - 1)..=(n as i64 - 1);
         Self {
             c2p: deltas.clone().map(|d| clamp(relative_position(c, d) + span)).collect(),
@@ -72,10 +71,10 @@ struct Layer<B: Backend> {
     intermediate: Linear<B>,
     output: Linear<B>,
     out_norm: LayerNorm<B>,
-    /// `[2·span, heads·head_size]` on the host: the keys c2p scores queries against.
-    pos_key: Option<Vec<f32>>,
+    /// `[2·span, heads·head_size]`: the keys c2p scores queries against.
+    pos_key: Option<B::Tensor>,
     /// The same for the queries p2c scores keys against.
-    pos_query: Option<Vec<f32>>,
+    pos_query: Option<B::Tensor>,
 }
 
 pub struct DebertaV2ForSequenceClassification<B: Backend> {
@@ -148,7 +147,7 @@ impl<B: Backend> DebertaV2ForSequenceClassification<B> {
             let s = l.sub("attention.self");
             let ao = l.sub("attention.output");
             let (query, key) = (Linear::load(&s, "query_proj", d, d, true)?, Linear::load(&s, "key_proj", d, d, true)?);
-            let project = |lin: &Linear<B>| -> Result<Vec<f32>> { b.to_host(&lin.forward(b, rel.as_ref().unwrap())?) };
+            let project = |lin: &Linear<B>| lin.forward(b, rel.as_ref().unwrap());
             let (mut pos_key, mut pos_query) = (None, None);
             if rel.is_some() {
                 if c.c2p() {
@@ -235,10 +234,25 @@ impl<B: Backend> DebertaV2ForSequenceClassification<B> {
         }
         let mut x = self.embed_norm.forward(b, &x)?;
         let index = c.relative_attention.then(|| RelativeIndex::new(c, n));
+        // Scores are `q·(k/s)` with s = `sqrt(head_size · scale_factor)` (`scaled_size_sqrt`), the
+        // relative terms divided by the same s.
+        let mut shape = AttentionShape::new(c.num_attention_heads, c.num_attention_heads, c.head_size());
+        shape.scale = 1.0 / ((c.head_size() as f32) * c.scale_factor() as f32).sqrt();
         for l in &self.layers {
             let (q, k, v) = (l.query.forward(b, &x)?, l.key.forward(b, &x)?, l.value.forward(b, &x)?);
-            let ctx = self.attention(&b.to_host(&q)?, &b.to_host(&k)?, &b.to_host(&v)?, n, l, index.as_ref());
-            let mut h = l.attn_out.forward(b, &b.from_host(&ctx, n, c.hidden_size)?)?;
+            let ctx = match &index {
+                Some(ix) if l.pos_key.is_some() || l.pos_query.is_some() => {
+                    let rel = RelativePositions {
+                        pos_key: l.pos_key.as_ref(),
+                        pos_query: l.pos_query.as_ref(),
+                        c2p: &ix.c2p,
+                        p2c: &ix.p2c,
+                    };
+                    b.relative_attention(&q, &k, &v, &[n], rel, shape)?
+                }
+                _ => b.attention(&q, &k, &v, &[n], shape)?,
+            };
+            let mut h = l.attn_out.forward(b, &ctx)?;
             b.add_assign(&mut h, &x)?;
             x = l.attn_norm.forward(b, &h)?;
             let mut m = l.intermediate.forward(b, &x)?;
@@ -251,74 +265,6 @@ impl<B: Backend> DebertaV2ForSequenceClassification<B> {
         let mut p = self.pooler.forward(b, &b.gather_rows(&x, &[0])?)?;
         b.activation(&mut p, self.pooler_act)?;
         b.to_host(&self.classifier.forward(b, &p)?)
-    }
-
-    /// `DisentangledSelfAttention.forward` from the projections to the context, on the host
-    /// (`[n, heads·head_size]` row-major in and out): scores `q·(k/s)` (s =
-    /// `sqrt(head_size · scale_factor)`), plus `(q_i · pos_key[c2p(i,j)])/s` and
-    /// `(k_j · pos_query[p2c(i,j)])/s` (`disentangled_attention_bias`), softmax over keys, times v.
-    fn attention(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        n: usize,
-        l: &Layer<B>,
-        index: Option<&RelativeIndex>,
-    ) -> Vec<f32> {
-        let c = &self.config;
-        let (heads, hd, width) = (c.num_attention_heads, c.head_size(), c.hidden_size);
-        let scale = ((hd as f32) * c.scale_factor() as f32).sqrt();
-        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0.0f32, |s, (x, y)| s + x * y);
-        fn row(t: &[f32], r: usize, h: usize, width: usize, hd: usize) -> &[f32] {
-            &t[r * width + h * hd..r * width + (h + 1) * hd]
-        }
-        let row = |t, r, h| row(t, r, h, width, hd);
-        let per_head: Vec<Vec<f32>> = (0..heads)
-            .into_par_iter()
-            .map(|h| {
-                let k_scaled: Vec<f32> = (0..n).flat_map(|j| row(k, j, h).iter().map(|x| x / scale)).collect();
-                let mut out = vec![0.0f32; n * hd];
-                let mut scores = vec![0.0f32; n];
-                for i in 0..n {
-                    let qi = row(q, i, h);
-                    for (j, s) in scores.iter_mut().enumerate() {
-                        let mut bias = 0.0f32;
-                        if let Some(ix) = index {
-                            let delta = i + n - 1 - j;
-                            if let Some(pk) = &l.pos_key {
-                                bias += dot(qi, row(pk, ix.c2p[delta], h)) / scale;
-                            }
-                            if let Some(pq) = &l.pos_query {
-                                bias += dot(row(k, j, h), row(pq, ix.p2c[delta], h)) / scale;
-                            }
-                        }
-                        *s = dot(qi, &k_scaled[j * hd..(j + 1) * hd]) + bias;
-                    }
-                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut total = 0.0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        total += *s;
-                    }
-                    let o = &mut out[i * hd..(i + 1) * hd];
-                    for (j, &p) in scores.iter().enumerate() {
-                        let p = p / total;
-                        for (od, vd) in o.iter_mut().zip(row(v, j, h)) {
-                            *od += p * vd;
-                        }
-                    }
-                }
-                out
-            })
-            .collect();
-        let mut ctx = vec![0.0f32; n * width];
-        for (h, block) in per_head.iter().enumerate() {
-            for i in 0..n {
-                ctx[i * width + h * hd..i * width + (h + 1) * hd].copy_from_slice(&block[i * hd..(i + 1) * hd]);
-            }
-        }
-        ctx
     }
 }
 

@@ -6,13 +6,14 @@
 use rayon::prelude::*;
 
 use super::{
-    argmax_row, check_attention, check_cached_attention, check_cols, same_dims, sample_row, Activation, AttentionShape,
-    Backend, CacheShape, SamplingParams, SeqChunk,
+    argmax_row, sample_row, Activation, AttentionShape, BackendOps, CacheShape, RelativePositions, SamplingParams,
+    SeqChunk,
 };
 use crate::error::{Error, Result};
 
 mod attention;
 pub mod pool;
+mod relative;
 pub(crate) mod simd;
 mod skinny;
 
@@ -53,12 +54,6 @@ const PARALLEL_GEMM_WORK: usize = 1 << 18;
 
 /// Elements per parallel task of the point-wise ops (smaller tensors run on one thread).
 const POINTWISE_CHUNK: usize = 1 << 14;
-
-impl super::Matrix for CpuTensor {
-    fn rows_cols(&self) -> (usize, usize) {
-        (self.rows, self.cols)
-    }
-}
 
 /// `dst[m×n] = lhs[m×k] · rhs (+ dst if accumulate)`, where `rhs` is given by its strides so
 /// that transposed weights need no copy. Without `accumulate`, `dst` is not read.
@@ -112,38 +107,44 @@ fn gemm_into(
     }
 }
 
-/// The CPU reference of [`Backend::attention_kv`] on host slices: query segment `i` attends,
-/// without a mask, to every row of key/value segment `i`. Returns `[Σq_lens, heads*hd]`.
-pub fn attention_kv_host(
+/// The CPU reference of [`crate::backend::Backend::attention_kv`] on host slices: query segment
+/// `i` attends, without a mask, to every row of key/value segment `i`. Returns `[Σq_lens, heads*hd]`.
+/// The arguments must have passed the op's checks.
+pub(crate) fn attention_kv_host(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     q_lens: &[usize],
     kv_lens: &[usize],
     s: AttentionShape,
-) -> Result<Vec<f32>> {
-    let hd = s.head_dim;
-    let (qw, kw) = (s.heads * hd, s.kv_heads * hd);
-    let (q_total, kv_total) = (q_lens.iter().sum::<usize>(), kv_lens.iter().sum::<usize>());
-    if s.kv_heads == 0
-        || !s.heads.is_multiple_of(s.kv_heads)
-        || q_lens.len() != kv_lens.len()
-        || q.len() != q_total * qw
-        || k.len() != kv_total * kw
-        || v.len() != k.len()
-        || q_lens.iter().zip(kv_lens).any(|(&ql, &kl)| ql > 0 && kl == 0)
-    {
-        return Err(Error::invalid(format!(
-            "attention_kv: {} query / {} key values for segments {q_lens:?} / {kv_lens:?} ({} heads, {} kv heads, head_dim {hd})",
-            q.len(),
-            k.len(),
-            s.heads,
-            s.kv_heads
-        )));
-    }
-    let mut out = pool::take(q_total * qw);
+) -> Vec<f32> {
+    debug_assert_eq!(q.len(), q_lens.iter().sum::<usize>() * s.heads * s.head_dim);
+    debug_assert_eq!(k.len(), kv_lens.iter().sum::<usize>() * s.kv_heads * s.head_dim);
+    let mut out = pool::take(q.len());
     attention::segments(q, k, v, q_lens, kv_lens, s, &mut out);
-    Ok(out)
+    out
+}
+
+/// The CPU reference of [`crate::backend::Backend::relative_attention`] on host tensors
+/// (`Vec<f32>` row-major, the layout of [`CpuTensor::data`]); the arguments must have passed the
+/// op's checks. Returns `[Σlens, heads*hd]`.
+pub(crate) fn relative_attention_host(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    lens: &[usize],
+    rel: RelativePositions<'_, Vec<f32>>,
+    s: AttentionShape,
+) -> Vec<f32> {
+    let host = relative::HostRelative {
+        pos_key: rel.pos_key.map(|t| &t[..]),
+        pos_query: rel.pos_query.map(|t| &t[..]),
+        c2p: rel.c2p,
+        p2c: rel.p2c,
+    };
+    let mut out = pool::take(q.len());
+    relative::relative_attention(q, k, v, lens, &host, s, &mut out);
+    out
 }
 
 pub fn gelu_erf(x: f32) -> f32 {
@@ -183,11 +184,8 @@ fn norm_row(x: &[f32], out: &mut [f32], g: &[f32], bias: Option<&[f32]>, eps: f3
 }
 
 /// The norm of every row of `x` (see [`norm_row`]), in parallel.
-fn norm(x: &CpuTensor, g: &CpuTensor, bias: Option<&CpuTensor>, eps: f32, op: &str) -> Result<CpuTensor> {
+fn norm(x: &CpuTensor, g: &CpuTensor, bias: Option<&CpuTensor>, eps: f32) -> Result<CpuTensor> {
     let c = x.cols;
-    if g.data.len() != c || bias.is_some_and(|b| b.data.len() != c) {
-        return Err(Error::invalid(format!("{op}: parameters do not match width {c}")));
-    }
     let mut out = pool::take(x.data.len());
     let b = bias.map(|b| &b.data[..]);
     x.data
@@ -205,13 +203,8 @@ fn add_norm(
     g: &CpuTensor,
     bias: Option<&CpuTensor>,
     eps: f32,
-    op: &str,
 ) -> Result<CpuTensor> {
-    same_dims(x, delta, op)?;
     let c = x.cols;
-    if g.data.len() != c || bias.is_some_and(|b| b.data.len() != c) {
-        return Err(Error::invalid(format!("{op}: parameters do not match width {c}")));
-    }
     let mut out = pool::take(x.data.len());
     let b = bias.map(|b| &b.data[..]);
     x.data
@@ -226,7 +219,7 @@ fn add_norm(
     CpuTensor::new(out, x.rows, c)
 }
 
-impl Backend for Cpu {
+impl BackendOps for Cpu {
     type Tensor = CpuTensor;
     type KvCache = CpuKvCache;
 
@@ -255,11 +248,11 @@ impl Backend for Cpu {
     fn dims(&self, t: &CpuTensor) -> (usize, usize) {
         (t.rows, t.cols)
     }
+    fn cache_shape(&self, c: &CpuKvCache) -> CacheShape {
+        CacheShape { layers: c.k.len(), slots: c.slots, capacity: c.capacity, width: c.width }
+    }
 
     fn gather_rows(&self, x: &CpuTensor, rows: &[usize]) -> Result<CpuTensor> {
-        if let Some(&r) = rows.iter().find(|&&r| r >= x.rows) {
-            return Err(Error::invalid(format!("gather_rows: row {r} of {}", x.rows)));
-        }
         let c = x.cols;
         let mut data = pool::take(rows.len() * c);
         data.par_chunks_mut(c.max(1)).zip(rows).with_min_len(rows_per_task(c)).for_each(|(dst, &r)| {
@@ -269,28 +262,17 @@ impl Backend for Cpu {
     }
 
     fn scatter_rows(&self, dst: &mut CpuTensor, rows: &[usize], src: &CpuTensor) -> Result<()> {
-        check_cols(src, dst.cols, "scatter_rows")?;
-        if src.rows != rows.len() {
-            return Err(Error::invalid(format!("scatter_rows: {} rows for {} targets", src.rows, rows.len())));
-        }
         let c = dst.cols;
         for (i, &r) in rows.iter().enumerate() {
-            if r >= dst.rows {
-                return Err(Error::invalid(format!("scatter_rows: row {r} of {}", dst.rows)));
-            }
             dst.data[r * c..(r + 1) * c].copy_from_slice(src.row(i));
         }
         Ok(())
     }
 
     fn linear(&self, x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> Result<CpuTensor> {
-        check_cols(x, w.cols, "linear")?;
         let (m, k, n) = (x.rows, x.cols, w.rows);
         let mut out = pool::take(m * n);
         if let Some(b) = bias {
-            if b.data.len() != n {
-                return Err(Error::invalid(format!("linear: bias of {} for {n} outputs", b.data.len())));
-            }
             // The GEMM accumulates onto the bias: one pass over the output instead of two.
             for row in out.chunks_mut(n) {
                 row.copy_from_slice(&b.data);
@@ -307,7 +289,6 @@ impl Backend for Cpu {
     }
 
     fn add_assign(&self, a: &mut CpuTensor, b: &CpuTensor) -> Result<()> {
-        same_dims(a, b, "add")?;
         a.data
             .par_chunks_mut(POINTWISE_CHUNK)
             .zip(b.data.par_chunks(POINTWISE_CHUNK))
@@ -316,11 +297,11 @@ impl Backend for Cpu {
     }
 
     fn layer_norm(&self, x: &CpuTensor, weight: &CpuTensor, bias: &CpuTensor, eps: f32) -> Result<CpuTensor> {
-        norm(x, weight, Some(bias), eps, "layer_norm")
+        norm(x, weight, Some(bias), eps)
     }
 
     fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32) -> Result<CpuTensor> {
-        norm(x, weight, None, eps, "rms_norm")
+        norm(x, weight, None, eps)
     }
 
     fn add_layer_norm(
@@ -331,11 +312,11 @@ impl Backend for Cpu {
         bias: &CpuTensor,
         eps: f32,
     ) -> Result<CpuTensor> {
-        add_norm(x, delta, weight, Some(bias), eps, "add_layer_norm")
+        add_norm(x, delta, weight, Some(bias), eps)
     }
 
     fn add_rms_norm(&self, x: &mut CpuTensor, delta: &CpuTensor, weight: &CpuTensor, eps: f32) -> Result<CpuTensor> {
-        add_norm(x, delta, weight, None, eps, "add_rms_norm")
+        add_norm(x, delta, weight, None, eps)
     }
 
     fn activation(&self, x: &mut CpuTensor, act: Activation) -> Result<()> {
@@ -351,7 +332,6 @@ impl Backend for Cpu {
     }
 
     fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
-        same_dims(gate, up, "silu_mul")?;
         let mut out = pool::take(gate.data.len());
         out.par_chunks_mut(POINTWISE_CHUNK)
             .zip(gate.data.par_chunks(POINTWISE_CHUNK).zip(up.data.par_chunks(POINTWISE_CHUNK)))
@@ -361,19 +341,6 @@ impl Backend for Cpu {
 
     fn rotary(&self, x: &mut CpuTensor, positions: &[usize], head_dim: usize, inv_freq: &[f32]) -> Result<()> {
         let half = head_dim / 2;
-        if !head_dim.is_multiple_of(2)
-            || inv_freq.len() != half
-            || !x.cols.is_multiple_of(head_dim)
-            || positions.len() != x.rows
-        {
-            return Err(Error::invalid(format!(
-                "rotary: head_dim {head_dim}, {} frequencies, {} columns, {} positions for {} rows",
-                inv_freq.len(),
-                x.cols,
-                positions.len(),
-                x.rows
-            )));
-        }
         let cols = x.cols;
         x.data.par_chunks_mut(cols.max(1)).zip(positions).with_min_len(rows_per_task(cols)).for_each_init(
             || (Vec::with_capacity(half), Vec::with_capacity(half)),
@@ -401,20 +368,11 @@ impl Backend for Cpu {
 
     fn embedding(&self, table: &CpuTensor, ids: &[u32]) -> Result<CpuTensor> {
         let rows: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
-        if let Some(&bad) = rows.iter().find(|&&r| r >= table.rows) {
-            return Err(Error::invalid(format!("token id {bad} is outside the vocabulary of {}", table.rows)));
-        }
         self.gather_rows(table, &rows)
     }
 
     fn patch_embed(&self, pixels: &CpuTensor, channels: usize, patch: usize, weight: &CpuTensor) -> Result<CpuTensor> {
-        let (w, h) = (pixels.cols, pixels.rows / channels.max(1));
-        if channels == 0 || patch == 0 || pixels.rows != channels * h || h % patch != 0 || w % patch != 0 {
-            return Err(Error::invalid(format!(
-                "patch_embed: image [{channels}x{h}x{w}] is not a whole number of {patch}-pixel patches"
-            )));
-        }
-        check_cols(weight, channels * patch * patch, "patch_embed weight")?;
+        let (w, h) = (pixels.cols, pixels.rows / channels);
         let (ph, pw) = (h / patch, w / patch);
         let width = channels * patch * patch;
         // im2col: one row per patch in (channel, y, x) order, matching the conv weight's layout.
@@ -441,16 +399,12 @@ impl Backend for Cpu {
         lens: &[usize],
         s: AttentionShape,
     ) -> Result<CpuTensor> {
-        check_attention(q, k, v, lens, s)?;
         let mut out = pool::take(q.data.len());
         attention::segments(&q.data, &k.data, &v.data, lens, lens, s, &mut out);
         CpuTensor::new(out, q.rows, q.cols)
     }
 
     fn reshape(&self, mut t: CpuTensor, rows: usize, cols: usize) -> Result<CpuTensor> {
-        if t.rows * t.cols != rows * cols {
-            return Err(Error::invalid(format!("reshape: [{}, {}] has no [{rows}, {cols}] view", t.rows, t.cols)));
-        }
         (t.rows, t.cols) = (rows, cols);
         Ok(t)
     }
@@ -464,10 +418,27 @@ impl Backend for Cpu {
         kv_lens: &[usize],
         s: AttentionShape,
     ) -> Result<CpuTensor> {
-        check_cols(q, s.heads * s.head_dim, "attention_kv q")?;
-        check_cols(k, s.kv_heads * s.head_dim, "attention_kv k")?;
-        same_dims(k, v, "attention_kv k/v")?;
-        let out = attention_kv_host(&q.data, &k.data, &v.data, q_lens, kv_lens, s)?;
+        let out = attention_kv_host(&q.data, &k.data, &v.data, q_lens, kv_lens, s);
+        CpuTensor::new(out, q.rows, q.cols)
+    }
+
+    fn relative_attention(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        lens: &[usize],
+        rel: RelativePositions<'_, CpuTensor>,
+        s: AttentionShape,
+    ) -> Result<CpuTensor> {
+        let host = relative::HostRelative {
+            pos_key: rel.pos_key.map(|t| &t.data[..]),
+            pos_query: rel.pos_query.map(|t| &t.data[..]),
+            c2p: rel.c2p,
+            p2c: rel.p2c,
+        };
+        let mut out = pool::take(q.data.len());
+        relative::relative_attention(&q.data, &k.data, &v.data, lens, &host, s, &mut out);
         CpuTensor::new(out, q.rows, q.cols)
     }
 
@@ -497,9 +468,6 @@ impl Backend for Cpu {
         chunks: &[SeqChunk],
         s: AttentionShape,
     ) -> Result<CpuTensor> {
-        let shape =
-            CacheShape { layers: cache.k.len(), slots: cache.slots, capacity: cache.capacity, width: cache.width };
-        check_cached_attention(q, k, v, chunks, s, shape, layer)?;
         let (w, cap) = (cache.width, cache.capacity);
         let mut row = 0;
         for c in chunks {
@@ -514,18 +482,10 @@ impl Backend for Cpu {
     }
 
     fn argmax(&self, logits: &CpuTensor) -> Result<Vec<u32>> {
-        Ok(logits.data.chunks(logits.cols.max(1)).map(argmax_row).collect())
+        Ok(logits.data.chunks(logits.cols).map(argmax_row).collect())
     }
 
     fn sample(&self, logits: &CpuTensor, params: SamplingParams, seeds: &[u64]) -> Result<Vec<u32>> {
-        if seeds.len() != logits.rows {
-            return Err(Error::invalid(format!("sample: {} seeds for {} rows", seeds.len(), logits.rows)));
-        }
-        Ok(logits
-            .data
-            .chunks(logits.cols.max(1))
-            .zip(seeds)
-            .map(|(row, &seed)| sample_row(row, params, seed))
-            .collect())
+        Ok(logits.data.chunks(logits.cols).zip(seeds).map(|(row, &seed)| sample_row(row, params, seed)).collect())
     }
 }
