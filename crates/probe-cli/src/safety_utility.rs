@@ -325,6 +325,7 @@ mod tests {
             answer_type_metrics: vec![],
             unparsed_verdicts: BTreeMap::new(),
             empty_answers: 0,
+            shards: vec![],
             layers: per_layer
                 .iter()
                 .map(|(l, est)| ReportRow {
