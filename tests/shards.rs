@@ -8,6 +8,7 @@
 //! The Slurm test needs a running Slurm (scripts/install-slurm.sh, then scripts/slurm-up.sh); it
 //! says it was skipped when there is none, and fails instead where ICET_REQUIRE_SLURM=1 (CI).
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +17,8 @@ use serde_json::Value;
 
 mod cli_common;
 mod common;
+#[path = "skip_note.rs"]
+mod skip_note;
 use cli_common::{assert_one_line_error, command, ok};
 use common::{fixture, read_json, repo, scratch};
 
@@ -396,7 +399,9 @@ fn slurm_or_skip(test: &str) -> bool {
     if std::env::var("ICET_REQUIRE_SLURM").is_ok_and(|v| v == "1") {
         panic!("{test}: Slurm is required here (ICET_REQUIRE_SLURM=1) but {why}; {hint}");
     }
-    eprintln!("{test}: SKIPPED — no Slurm: {why}; {hint}");
+    // Straight to stderr: libtest captures `eprintln!` of a passing test, which would hide the skip.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: no Slurm: {why}; {hint}");
+    skip_note::record("no Slurm");
     false
 }
 
