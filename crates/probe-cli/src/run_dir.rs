@@ -572,7 +572,12 @@ impl RunDir {
     /// Runs `f` holding `.manifest.lock` (blocking: held only while a writer checks or creates
     /// the manifest and logs itself, so that writers of one run — shards — never race there).
     fn with_manifest_lock<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let path = self.path(".manifest.lock");
+        self.holding(".manifest.lock", f)
+    }
+
+    /// Runs `f` holding an exclusive `flock` on the file `name` (waiting for it).
+    fn holding<T>(&self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let path = self.path(name);
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -701,15 +706,7 @@ impl RunDir {
     /// Runs `f` holding `.summary.lock` (blocking): a shard that finishes reads the whole run and
     /// replaces its summary under it, so that the last summary written is of the last reading.
     pub fn with_summary_lock<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let path = self.path(".summary.lock");
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
-        f()
+        self.holding(".summary.lock", f)
     }
 
     /// The manifest, if the run has one.
@@ -965,18 +962,8 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
 /// Now, UTC, as RFC 3339 (`2026-12-01T16:35:40Z`).
 pub fn utc_now() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + (month <= 2) as i64;
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest / 60 % 60, rest % 60)
+    // The chat templates' `strftime_now` already carries the civil calendar.
+    icet_models::chat_template::strftime_utc("%Y-%m-%dT%H:%M:%SZ", secs)
 }
 
 /// This machine's name (for lock records and invocations).

@@ -49,15 +49,7 @@ impl<B: Backend> LlavaNext<B> {
         processor.check(&config)?;
         let files = ModelFiles::open(dir, detect_layout)?;
         let (l, deepest) = (&files.layout, parts.deepest_vision_layer.unwrap_or(config.vision_layers()));
-        let ckpt = &files.checkpoint;
-        let vision_layers = format!("{}encoder.layers.", l.vision);
-        ckpt.check_layer_count(
-            &vision_layers,
-            config.vision_config.num_hidden_layers,
-            "vision_config.num_hidden_layers",
-        )?;
-        let text_layers = format!("{}layers.", l.text);
-        ckpt.check_layer_count(&text_layers, config.text_config.num_hidden_layers, "text_config.num_hidden_layers")?;
+        files.check_layer_counts(config.vision_config.num_hidden_layers, config.text_config.num_hidden_layers)?;
         let vision = ClipVision::load(&files.weights(b, &l.vision), &config.vision_config, deepest)?;
         let (v, t) = (config.vision_config.hidden_size, config.text_config.hidden_size);
         let projector = Projector::load_shaped(

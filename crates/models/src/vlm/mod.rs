@@ -46,6 +46,20 @@ impl ModelFiles {
         Ok(Self { checkpoint, layout, generation: GenerationDefaults::from_dir(dir)? })
     }
 
+    /// Refuses weights with more CLIP-style vision layers (`{vision}encoder.layers.N`) or decoder
+    /// layers (`{text}layers.N`) than the config declares: loading only the declared ones would
+    /// silently move the default layer (transformers warns of unused weights; we refuse).
+    pub fn check_layer_counts(&self, vision_layers: usize, text_layers: usize) -> Result<()> {
+        let l = &self.layout;
+        let ckpt = &self.checkpoint;
+        ckpt.check_layer_count(
+            &format!("{}encoder.layers.", l.vision),
+            vision_layers,
+            "vision_config.num_hidden_layers",
+        )?;
+        ckpt.check_layer_count(&format!("{}layers.", l.text), text_layers, "text_config.num_hidden_layers")
+    }
+
     /// The weights under `prefix` (one of the layout's), uploaded to `b` as they are asked for.
     pub fn weights<'a, B: Backend>(&'a self, b: &'a B, prefix: &str) -> Weights<'a, B> {
         Weights::new(&self.checkpoint, b, prefix)

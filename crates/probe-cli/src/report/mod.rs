@@ -97,70 +97,65 @@ pub fn markdown(runs: &[RunReport]) -> String {
 
 /// Per VQA judge, the accuracy (%) by answer type, by layer and third, with intervals.
 fn answer_type_tables(s: &mut String, r: &RunReport) {
-    let mut judges: Vec<&str> = r.answer_type_metrics.iter().map(|m| m.judge.as_str()).collect();
-    judges.dedup();
-    for judge in judges {
-        let cols: Vec<&Metric> = r.answer_type_metrics.iter().filter(|m| m.judge == judge).collect();
-        let _ = writeln!(s, "\n### VQA accuracy ({judge}) by answer type (%)\n");
-        let _ = write!(s, "| layer |");
-        for m in &cols {
-            let _ = write!(s, " {} |", m.title);
-        }
-        s.push_str("\n|---|");
-        for _ in &cols {
-            s.push_str("---|");
-        }
-        s.push('\n');
-        for row in r.layers.iter().chain(&r.groups) {
-            let label = if row.is_default { format!("{} *", row.row) } else { row.row.clone() };
-            let _ = write!(s, "| {label} |");
-            for m in &cols {
-                match row.values.get(&m.key) {
-                    Some(e) => {
-                        let _ = write!(s, " {} |", cell(m, e));
-                    }
-                    None => s.push_str(" – |"),
-                }
-            }
-            s.push('\n');
-        }
+    for judge in judges_of(&r.answer_type_metrics) {
+        let title = format!("VQA accuracy ({judge}) by answer type (%)");
+        judge_table(s, r, &title, &r.answer_type_metrics, judge, cell);
     }
 }
 
 /// Per Llama Guard judge, the share (%) of its parsed verdicts flagging each hazard category, by
 /// layer and third (intervals in report.csv / report.json).
 fn category_tables(s: &mut String, r: &RunReport) {
+    for judge in judges_of(&r.category_metrics) {
+        let title = format!("Hazard categories flagged by {judge} (% of its parsed verdicts)");
+        judge_table(s, r, &title, &r.category_metrics, judge, |_, e| format!("{:.1}", e.value * 100.0));
+    }
+}
+
+/// The judges of `metrics`, each once, in order of first appearance.
+fn judges_of(metrics: &[Metric]) -> Vec<&str> {
     let mut judges: Vec<&str> = Vec::new();
-    for m in &r.category_metrics {
+    for m in metrics {
         if !judges.contains(&m.judge.as_str()) {
             judges.push(&m.judge);
         }
     }
-    for judge in judges {
-        let cols: Vec<&Metric> = r.category_metrics.iter().filter(|m| m.judge == judge).collect();
-        let _ = writeln!(s, "\n### Hazard categories flagged by {judge} (% of its parsed verdicts)\n");
-        let _ = write!(s, "| layer |");
+    judges
+}
+
+/// One Markdown table under `title`: a row per layer and third, a column per metric of `judge`
+/// (each cell as `show` writes it, `–` where the row has no value).
+fn judge_table(
+    s: &mut String,
+    r: &RunReport,
+    title: &str,
+    metrics: &[Metric],
+    judge: &str,
+    show: impl Fn(&Metric, &Estimate) -> String,
+) {
+    let cols: Vec<&Metric> = metrics.iter().filter(|m| m.judge == judge).collect();
+    let _ = writeln!(s, "\n### {title}\n");
+    let _ = write!(s, "| layer |");
+    for m in &cols {
+        let _ = write!(s, " {} |", m.title);
+    }
+    s.push_str("\n|---|");
+    for _ in &cols {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for row in r.layers.iter().chain(&r.groups) {
+        let label = if row.is_default { format!("{} *", row.row) } else { row.row.clone() };
+        let _ = write!(s, "| {label} |");
         for m in &cols {
-            let _ = write!(s, " {} |", m.title);
-        }
-        s.push_str("\n|---|");
-        for _ in &cols {
-            s.push_str("---|");
+            match row.values.get(&m.key) {
+                Some(e) => {
+                    let _ = write!(s, " {} |", show(m, e));
+                }
+                None => s.push_str(" – |"),
+            }
         }
         s.push('\n');
-        for row in r.layers.iter().chain(&r.groups) {
-            let label = if row.is_default { format!("{} *", row.row) } else { row.row.clone() };
-            let _ = write!(s, "| {label} |");
-            for m in &cols {
-                match row.values.get(&m.key) {
-                    Some(e) => {
-                        let _ = write!(s, " {:.1} |", e.value * 100.0);
-                    }
-                    None => s.push_str(" – |"),
-                }
-            }
-            s.push('\n');
-        }
     }
 }
 
