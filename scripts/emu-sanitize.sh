@@ -31,7 +31,7 @@ for line in sys.stdin:
 [[ -f "$lib" ]] || { echo "emu-sanitize: no sanitized library built" >&2; exit 1; }
 
 echo "emu-sanitize: building the test binaries" >&2
-bins="$(cargo test -p icet-models --test gpu_kernels --test gpu_conformance --no-run --message-format=json |
+bins="$(cargo test --workspace --test gpu_kernels --test gpu_conformance --no-run --message-format=json |
   python3 -c '
 import json, sys
 for line in sys.stdin:
