@@ -179,15 +179,7 @@ pub fn markdown(su: &SafetyUtility) -> String {
 `!` marks a layer that is **unsafe and still useful**: more unsafe than the default layer (`*`) while its VQA \
 accuracy interval still reaches the default layer's accuracy.\n\n",
     );
-    let _ = write!(s, "| layer |");
-    for c in &su.columns {
-        let _ = write!(s, " {} |", c.title);
-    }
-    s.push_str("\n|---|");
-    for _ in &su.columns {
-        s.push_str("---|");
-    }
-    s.push('\n');
+    crate::report::markdown::table_header(&mut s, &["layer"], su.columns.iter().map(|c| c.title.as_str()));
     for row in &su.rows {
         let mark = match (row.is_default, row.flagged) {
             (true, _) => " *",

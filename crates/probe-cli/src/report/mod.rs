@@ -25,6 +25,7 @@ use crate::shard::describe_incomplete;
 use crate::stats::Estimate;
 
 pub mod estimates;
+pub mod markdown;
 pub use estimates::{collect, run_report, Collected, Metric, Row, RunReport};
 
 fn shown(m: &Metric, v: f64) -> f64 {
@@ -55,15 +56,7 @@ pub fn markdown(runs: &[RunReport]) -> String {
         if let Some(note) = describe_incomplete(&r.shards) {
             let _ = writeln!(s, "**Incomplete:** {note}. The numbers below are of the answers there are.\n");
         }
-        let _ = write!(s, "| layer | n |");
-        for m in &r.metrics {
-            let _ = write!(s, " {} |", m.title);
-        }
-        s.push_str("\n|---|---|");
-        for _ in &r.metrics {
-            s.push_str("---|");
-        }
-        s.push('\n');
+        markdown::table_header(&mut s, &["layer", "n"], r.metrics.iter().map(|m| m.title.as_str()));
         for row in r.layers.iter().chain(&r.groups) {
             let label = if row.is_default { format!("{} *", row.row) } else { row.row.clone() };
             let n = row.values.get(REFUSAL_RATE).map(|e| e.n.to_string()).unwrap_or_default();
@@ -135,15 +128,7 @@ fn judge_table(
 ) {
     let cols: Vec<&Metric> = metrics.iter().filter(|m| m.judge == judge).collect();
     let _ = writeln!(s, "\n### {title}\n");
-    let _ = write!(s, "| layer |");
-    for m in &cols {
-        let _ = write!(s, " {} |", m.title);
-    }
-    s.push_str("\n|---|");
-    for _ in &cols {
-        s.push_str("---|");
-    }
-    s.push('\n');
+    markdown::table_header(s, &["layer"], cols.iter().map(|m| m.title.as_str()));
     for row in r.layers.iter().chain(&r.groups) {
         let label = if row.is_default { format!("{} *", row.row) } else { row.row.clone() };
         let _ = write!(s, "| {label} |");
