@@ -16,11 +16,20 @@ fn bench_linear(c: &mut Criterion) {
     let b = Cpu;
     let mut rng = TestRng::new(1);
     let mut g = c.benchmark_group("linear");
-    // (tokens, in, out): ViT-L qkv projection at 577 tokens; LLaVA projector; a decode batch.
-    for &(m, k, n) in &[(577, 1024, 1024), (576, 1024, 4096), (16, 4096, 4096)] {
+    // (tokens, in, out): ViT-L qkv projection at 577 tokens; LLaVA projector; a ViT-B MLP down
+    // projection at 257 tokens; one prompt's prefill; decode batches. Each with the weight as
+    // every `nn::Linear` holds it (stored by `linear_weight` at load) and as uploaded (`[out,
+    // in]`, the strided/skinny path a tied embedding takes): the pair shows what the layout buys.
+    for &(m, k, n) in
+        &[(577, 1024, 1024), (576, 1024, 4096), (257, 3072, 768), (20, 768, 768), (16, 4096, 4096), (1, 4096, 4096)]
+    {
         let (x, w) = (t(&b, &mut rng, m, k), t(&b, &mut rng, n, k));
+        let prepared = b.linear_weight(w.clone()).unwrap();
         g.throughput(Throughput::Elements((2 * m * k * n) as u64));
-        g.bench_function(BenchmarkId::from_parameter(format!("{m}x{k}x{n}")), |bench| {
+        g.bench_function(BenchmarkId::new("prepared", format!("{m}x{k}x{n}")), |bench| {
+            bench.iter(|| b.linear(&x, &prepared, None).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("out_in", format!("{m}x{k}x{n}")), |bench| {
             bench.iter(|| b.linear(&x, &w, None).unwrap())
         });
     }

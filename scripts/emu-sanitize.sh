@@ -20,6 +20,8 @@ target="${ICET_SANITIZE_TARGET:-$root/target/emu-sanitize}"
 unset NVCC
 
 echo "emu-sanitize: building the emulator with ASan + UBSan (target $target)" >&2
+# Only icet-kernels is compiled there: its dependencies are linked from this checkout's build.
+python3 scripts/seed_target.py "$root/target/debug" "$target/debug"
 lib="$(ICET_EMU_SANITIZE=1 CARGO_TARGET_DIR="$target" cargo build -p icet-kernels --profile test --message-format=json |
   python3 -c '
 import json, sys

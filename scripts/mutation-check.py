@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seed_target import seed_target  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # (name, kind, file, original text, mutated text, tests that must catch it, note)
@@ -146,6 +149,8 @@ def main() -> int:
                     help="do not first check that the unmutated tests pass (CI ran them already)")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per test run")
     ap.add_argument("--keep", action="store_true", help="keep the temporary tree")
+    ap.add_argument("--all-schedules", action="store_true",
+                    help="run every schedule on every mutant (by default a mutant caught under one is not run under the next)")
     args = ap.parse_args()
     mutants = [m for m in MUTANTS if m[0].startswith(args.only)]
     if args.list or not mutants:
@@ -168,8 +173,12 @@ def main() -> int:
 
     t0 = time.time()
     log("mutation-check: building this checkout's gpu_kernels test binary")
-    baseline = executable(cargo_json(["test", "-p", "icet-models", "--test", "gpu_kernels", "--no-run"], ROOT,
+    # --workspace, not -p: with -p cargo resolves features for that package alone and rebuilds
+    # dependencies the checkout already built for `cargo test --workspace`.
+    baseline = executable(cargo_json(["test", "--workspace", "--test", "gpu_kernels", "--no-run"], ROOT,
                                      base_env), "gpu_kernels")
+    # Only icet-kernels is compiled for the copy: its dependencies are the checkout's.
+    seed_target(ROOT / "target" / "debug", ROOT / "target" / "mutants" / "debug")
     log("mutation-check: building the copy's icet-kernels (target/mutants)")
     cargo_json(["build", "-p", "icet-kernels", "--profile", "test"], tree, env)
     log(f"mutation-check: built in {time.time() - t0:.0f} s")
@@ -208,6 +217,8 @@ def main() -> int:
                 caught[sched] = (failed, secs)
                 if failed and not evidence:
                     evidence = f"[{sched}] {ev}"
+                if failed and not args.all_schedules:
+                    break  # caught: the next schedule would only say it again
             verdict = "caught" if any(f for f, _ in caught.values()) else "SURVIVED"
             results.append((name, kind, file, verdict, caught, evidence))
             log(f"mutation-check: {name}: {verdict} (build {build_secs:.0f} s; "

@@ -14,7 +14,12 @@ impl<B: Backend> Linear<B> {
     pub fn load(w: &Weights<B>, name: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
         let w = w.sub(name);
         let bias = if bias { Some(w.get("bias", &[out])?) } else { None };
-        Ok(Self { weight: w.get("weight", &[out, inp])?, bias })
+        Self::new(w.backend, w.get("weight", &[out, inp])?, bias)
+    }
+    /// From a weight already on the backend (`[out, in]`), stored for `linear`
+    /// ([`Backend::linear_weight`]).
+    pub fn new(b: &B, weight: B::Tensor, bias: Option<B::Tensor>) -> Result<Self> {
+        Ok(Self { weight: b.linear_weight(weight)?, bias })
     }
     pub fn forward(&self, b: &B, x: &B::Tensor) -> Result<B::Tensor> {
         b.linear(x, &self.weight, self.bias.as_ref())

@@ -60,14 +60,23 @@ fn naive_linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, 
 
 pub fn check_linear<B: Backend>(b: &B, tol: f64) {
     let mut rng = TestRng::new(1);
-    for &(m, k, n, with_bias) in &[(1, 7, 5, true), (13, 64, 33, false), (70, 96, 130, true), (3, 1, 4, true)] {
+    let shapes = [(1, 7, 5, true), (13, 64, 33, false), (70, 96, 130, true), (3, 1, 4, true), (40, 33, 17, false)];
+    for &(m, k, n, with_bias) in &shapes {
         let (x, w, bias) = (rng.vec(m * k, 1.0), rng.vec(n * k, 1.0), rng.vec(n, 1.0));
         let bt = upload(b, &bias, 1, n);
-        let out = b.linear(&upload(b, &x, m, k), &upload(b, &w, n, k), with_bias.then_some(&bt)).expect("linear");
-        assert_eq!(b.dims(&out), (m, n));
         let expected = naive_linear(&x, &w, with_bias.then_some(&bias[..]), m, k, n);
-        // Sums of k products: scale the tolerance with the reduction length.
-        assert_close("linear", &download(b, &out), &expected, tol * (k as f64).sqrt());
+        // The weight as uploaded, and as stored for linear at load (the layout may differ).
+        let prepared = b.linear_weight(upload(b, &w, n, k)).expect("linear_weight");
+        assert_eq!(b.dims(&prepared), (n, k), "linear_weight keeps the dims");
+        // (As stored: a bf16/f16 backend rounded it on upload.)
+        let stored = download(b, &upload(b, &w, n, k));
+        assert_eq!(download(b, &prepared), stored, "to_host of a prepared weight gives the weight back");
+        for (what, wt) in [("linear", upload(b, &w, n, k)), ("linear (prepared weight)", prepared)] {
+            let out = b.linear(&upload(b, &x, m, k), &wt, with_bias.then_some(&bt)).expect("linear");
+            assert_eq!(b.dims(&out), (m, n));
+            // Sums of k products: scale the tolerance with the reduction length.
+            assert_close(what, &download(b, &out), &expected, tol * (k as f64).sqrt());
+        }
     }
 }
 

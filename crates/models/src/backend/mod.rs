@@ -153,6 +153,10 @@ pub trait BackendOps: Send + Sync {
         BackendOps::from_host(self, &data, rows, cols)
     }
 
+    /// See [`Backend::linear_weight`]. The default keeps the `[out, in]` layout.
+    fn linear_weight(&self, w: Self::Tensor) -> Result<Self::Tensor> {
+        Ok(w)
+    }
     fn linear(&self, x: &Self::Tensor, w: &Self::Tensor, bias: Option<&Self::Tensor>) -> Result<Self::Tensor>;
     fn add_assign(&self, a: &mut Self::Tensor, b: &Self::Tensor) -> Result<()>;
     fn layer_norm(
@@ -335,7 +339,14 @@ pub trait Backend: Send + Sync {
     fn reshape(&self, t: Self::Tensor, rows: usize, cols: usize) -> Result<Self::Tensor>;
 
     // ---- arithmetic ----------------------------------------------------------------------
-    /// `x · wᵀ (+ bias)`, with `w` in the `[out, in]` layout of `nn.Linear`.
+    /// A weight `w` (`[out, in]`, as `nn.Linear` holds it) stored the way this backend's
+    /// [`Self::linear`] reads it fastest, done once at load instead of on every call (the CPU
+    /// keeps `wᵀ`, which its GEMM streams without packing). The result still has dims
+    /// `[out, in]` and `to_host` gives `w` back; it is meant for `linear` only — other ops may
+    /// refuse it. Weights shared with another op (a tied embedding) stay unprepared.
+    fn linear_weight(&self, w: Self::Tensor) -> Result<Self::Tensor>;
+    /// `x · wᵀ (+ bias)`, with `w` in the `[out, in]` layout of `nn.Linear` (prepared by
+    /// [`Self::linear_weight`] or not).
     fn linear(&self, x: &Self::Tensor, w: &Self::Tensor, bias: Option<&Self::Tensor>) -> Result<Self::Tensor>;
     /// `a += b` (the residual add).
     fn add_assign(&self, a: &mut Self::Tensor, b: &Self::Tensor) -> Result<()>;
@@ -494,6 +505,9 @@ impl<B: BackendOps> Backend for B {
         BackendOps::reshape(self, t, rows, cols)
     }
 
+    fn linear_weight(&self, w: B::Tensor) -> Result<B::Tensor> {
+        BackendOps::linear_weight(self, w)
+    }
     fn linear(&self, x: &B::Tensor, w: &B::Tensor, bias: Option<&B::Tensor>) -> Result<B::Tensor> {
         checks::linear(BackendOps::dims(self, x), BackendOps::dims(self, w), bias.map(|b| BackendOps::dims(self, b)))?;
         BackendOps::linear(self, x, w, bias)

@@ -103,7 +103,7 @@ fn conv1d<B: Backend>(
     for o in cols.clone() {
         t.extend((0..inp).map(|i| weight[i * out + o]));
     }
-    Ok(Linear { weight: w.backend.from_host(&t, n, inp)?, bias: Some(w.backend.from_host(&bias[cols], 1, n)?) })
+    Linear::new(w.backend, w.backend.from_host(&t, n, inp)?, Some(w.backend.from_host(&bias[cols], 1, n)?))
 }
 
 impl<B: Backend> Gpt2ForSequenceClassification<B> {

@@ -169,7 +169,11 @@ impl<B: Backend> Llama<B> {
         Ok(Self {
             embed_tokens: model.get("embed_tokens.weight", &[c.vocab_size, d])?,
             norm: RmsNorm::load(model, "norm", d, c.rms_norm_eps)?,
-            lm_head: if tied { None } else { Some(lm_head.get("weight", &[c.vocab_size, d])?) },
+            lm_head: if tied {
+                None
+            } else {
+                Some(model.backend.linear_weight(lm_head.get("weight", &[c.vocab_size, d])?)?)
+            },
             layers,
             inv_freq: c.inv_freq()?,
             config: config.clone(),

@@ -64,7 +64,7 @@ impl<B: Backend> MllamaProjector<B> {
                     m[o * d + f] = weight[o * inp + col(f)];
                 }
             }
-            w.backend.from_host(&m, out, d)
+            w.backend.linear_weight(w.backend.from_host(&m, out, d)?)
         };
         Ok(Self {
             final_weight: column_block(&|f| f)?,

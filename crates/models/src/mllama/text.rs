@@ -151,7 +151,7 @@ fn host(w: &Weights<impl Backend>, name: &str, shape: &[usize]) -> Result<Vec<f3
 
 fn linear_gated<B: Backend>(w: &Weights<B>, name: &str, out: usize, inp: usize, gate: f32) -> Result<Linear<B>> {
     let weight: Vec<f32> = host(&w.sub(name), "weight", &[out, inp])?.iter().map(|x| x * gate).collect();
-    Ok(Linear { weight: w.backend.from_host(&weight, out, inp)?, bias: None })
+    Linear::new(w.backend, w.backend.from_host(&weight, out, inp)?, None)
 }
 
 impl<B: Backend> MllamaText<B> {
@@ -198,7 +198,7 @@ impl<B: Backend> MllamaText<B> {
             // MllamaTextModel.embed_tokens has vocab_size + 8 rows (<|image|> = vocab_size).
             embed_tokens: model.get("embed_tokens.weight", &[c.vocab_size + 8, d])?,
             norm: RmsNorm::load(model, "norm", d, eps)?,
-            lm_head: lm_head.get("weight", &[c.vocab_size, d])?,
+            lm_head: model.backend.linear_weight(lm_head.get("weight", &[c.vocab_size, d])?)?,
             layers,
             inv_freq: c.inv_freq()?,
             self_layers,

@@ -200,7 +200,7 @@ fn linear_scaled<B: Backend>(
     } else {
         None
     };
-    Ok(Linear { weight: w.backend.from_host(&weight, out, inp)?, bias })
+    Linear::new(w.backend, w.backend.from_host(&weight, out, inp)?, bias)
 }
 
 fn gate_tanh(w: &Weights<impl Backend>, name: &str) -> Result<f32> {
