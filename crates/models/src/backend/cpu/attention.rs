@@ -92,27 +92,16 @@ fn tile_gemm(
     // SAFETY: dst is m×n and lhs m×k, row-major; the callers' rhs view (k×n by its strides)
     // stays inside `rhs` — checked by the argument checks of the public ops.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        super::gemm_raw(
             dst.as_mut_ptr(),
-            1,
-            n as isize,
-            alpha != 0.0,
-            lhs.as_ptr(),
-            1,
-            k as isize,
+            n,
+            lhs,
             rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            alpha,
-            beta,
-            false,
-            false,
-            false,
+            (m, n, k),
+            (rhs_cs, rhs_rs),
+            (alpha, beta),
             gemm::Parallelism::None,
-        );
+        )
     }
 }
 

@@ -123,22 +123,56 @@ fn gemm_into(
     // SAFETY: the slices cover m×n, m×k and the k×n view of rhs given by its strides (checked by
     // the callers' shape tests); gemm writes only dst, and reads it only when accumulating.
     unsafe {
+        gemm_raw(
+            dst.as_mut_ptr(),
+            n,
+            lhs,
+            rhs.as_ptr(),
+            (m, n, k),
+            (rhs_cs, rhs_rs),
+            (if accumulate { 1.0 } else { 0.0 }, 1.0),
+            parallelism,
+        )
+    }
+}
+
+/// The one call into gemm: `dst[m×n] = alpha·dst + beta·lhs[m×k]·rhs`, `dst` row-major with row
+/// stride `dst_rs`, `lhs` row-major and contiguous, `rhs` a k×n view given by its strides;
+/// `alpha = 0` does not read `dst`.
+///
+/// # Safety
+/// `dst` must be valid for writes of rows `0..m` × columns `0..n` at row stride `dst_rs`, `rhs`
+/// valid for reads of the k×n view, and no other thread may touch those `dst` elements.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: &[f32],
+    rhs: *const f32,
+    (m, n, k): (usize, usize, usize),
+    (rhs_cs, rhs_rs): (isize, isize),
+    (alpha, beta): (f32, f32),
+    parallelism: gemm::Parallelism,
+) {
+    debug_assert!(lhs.len() >= m * k);
+    // SAFETY: as the caller promised; lhs is m×k row-major inside its slice.
+    unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
-            accumulate,
+            dst_rs as isize,
+            alpha != 0.0,
             lhs.as_ptr(),
             1,
             k as isize,
-            rhs.as_ptr(),
+            rhs,
             rhs_cs,
             rhs_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
+            alpha,
+            beta,
             false,
             false,
             false,
@@ -160,40 +194,24 @@ fn linear_transposed(dst: &mut [f32], x: &[f32], wt: &[f32], m: usize, n: usize,
         gemm_into(dst, x, wt, m, n, k, 1, n as isize, accumulate);
         return;
     }
-    #[derive(Clone, Copy)]
-    struct Out(*mut f32);
-    // SAFETY: each band writes its own columns of `dst`, and the scope waits for all of them.
-    unsafe impl Send for Out {}
-    unsafe impl Sync for Out {}
     let band = n.div_ceil(threads).next_multiple_of(16);
-    let out = Out(dst.as_mut_ptr());
+    let out = skinny::Out(dst.as_mut_ptr());
     (0..n.div_ceil(band)).into_par_iter().for_each(|b| {
         let (j0, out) = (b * band, out);
         let cols = band.min(n - j0);
         // SAFETY: columns j0..j0+cols of the m×n dst (row stride n) and of the k×n wt (row
         // stride n) lie inside both slices; only this task writes those dst columns.
         unsafe {
-            gemm::gemm(
-                m,
-                cols,
-                k,
-                out.0.add(j0),
-                1,
-                n as isize,
-                accumulate,
-                x.as_ptr(),
-                1,
-                k as isize,
+            gemm_raw(
+                out.at(j0),
+                n,
+                x,
                 wt.as_ptr().add(j0),
-                1,
-                n as isize,
-                if accumulate { 1.0 } else { 0.0 },
-                1.0,
-                false,
-                false,
-                false,
+                (m, cols, k),
+                (1, n as isize),
+                (if accumulate { 1.0 } else { 0.0 }, 1.0),
                 gemm::Parallelism::None,
-            );
+            )
         }
     });
 }

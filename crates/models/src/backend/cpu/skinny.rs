@@ -17,13 +17,15 @@ pub fn available() -> bool {
     super::simd::level() == 3
 }
 
+/// An output pointer shared by parallel tasks that each write their own columns (here and in
+/// `linear_transposed`).
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint columns of `out`, and `linear` waits for all of them.
+pub(super) struct Out(pub(super) *mut f32);
+// SAFETY: tasks write disjoint columns of `out`, and their callers wait for all of them.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 impl Out {
-    fn at(self, i: usize) -> *mut f32 {
+    pub(super) fn at(self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
 }
